@@ -1,0 +1,47 @@
+use std::time::Duration;
+
+use bitmig_shared::cli::{self, exit, Common};
+use bitmig_shared::job::JobSpec;
+use clap::Parser;
+
+/// Take batches from the job's work queue, copy their rows to the target and record them in the ledger.
+#[derive(Debug, Parser)]
+#[command(name = "bitmig-consumer", version)]
+struct Args {
+    #[command(flatten)]
+    common: Common,
+    /// Batches processed at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    concurrency: u16,
+    /// Unacked deliveries the broker may push ahead (default: 2 × concurrency).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    prefetch: Option<u16>,
+    /// Exit 0 once the work queue has been empty for SECS seconds and nothing is in flight.
+    #[arg(long, value_name = "SECS")]
+    exit_when_idle: Option<u64>,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    bitmig_shared::telemetry::init();
+    let job = match JobSpec::load(&args.common.job) {
+        Ok(job) => job,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(exit::BAD_INPUT);
+        }
+    };
+    let opts = bitmig_consumer::Options {
+        amqp_url: args.common.amqp_url,
+        redis_url: args.common.redis_url,
+        concurrency: args.concurrency as usize,
+        prefetch: args.prefetch.unwrap_or(args.concurrency.saturating_mul(2)),
+        exit_when_idle: args.exit_when_idle.map(Duration::from_secs),
+    };
+    let cancel = cli::shutdown_token();
+    if let Err(e) = bitmig_consumer::run(job, &opts, cancel).await {
+        cli::print_error(&e);
+        std::process::exit(cli::exit_code_for(&e));
+    }
+}

@@ -1,0 +1,226 @@
+//! The producer: plans groups over the source's key space and publishes their ids (DESIGN.md §6 step 1).
+//!
+//! For each group: mark it `producing` → read its ids → OR them into `src` → publish every batch and wait
+//! for the broker's confirms → mark it `produced`. A group already `produced` or `complete` is skipped, so
+//! running again resumes after a crash and publishes nothing once everything is produced.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bitmig_shared::cli::BadInput;
+use bitmig_shared::ids::{batches, group_last, group_of};
+use bitmig_shared::job::JobSpec;
+use bitmig_shared::ledger::{now_rfc3339, GroupStatus, Ledger};
+use bitmig_shared::progress::Progress;
+use bitmig_shared::queue::{self, Cause, Message, Publisher};
+use bitmig_shared::source::{self, SourceError};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Below this average fill a group's bitmaps cost more than the ids they track; the run says so.
+const SPARSE_FILL: f64 = 0.01;
+
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub amqp_url: String,
+    pub redis_url: String,
+    pub from: Option<u64>,
+    pub to: Option<u64>,
+    /// At most this many ids published per second.
+    pub rate: Option<u64>,
+}
+
+/// What one run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub groups_produced: u64,
+    pub groups_skipped: u64,
+    pub ids_published: u64,
+    pub messages: u64,
+}
+
+pub(crate) fn source_error(e: SourceError) -> anyhow::Error {
+    match e {
+        SourceError::Schema { .. } | SourceError::Unsupported(_) => BadInput(e.to_string()).into(),
+        other => other.into(),
+    }
+}
+
+/// Plan and publish. Returns when every group in the range is produced, or with an error; a cancelled
+/// token stops after the group in hand, which is left `produced`.
+pub async fn run(
+    job: &JobSpec,
+    opts: &Options,
+    cancel: CancellationToken,
+) -> anyhow::Result<Summary> {
+    let source = source::open(job, 2).map_err(source_error)?;
+    let columns = source.describe().await.map_err(source_error)?;
+    info!(job = %job.name, table = %job.source.table, columns = columns.len(), "source described");
+
+    let ledger = Ledger::connect(&opts.redis_url, &job.name)
+        .await
+        .context("connecting to Redis")?;
+    bitmig_shared::cli::check_spec(&ledger, job, true, &[]).await?;
+
+    let conn = queue::connect(&opts.amqp_url, "bitmig-producer")
+        .await
+        .context("connecting to RabbitMQ")?;
+    let mut publisher = Publisher::new(&conn).await?;
+    queue::declare_topology(publisher.channel(), &job.name).await?;
+
+    let bounds = match (opts.from, opts.to) {
+        (Some(lo), Some(hi)) => Some((lo, hi)),
+        (lo, hi) => source
+            .key_bounds()
+            .await
+            .map_err(source_error)?
+            .map(|(min, max)| (lo.unwrap_or(min), hi.unwrap_or(max))),
+    };
+    let Some((lo, hi)) = bounds.filter(|(lo, hi)| lo <= hi) else {
+        info!(job = %job.name, "the source has no rows in range: nothing to produce");
+        ledger
+            .set_producer_state(&[("status", "done".into()), ("finished_at", now_rfc3339())])
+            .await?;
+        return Ok(Summary::default());
+    };
+    let gs = job.group_size;
+    // Whole groups: the ledger's unit. `--from`/`--to` are widened to the groups that hold them.
+    let (lo, hi) = (group_of(lo, gs), group_last(group_of(hi, gs), gs));
+
+    let planned = ledger.groups().await?;
+    let metas = ledger.metas(&planned).await?;
+    let done: HashMap<u64, GroupStatus> = planned
+        .iter()
+        .zip(&metas)
+        .filter_map(|(f, m)| Some((*f, GroupStatus::parse(m.get("status")?)?)))
+        .filter(|(_, s)| *s != GroupStatus::Producing)
+        .collect();
+
+    ledger
+        .set_producer_state(&[
+            ("status", "running".into()),
+            ("from", lo.to_string()),
+            ("to", hi.to_string()),
+            ("started_at", now_rfc3339()),
+        ])
+        .await?;
+    info!(job = %job.name, from = lo, to = hi, already_done = done.len(), "producing");
+
+    let started = Instant::now();
+    let mut progress = Progress::new(lo, hi);
+    let mut summary = Summary::default();
+    let mut cursor = lo;
+    loop {
+        if cancel.is_cancelled() {
+            progress.finish();
+            anyhow::bail!(
+                "interrupted after {} groups; run the producer again to resume",
+                summary.groups_produced
+            );
+        }
+        let Some(next) = source.next_key(cursor, hi).await.map_err(source_error)? else {
+            break;
+        };
+        let first = group_of(next, gs);
+        let last = group_last(first, gs);
+        if done.contains_key(&first) {
+            summary.groups_skipped += 1;
+            progress.skipped += 1;
+        } else {
+            let (ids, messages) =
+                produce_group(job, &*source, &ledger, &mut publisher, first, last).await?;
+            summary.groups_produced += 1;
+            summary.ids_published += ids;
+            summary.messages += messages;
+            progress.groups += 1;
+            progress.ids += ids;
+            if let Some(rate) = opts.rate.filter(|r| *r > 0) {
+                let due = Duration::from_secs_f64(summary.ids_published as f64 / rate as f64);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = cancel.cancelled() => {}
+                    }
+                }
+            }
+        }
+        progress.update(last);
+        if last >= hi {
+            break;
+        }
+        cursor = last + 1;
+    }
+    progress.finish();
+
+    let groups = summary.groups_produced + summary.groups_skipped;
+    ledger
+        .set_producer_state(&[
+            ("status", "done".into()),
+            ("finished_at", now_rfc3339()),
+            ("groups", groups.to_string()),
+        ])
+        .await?;
+    if summary.groups_produced > 0 {
+        let fill = summary.ids_published as f64 / (summary.groups_produced * gs) as f64;
+        if fill < SPARSE_FILL {
+            let per_group = 3 * gs.div_ceil(8) + 256;
+            warn!(
+                job = %job.name,
+                avg_ids_per_group = summary.ids_published / summary.groups_produced,
+                ledger_bytes_max = groups * per_group,
+                "sparse keys: each group holds few ids, so the ledger costs up to {} KiB for {} groups; \
+                 a larger group_size would not help, a denser key would",
+                groups * per_group / 1024,
+                groups
+            );
+        }
+    }
+    info!(
+        job = %job.name,
+        groups_produced = summary.groups_produced,
+        groups_skipped = summary.groups_skipped,
+        ids = summary.ids_published,
+        messages = summary.messages,
+        secs = format!("{:.1}", started.elapsed().as_secs_f64()),
+        "every group is produced"
+    );
+    let _ = conn.close(200, "done".into()).await;
+    Ok(summary)
+}
+
+/// One group, in the order of DESIGN.md §6 step 1. Returns (ids, messages).
+#[tracing::instrument(skip_all, fields(job = %job.name, group = first, cause = "produce"))]
+async fn produce_group(
+    job: &JobSpec,
+    source: &dyn source::Source,
+    ledger: &Ledger,
+    publisher: &mut Publisher,
+    first: u64,
+    last: u64,
+) -> anyhow::Result<(u64, u64)> {
+    ledger.begin_group(first, last).await?;
+    let ids = source
+        .keys_between(first, last)
+        .await
+        .map_err(source_error)?;
+    ledger.add_src(first, &ids).await?;
+    let batches = batches(&ids, job.batch_size as usize);
+    for ranges in &batches {
+        let m = Message {
+            job: job.name.clone(),
+            group: first,
+            ids: ranges.clone(),
+            cause: Cause::Produce,
+            attempt: 0,
+        };
+        publisher.publish_message(&job.name, &m).await?;
+    }
+    publisher
+        .wait()
+        .await
+        .with_context(|| format!("publishing group {first}"))?;
+    ledger.finish_group(first, ids.len() as u64).await?;
+    tracing::debug!(ids = ids.len(), messages = batches.len(), "group produced");
+    Ok((ids.len() as u64, batches.len() as u64))
+}

@@ -1,0 +1,53 @@
+use bitmig_shared::cli::{self, exit, Common};
+use bitmig_shared::job::JobSpec;
+use clap::Parser;
+
+/// Plan the job's groups and publish their ids to RabbitMQ; resumes groups not yet produced.
+#[derive(Debug, Parser)]
+#[command(name = "bitmig-producer", version)]
+struct Args {
+    #[command(flatten)]
+    common: Common,
+    /// First key of the range (default: MIN(key)); widened to its group.
+    #[arg(long, value_name = "ID")]
+    from: Option<u64>,
+    /// Last key of the range (default: MAX(key)); widened to its group.
+    #[arg(long, value_name = "ID")]
+    to: Option<u64>,
+    /// Publish at most this many ids per second.
+    #[arg(long, value_name = "ROWS_PER_S")]
+    rate: Option<u64>,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    bitmig_shared::telemetry::init();
+    let job = match JobSpec::load(&args.common.job) {
+        Ok(job) => job,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(exit::BAD_INPUT);
+        }
+    };
+    let opts = bitmig_producer::Options {
+        amqp_url: args.common.amqp_url,
+        redis_url: args.common.redis_url,
+        from: args.from,
+        to: args.to,
+        rate: args.rate,
+    };
+    let cancel = cli::shutdown_token();
+    match bitmig_producer::run(&job, &opts, cancel).await {
+        Ok(s) => {
+            println!(
+                "produced {} groups ({} already done), {} ids in {} messages",
+                s.groups_produced, s.groups_skipped, s.ids_published, s.messages
+            );
+        }
+        Err(e) => {
+            cli::print_error(&e);
+            std::process::exit(cli::exit_code_for(&e));
+        }
+    }
+}

@@ -1,0 +1,658 @@
+//! The job file: one TOML file describes one migration (DESIGN.md §2).
+//!
+//! Loading is strict and happens before any connection is opened: unknown keys, names that are not
+//! identifiers, bad routes, absurd sizes and unset `${VAR}`s are refused with a message that names the
+//! key and the file. `${VAR}` is expanded inside string values only, after TOML parsing, so a variable's
+//! content can never change the structure of the file.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Largest `group_size` accepted: one group's bitmap stays at 512 KiB, so three bitmaps per group and a
+/// few thousand groups fit comfortably in Redis and in one `GET`.
+pub const MAX_GROUP_SIZE: u64 = 1 << 22;
+/// Default ids per group (= bits per bitmap).
+pub const DEFAULT_GROUP_SIZE: u64 = 10_000;
+/// Default ids per message.
+pub const DEFAULT_BATCH_SIZE: u64 = 1_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("cannot read job file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("job file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// A validated job. Credentials live only in `source.url` / `target.url` and never leave the process:
+/// [`JobSpec::ledger_spec`] is what may be shown, logged or stored.
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    pub path: PathBuf,
+    pub name: String,
+    pub group_size: u64,
+    pub batch_size: u64,
+    pub source: SourceSpec,
+    pub target: TargetSpec,
+}
+
+#[derive(Debug, Clone)]
+pub struct SourceSpec {
+    pub url: DbUrl,
+    pub table: TableName,
+    pub key: Ident,
+    pub columns: Option<Vec<Ident>>,
+    pub filter: Option<String>,
+    pub version: Option<Ident>,
+}
+
+#[derive(Debug, Clone)]
+pub enum TargetSpec {
+    Sql(SqlTarget),
+    Elasticsearch(EsTarget),
+}
+
+#[derive(Debug, Clone)]
+pub struct SqlTarget {
+    pub url: DbUrl,
+    pub table: Route,
+    pub write: WriteMode,
+}
+
+#[derive(Debug, Clone)]
+pub struct EsTarget {
+    pub url: String,
+    pub index: Route,
+    pub exclude: Vec<Ident>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteMode {
+    /// Insert, or replace every column of an existing row with the same key.
+    Upsert,
+    /// Insert; an existing row with the same key is left as it is (still strict about bad values).
+    InsertIgnore,
+}
+
+/// The database engine a URL points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Engine {
+    Mysql,
+    Postgres,
+}
+
+/// A database URL. `Debug` and `Display` show it without user and password.
+#[derive(Clone)]
+pub struct DbUrl {
+    raw: String,
+    pub engine: Engine,
+}
+
+impl DbUrl {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let parsed = url::Url::parse(raw).map_err(|e| format!("not a URL ({e})"))?;
+        let engine = match parsed.scheme() {
+            "mysql" | "mariadb" => Engine::Mysql,
+            "postgres" | "postgresql" => Engine::Postgres,
+            other => {
+                return Err(format!(
+                    "unsupported scheme `{other}://` (use mysql:// or postgres://)"
+                ))
+            }
+        };
+        if parsed.host_str().is_none_or(str::is_empty) {
+            return Err("the URL names no host".into());
+        }
+        Ok(Self {
+            raw: raw.to_owned(),
+            engine,
+        })
+    }
+
+    /// The URL with credentials; only for opening a connection.
+    pub fn expose(&self) -> &str {
+        &self.raw
+    }
+
+    /// The URL with user, password and password-like query parameters removed.
+    pub fn redacted(&self) -> String {
+        redact_url(&self.raw)
+    }
+}
+
+impl fmt::Debug for DbUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Display for DbUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// Strip user, password and secret-looking query parameters from any URL (AMQP, Redis, database).
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            let pairs: Vec<(String, String)> = u
+                .query_pairs()
+                .filter(|(k, _)| {
+                    let k = k.to_ascii_lowercase();
+                    !(k.contains("pass") || k.contains("secret") || k.contains("token"))
+                })
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            if pairs.is_empty() {
+                u.set_query(None);
+            } else {
+                u.query_pairs_mut().clear().extend_pairs(pairs);
+            }
+            u.to_string()
+        }
+        Err(_) => "<unparsable url>".to_owned(),
+    }
+}
+
+/// A SQL identifier: `[A-Za-z_][A-Za-z0-9_]*`, at most 64 characters. Reserved words are fine: every
+/// identifier is quoted when it is put into SQL.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Ident(String);
+
+impl Ident {
+    pub fn new(s: &str) -> Result<Self, String> {
+        let mut chars = s.chars();
+        let ok = s.len() <= 64
+            && chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(format!(
+                "`{s}` is not an identifier (letters, digits and `_`, not starting with a digit, at most 64)"
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Ident {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A table name, optionally qualified by a database (MySQL) or schema (PostgreSQL): `orders` or `shop.orders`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct TableName {
+    pub schema: Option<Ident>,
+    pub table: Ident,
+}
+
+impl TableName {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.split_once('.') {
+            Some((schema, table)) => Ok(Self {
+                schema: Some(Ident::new(schema)?),
+                table: Ident::new(table)?,
+            }),
+            None => Ok(Self {
+                schema: None,
+                table: Ident::new(s)?,
+            }),
+        }
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.schema {
+            Some(s) => write!(f, "{s}.{}", self.table),
+            None => write!(f, "{}", self.table),
+        }
+    }
+}
+
+/// A target name template: a plain name, or literal parts mixed with `{col % N}` (hash-mod on an integer
+/// column) and `{col:FORMAT}` (a chrono format of a date/time column).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub template: String,
+    pub parts: Vec<RoutePart>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoutePart {
+    Literal(String),
+    HashMod { column: Ident, modulus: u64 },
+    Time { column: Ident, format: String },
+}
+
+impl Route {
+    pub fn parse(template: &str) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut rest = template;
+        while !rest.is_empty() {
+            if let Some(after) = rest.strip_prefix('{') {
+                let end = after
+                    .find('}')
+                    .ok_or_else(|| format!("route `{template}`: `{{` without `}}`"))?;
+                parts.push(Self::parse_placeholder(template, &after[..end])?);
+                rest = &after[end + 1..];
+            } else {
+                let end = rest.find('{').unwrap_or(rest.len());
+                let lit = &rest[..end];
+                if lit.contains('}') {
+                    return Err(format!("route `{template}`: `}}` without `{{`"));
+                }
+                if !lit
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+                {
+                    return Err(format!(
+                        "route `{template}`: `{lit}` is not part of an identifier"
+                    ));
+                }
+                parts.push(RoutePart::Literal(lit.to_owned()));
+                rest = &rest[end..];
+            }
+        }
+        let route = Self {
+            template: template.to_owned(),
+            parts,
+        };
+        if let Some(name) = route.plain() {
+            TableName::parse(name).map_err(|e| format!("route `{template}`: {e}"))?;
+        } else if !matches!(route.parts.first(), Some(RoutePart::Literal(l)) if l.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_'))
+        {
+            return Err(format!(
+                "route `{template}`: must start with a literal name part"
+            ));
+        }
+        Ok(route)
+    }
+
+    fn parse_placeholder(template: &str, inner: &str) -> Result<RoutePart, String> {
+        if let Some((col, modulus)) = inner.split_once('%') {
+            let column = Ident::new(col.trim()).map_err(|e| format!("route `{template}`: {e}"))?;
+            let modulus: u64 = modulus.trim().parse().map_err(|_| {
+                format!(
+                    "route `{template}`: `{}` is not a positive integer",
+                    modulus.trim()
+                )
+            })?;
+            if modulus == 0 {
+                return Err(format!("route `{template}`: modulus 0"));
+            }
+            Ok(RoutePart::HashMod { column, modulus })
+        } else if let Some((col, format)) = inner.split_once(':') {
+            let column = Ident::new(col.trim()).map_err(|e| format!("route `{template}`: {e}"))?;
+            let probe = chrono::NaiveDate::from_ymd_opt(2024, 1, 31)
+                .and_then(|d| d.and_hms_opt(23, 59, 58))
+                .map(|t| {
+                    use std::fmt::Write;
+                    let mut s = String::new();
+                    write!(s, "{}", t.format(format)).map(|_| s)
+                });
+            match probe {
+                Some(Ok(s))
+                    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => {}
+                _ => {
+                    return Err(format!(
+                        "route `{template}`: `{format}` is not a chrono format that yields identifier characters"
+                    ))
+                }
+            }
+            Ok(RoutePart::Time {
+                column,
+                format: format.to_owned(),
+            })
+        } else {
+            Err(format!(
+                "route `{template}`: `{{{inner}}}` is neither {{col % N}} nor {{col:FORMAT}}"
+            ))
+        }
+    }
+
+    /// The name when the route has no placeholder.
+    pub fn plain(&self) -> Option<&str> {
+        match self.parts.as_slice() {
+            [RoutePart::Literal(l)] => Some(l),
+            _ => None,
+        }
+    }
+
+    /// Columns the route reads.
+    pub fn columns(&self) -> impl Iterator<Item = &Ident> {
+        self.parts.iter().filter_map(|p| match p {
+            RoutePart::Literal(_) => None,
+            RoutePart::HashMod { column, .. } | RoutePart::Time { column, .. } => Some(column),
+        })
+    }
+}
+
+// ---- raw file shape -------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJob {
+    name: String,
+    group_size: Option<i64>,
+    batch_size: Option<i64>,
+    source: RawSource,
+    target: RawTarget,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    url: String,
+    table: String,
+    key: String,
+    columns: Option<Vec<String>>,
+    filter: Option<String>,
+    version: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    kind: String,
+    url: String,
+    table: Option<String>,
+    write: Option<WriteMode>,
+    index: Option<String>,
+    exclude: Option<Vec<String>>,
+}
+
+impl JobSpec {
+    /// Read, expand and validate a job file. Nothing is connected to.
+    pub fn load(path: &Path) -> Result<Self, JobError> {
+        let text = std::fs::read_to_string(path).map_err(|source| JobError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse_str(&text, path, &|name| std::env::var(name).ok())
+    }
+
+    /// Parse a job from text; `env` resolves `${VAR}`.
+    pub fn parse_str(
+        text: &str,
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, JobError> {
+        let invalid = |message: String| JobError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        let mut doc: toml::Value = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        expand_env(&mut doc, "", env).map_err(invalid)?;
+        let raw: RawJob = doc
+            .try_into()
+            .map_err(|e: toml::de::Error| invalid(e.to_string().trim_end().replace('\n', " ")))?;
+        Self::validate(raw, path).map_err(invalid)
+    }
+
+    fn validate(raw: RawJob, path: &Path) -> Result<Self, String> {
+        let name = raw.name;
+        if name.is_empty()
+            || name.len() > 40
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
+            return Err(format!(
+                "`name`: `{name}` must match [a-z0-9_]{{1,40}} (it names Redis keys and queues)"
+            ));
+        }
+        let group_size = raw.group_size.unwrap_or(DEFAULT_GROUP_SIZE as i64);
+        if group_size < 1 || group_size as u64 > MAX_GROUP_SIZE {
+            return Err(format!(
+                "`group_size`: {group_size} is out of range 1..={MAX_GROUP_SIZE} (bits per bitmap)"
+            ));
+        }
+        let batch_size = raw
+            .batch_size
+            .unwrap_or(DEFAULT_BATCH_SIZE.min(group_size as u64) as i64);
+        if batch_size < 1 || batch_size > group_size {
+            return Err(format!(
+                "`batch_size`: {batch_size} is out of range 1..={group_size} (a batch never spans groups)"
+            ));
+        }
+
+        let s = raw.source;
+        let field = |key: &str, r: Result<Ident, String>| r.map_err(|e| format!("`{key}`: {e}"));
+        let source_url = DbUrl::parse(&s.url).map_err(|e| format!("`source.url`: {e}"))?;
+        let table = TableName::parse(&s.table).map_err(|e| format!("`source.table`: {e}"))?;
+        let key = field("source.key", Ident::new(&s.key))?;
+        let columns = match s.columns {
+            None => None,
+            Some(cols) => {
+                if cols.is_empty() {
+                    return Err(
+                        "`source.columns`: empty list (leave it out for every column)".into(),
+                    );
+                }
+                let cols = cols
+                    .iter()
+                    .map(|c| field("source.columns", Ident::new(c)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut seen = std::collections::HashSet::new();
+                if let Some(dup) = cols.iter().find(|c| !seen.insert(c.as_str())) {
+                    return Err(format!("`source.columns`: `{dup}` is listed twice"));
+                }
+                if !cols.contains(&key) {
+                    return Err(format!("`source.columns`: must include the key `{key}`"));
+                }
+                Some(cols)
+            }
+        };
+        let filter = match s.filter {
+            Some(f) if f.trim().is_empty() => {
+                return Err("`source.filter`: empty (leave it out for no filter)".into())
+            }
+            other => other,
+        };
+        let version = s
+            .version
+            .map(|v| field("source.version", Ident::new(&v)))
+            .transpose()?;
+
+        let t = raw.target;
+        let target = match t.kind.as_str() {
+            "sql" => {
+                if t.index.is_some() || t.exclude.is_some() {
+                    return Err(
+                        "`target.index` and `target.exclude` belong to kind = \"elasticsearch\""
+                            .into(),
+                    );
+                }
+                let url = DbUrl::parse(&t.url).map_err(|e| format!("`target.url`: {e}"))?;
+                let table = t
+                    .table
+                    .ok_or("`target.table`: missing (kind = \"sql\" needs a table or route)")?;
+                let table = Route::parse(&table).map_err(|e| format!("`target.table`: {e}"))?;
+                TargetSpec::Sql(SqlTarget {
+                    url,
+                    table,
+                    write: t.write.unwrap_or(WriteMode::Upsert),
+                })
+            }
+            "elasticsearch" => {
+                if t.table.is_some() || t.write.is_some() {
+                    return Err("`target.table` and `target.write` belong to kind = \"sql\"".into());
+                }
+                let u = url::Url::parse(&t.url)
+                    .map_err(|e| format!("`target.url`: not a URL ({e})"))?;
+                if !matches!(u.scheme(), "http" | "https") {
+                    return Err("`target.url`: Elasticsearch needs http:// or https://".into());
+                }
+                let index = t.index.ok_or("`target.index`: missing")?;
+                let index = Route::parse(&index).map_err(|e| format!("`target.index`: {e}"))?;
+                let exclude = t
+                    .exclude
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|c| field("target.exclude", Ident::new(c)))
+                    .collect::<Result<_, _>>()?;
+                TargetSpec::Elasticsearch(EsTarget {
+                    url: t.url,
+                    index,
+                    exclude,
+                })
+            }
+            other => {
+                return Err(format!(
+                    "`target.kind`: `{other}` is not one of \"sql\", \"elasticsearch\""
+                ))
+            }
+        };
+
+        Ok(Self {
+            path: path.to_owned(),
+            name,
+            group_size: group_size as u64,
+            batch_size: batch_size as u64,
+            source: SourceSpec {
+                url: source_url,
+                table,
+                key,
+                columns,
+                filter,
+                version,
+            },
+            target,
+        })
+    }
+
+    /// The job as stored in `bitmig:{JOB}:spec`: every setting, URLs without credentials.
+    pub fn ledger_spec(&self) -> serde_json::Value {
+        let target = match &self.target {
+            TargetSpec::Sql(t) => serde_json::json!({
+                "kind": "sql",
+                "url": t.url.redacted(),
+                "table": t.table.template,
+                "write": t.write,
+            }),
+            TargetSpec::Elasticsearch(t) => serde_json::json!({
+                "kind": "elasticsearch",
+                "url": redact_url(&t.url),
+                "index": t.index.template,
+                "exclude": t.exclude,
+            }),
+        };
+        serde_json::json!({
+            "name": self.name,
+            "group_size": self.group_size,
+            "batch_size": self.batch_size,
+            "source": {
+                "url": self.source.url.redacted(),
+                "table": self.source.table.to_string(),
+                "key": self.source.key,
+                "columns": self.source.columns,
+                "filter": self.source.filter,
+                "version": self.source.version,
+            },
+            "target": target,
+        })
+    }
+}
+
+/// Fields (dotted paths) whose values differ between two specs, for "which fields differ" messages.
+pub fn spec_differences(stored: &serde_json::Value, ours: &serde_json::Value) -> Vec<String> {
+    fn walk(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+        match (a, b) {
+            (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+                let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+                for k in keys {
+                    let path = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    let null = serde_json::Value::Null;
+                    walk(
+                        &path,
+                        a.get(k).unwrap_or(&null),
+                        b.get(k).unwrap_or(&null),
+                        out,
+                    );
+                }
+            }
+            _ if a != b => out.push(format!("{prefix}: stored {a}, this job {b}")),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk("", stored, ours, &mut out);
+    out
+}
+
+/// Replace `${VAR}` in every string value. An unset variable is an error naming it and the key.
+fn expand_env(
+    v: &mut toml::Value,
+    at: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), String> {
+    match v {
+        toml::Value::String(s) => {
+            if s.contains("${") {
+                *s = expand_str(s, env).map_err(|e| format!("`{at}`: {e}"))?;
+            }
+        }
+        toml::Value::Array(items) => {
+            for item in items {
+                expand_env(item, at, env)?;
+            }
+        }
+        toml::Value::Table(t) => {
+            for (k, item) in t.iter_mut() {
+                let path = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                expand_env(item, &path, env)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| "`${` without a closing `}`".to_owned())?;
+        let var = &after[..end];
+        if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("`${{{var}}}` is not a variable name"));
+        }
+        let value = env(var).ok_or_else(|| format!("environment variable {var} is not set"))?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}

@@ -1,0 +1,392 @@
+//! The Redis ledger (DESIGN.md §4): per group a `src`, `tgt` and `gone` bitmap and a `meta` hash; per job
+//! the `spec`, the `groups` sorted set, the `failed` hash and the `producer` hash.
+//!
+//! Keys of one group share the hash tag `{JOB:FIRST}` and keys of the job share `{JOB}`, so every
+//! multi-key command (the `BITOP` that ORs a batch's bits in) stays inside one Redis Cluster slot.
+
+use std::collections::HashMap;
+
+use redis::aio::ConnectionManager;
+use redis::AsyncCommands;
+
+use crate::ids::bitmap_of;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("ledger: {0}")]
+    Corrupt(String),
+}
+
+impl LedgerError {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            LedgerError::Redis(e) => {
+                e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_timeout()
+                    || e.is_connection_refusal()
+            }
+            LedgerError::Corrupt(_) => false,
+        }
+    }
+}
+
+/// A group's lifecycle (`meta.status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupStatus {
+    Producing,
+    Produced,
+    Complete,
+}
+
+impl GroupStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupStatus::Producing => "producing",
+            GroupStatus::Produced => "produced",
+            GroupStatus::Complete => "complete",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "producing" => Some(GroupStatus::Producing),
+            "produced" => Some(GroupStatus::Produced),
+            "complete" => Some(GroupStatus::Complete),
+            _ => None,
+        }
+    }
+}
+
+/// What comparing our spec with the stored one found.
+#[derive(Debug, PartialEq)]
+pub enum SpecCheck {
+    /// No spec was stored; ours is now.
+    Stored,
+    Same,
+    /// The stored spec differs in these fields.
+    Differs(Vec<String>),
+    /// Nothing is stored and we were not asked to store.
+    Absent,
+}
+
+/// A group's bitmaps as stored (missing keys are empty).
+#[derive(Debug, Default, Clone)]
+pub struct GroupBits {
+    pub src: Vec<u8>,
+    pub tgt: Vec<u8>,
+    pub gone: Vec<u8>,
+}
+
+#[derive(Clone)]
+pub struct Ledger {
+    con: ConnectionManager,
+    job: String,
+}
+
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl Ledger {
+    /// Connect; the connection manager reconnects by itself after Redis restarts.
+    pub async fn connect(url: &str, job: &str) -> Result<Self, LedgerError> {
+        let client = redis::Client::open(url)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
+            .set_response_timeout(Some(std::time::Duration::from_secs(30)))
+            .set_number_of_retries(6);
+        let con = ConnectionManager::new_with_config(client, config).await?;
+        Ok(Self {
+            con,
+            job: job.to_owned(),
+        })
+    }
+
+    pub fn job(&self) -> &str {
+        &self.job
+    }
+
+    pub fn job_key(&self, what: &str) -> String {
+        format!("bitmig:{{{}}}:{what}", self.job)
+    }
+
+    pub fn group_key(&self, first: u64, what: &str) -> String {
+        format!("bitmig:{{{}:{first}}}:{what}", self.job)
+    }
+
+    /// Compare the job's spec with the stored one; store it when none is and `store` is set.
+    pub async fn check_spec(
+        &self,
+        ours: &serde_json::Value,
+        store: bool,
+        ignore: &[&str],
+    ) -> Result<SpecCheck, LedgerError> {
+        let mut con = self.con.clone();
+        let key = self.job_key("spec");
+        if store {
+            let set: bool = redis::cmd("SET")
+                .arg(&key)
+                .arg(ours.to_string())
+                .arg("NX")
+                .query_async::<Option<String>>(&mut con)
+                .await?
+                .is_some();
+            if set {
+                return Ok(SpecCheck::Stored);
+            }
+        }
+        let stored: Option<String> = con.get(&key).await?;
+        let Some(stored) = stored else {
+            return Ok(SpecCheck::Absent);
+        };
+        let stored: serde_json::Value = serde_json::from_str(&stored)
+            .map_err(|e| LedgerError::Corrupt(format!("{key} is not JSON: {e}")))?;
+        let diffs: Vec<String> = crate::job::spec_differences(&stored, ours)
+            .into_iter()
+            .filter(|d| !ignore.iter().any(|i| d.starts_with(&format!("{i}:"))))
+            .collect();
+        Ok(if diffs.is_empty() {
+            SpecCheck::Same
+        } else {
+            SpecCheck::Differs(diffs)
+        })
+    }
+
+    /// Every planned group's `first`, ascending.
+    pub async fn groups(&self) -> Result<Vec<u64>, LedgerError> {
+        let mut con = self.con.clone();
+        let v: Vec<u64> = con.zrange(self.job_key("groups"), 0, -1).await?;
+        Ok(v)
+    }
+
+    /// The `meta` hash of each group, in order.
+    pub async fn metas(&self, firsts: &[u64]) -> Result<Vec<HashMap<String, String>>, LedgerError> {
+        let mut out = Vec::with_capacity(firsts.len());
+        let mut con = self.con.clone();
+        for chunk in firsts.chunks(500) {
+            let mut p = redis::pipe();
+            for &f in chunk {
+                p.hgetall(self.group_key(f, "meta"));
+            }
+            let v: Vec<HashMap<String, String>> = p.query_async(&mut con).await?;
+            out.extend(v);
+        }
+        Ok(out)
+    }
+
+    /// The bitmaps of each group, in order.
+    pub async fn bits(&self, firsts: &[u64]) -> Result<Vec<GroupBits>, LedgerError> {
+        let mut out = Vec::with_capacity(firsts.len());
+        let mut con = self.con.clone();
+        for chunk in firsts.chunks(200) {
+            let mut p = redis::pipe();
+            for &f in chunk {
+                p.get(self.group_key(f, "src"))
+                    .get(self.group_key(f, "tgt"))
+                    .get(self.group_key(f, "gone"));
+            }
+            let v: Vec<Option<Vec<u8>>> = p.query_async(&mut con).await?;
+            for three in v.chunks(3) {
+                let get = |i: usize| three.get(i).cloned().flatten().unwrap_or_default();
+                out.push(GroupBits {
+                    src: get(0),
+                    tgt: get(1),
+                    gone: get(2),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Plan a group and mark it `producing` (step 1 of the producer).
+    pub async fn begin_group(&self, first: u64, last: u64) -> Result<(), LedgerError> {
+        let mut con = self.con.clone();
+        redis::pipe()
+            .zadd(self.job_key("groups"), first, first)
+            .ignore()
+            .hset_multiple(
+                self.group_key(first, "meta"),
+                &[
+                    ("first", first.to_string()),
+                    ("last", last.to_string()),
+                    ("status", GroupStatus::Producing.as_str().to_owned()),
+                    ("started_at", now_rfc3339()),
+                ],
+            )
+            .ignore()
+            .query_async::<()>(&mut con)
+            .await?;
+        Ok(())
+    }
+
+    /// OR the bits of `ids` into the group's `src` bitmap.
+    pub async fn add_src(&self, first: u64, ids: &[u64]) -> Result<(), LedgerError> {
+        let mut con = self.con.clone();
+        let mut p = redis::pipe();
+        p.atomic();
+        self.or_bits(&mut p, first, "src", ids.iter().copied());
+        p.query_async::<()>(&mut con).await?;
+        Ok(())
+    }
+
+    /// Mark a group `produced` after every batch of it was confirmed by the broker.
+    pub async fn finish_group(&self, first: u64, source_count: u64) -> Result<(), LedgerError> {
+        let mut con = self.con.clone();
+        let now = now_rfc3339();
+        let _: () = con
+            .hset_multiple(
+                self.group_key(first, "meta"),
+                &[
+                    ("status", GroupStatus::Produced.as_str()),
+                    ("source_count", &source_count.to_string()),
+                    ("produced_at", &now),
+                    ("driven_at", &now),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    fn or_bits(
+        &self,
+        p: &mut redis::Pipeline,
+        first: u64,
+        which: &str,
+        ids: impl IntoIterator<Item = u64>,
+    ) {
+        let bits = bitmap_of(first, ids);
+        if bits.is_empty() {
+            return;
+        }
+        let dest = self.group_key(first, which);
+        let tmp = self.group_key(
+            first,
+            &format!("tmp:{which}:{:016x}", rand::random::<u64>()),
+        );
+        p.cmd("SET")
+            .arg(&tmp)
+            .arg(bits)
+            .arg("PX")
+            .arg(60_000)
+            .ignore();
+        p.cmd("BITOP")
+            .arg("OR")
+            .arg(&dest)
+            .arg(&dest)
+            .arg(&tmp)
+            .ignore();
+        p.del(&tmp).ignore();
+    }
+
+    /// Record a written batch (consumer step 2): failed rows first, then in one transaction the `tgt` bits of
+    /// what landed and the `gone` bits of what no longer exists. One round trip without failures.
+    pub async fn record_batch(
+        &self,
+        first: u64,
+        landed: &[u64],
+        gone: &[u64],
+        failed: &[(u64, String)],
+    ) -> Result<(), LedgerError> {
+        let mut con = self.con.clone();
+        if !failed.is_empty() {
+            let at = now_rfc3339();
+            let items: Vec<(String, String)> = failed
+                .iter()
+                .map(|(id, reason)| {
+                    (
+                        id.to_string(),
+                        serde_json::json!({"reason": reason, "at": at}).to_string(),
+                    )
+                })
+                .collect();
+            let _: () = con.hset_multiple(self.job_key("failed"), &items).await?;
+        }
+        if landed.is_empty() && gone.is_empty() {
+            return Ok(());
+        }
+        let mut p = redis::pipe();
+        p.atomic();
+        self.or_bits(&mut p, first, "tgt", landed.iter().copied());
+        self.or_bits(&mut p, first, "gone", gone.iter().copied());
+        p.query_async::<()>(&mut con).await?;
+        Ok(())
+    }
+
+    /// Ids recorded in `failed`.
+    pub async fn failed_ids(&self) -> Result<Vec<u64>, LedgerError> {
+        let mut con = self.con.clone();
+        let keys: Vec<String> = con.hkeys(self.job_key("failed")).await?;
+        Ok(keys.iter().filter_map(|k| k.parse().ok()).collect())
+    }
+
+    pub async fn failed_count(&self) -> Result<u64, LedgerError> {
+        let mut con = self.con.clone();
+        Ok(con.hlen(self.job_key("failed")).await?)
+    }
+
+    /// Forget failed ids (before re-driving them on request).
+    pub async fn forget_failed(&self, ids: &[u64]) -> Result<(), LedgerError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut con = self.con.clone();
+        for chunk in ids.chunks(1000) {
+            let _: () = con.hdel(self.job_key("failed"), chunk).await?;
+        }
+        Ok(())
+    }
+
+    /// After a re-drive of `missing` ids (compensator step 4).
+    pub async fn mark_redriven(&self, first: u64, missing: u64) -> Result<(), LedgerError> {
+        let mut con = self.con.clone();
+        let now = now_rfc3339();
+        let meta = self.group_key(first, "meta");
+        redis::pipe()
+            .hincr(&meta, "redrives", 1)
+            .ignore()
+            .hset_multiple(
+                &meta,
+                &[
+                    ("driven_at", now.as_str()),
+                    ("checked_at", now.as_str()),
+                    ("missing", &missing.to_string()),
+                ],
+            )
+            .ignore()
+            .query_async::<()>(&mut con)
+            .await?;
+        Ok(())
+    }
+
+    /// Nothing is missing: the group is `complete`.
+    pub async fn mark_complete(&self, first: u64) -> Result<(), LedgerError> {
+        let mut con = self.con.clone();
+        let now = now_rfc3339();
+        let _: () = con
+            .hset_multiple(
+                self.group_key(first, "meta"),
+                &[
+                    ("status", GroupStatus::Complete.as_str()),
+                    ("checked_at", now.as_str()),
+                    ("missing", "0"),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The producer's own state (`bitmig:{JOB}:producer`): `status` (`running`/`done`), range, times.
+    pub async fn producer_state(&self) -> Result<HashMap<String, String>, LedgerError> {
+        let mut con = self.con.clone();
+        Ok(con.hgetall(self.job_key("producer")).await?)
+    }
+
+    pub async fn set_producer_state(&self, fields: &[(&str, String)]) -> Result<(), LedgerError> {
+        let mut con = self.con.clone();
+        let _: () = con.hset_multiple(self.job_key("producer"), fields).await?;
+        Ok(())
+    }
+}

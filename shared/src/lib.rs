@@ -1,0 +1,22 @@
+//! The parts every bitmig program shares.
+//!
+//! - [`job`]: the job file (TOML): parsing, `${VAR}` expansion, validation, the credential-free spec.
+//! - [`ids`]: id ranges, groups and the MSB-first bitmap encoding Redis uses.
+//! - [`ledger`]: the Redis ledger — group bitmaps (`src`, `tgt`, `gone`), group meta, `failed`, `spec`.
+//! - [`queue`]: AMQP topology (exchange, work, retry and dead queues), the message body, confirmed publishing.
+//! - [`value`]: column descriptions and the engine-neutral row values that travel from source to sink.
+//! - [`source`]: reading ids and current rows from the source database.
+//! - [`sink`]: writing rows to the target (SQL tables); one small trait, one module per target kind.
+//! - [`telemetry`], [`cli`]: logging set-up, the options and exit codes every binary shares, progress output.
+
+pub mod cli;
+pub mod ids;
+pub mod job;
+pub mod ledger;
+pub mod progress;
+pub mod queue;
+pub mod sink;
+pub mod source;
+pub mod sql;
+pub mod telemetry;
+pub mod value;

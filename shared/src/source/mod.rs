@@ -1,0 +1,64 @@
+//! Reading from the source database: the ids of a group (producer) and the current rows of a batch
+//! (consumer). One trait, one implementation per engine.
+
+mod mysql;
+
+use async_trait::async_trait;
+
+use crate::ids::IdRange;
+use crate::job::{Engine, JobSpec};
+use crate::value::{Column, RowSet};
+
+pub use mysql::MySqlSource;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The job does not fit the source's schema (no such table or column, a key that is not an integer).
+    #[error("source {table}: {message}")]
+    Schema { table: String, message: String },
+    #[error("source {table}: {message}")]
+    Query {
+        table: String,
+        message: String,
+        transient: bool,
+    },
+    #[error("source: {0}")]
+    Unsupported(String),
+}
+
+impl SourceError {
+    /// Whether retrying later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            SourceError::Query {
+                transient: true,
+                ..
+            }
+        )
+    }
+}
+
+#[async_trait]
+pub trait Source: Send + Sync {
+    /// The columns a batch read returns, in order; checks the key column is an integer.
+    async fn describe(&self) -> Result<Vec<Column>, SourceError>;
+    /// `MIN(key)`, `MAX(key)` under the filter; `None` for an empty source.
+    async fn key_bounds(&self) -> Result<Option<(u64, u64)>, SourceError>;
+    /// The smallest key in `from..=to` under the filter.
+    async fn next_key(&self, from: u64, to: u64) -> Result<Option<u64>, SourceError>;
+    /// Every key in `first..=last` under the filter, ascending.
+    async fn keys_between(&self, first: u64, last: u64) -> Result<Vec<u64>, SourceError>;
+    /// The current rows whose keys lie in `ranges` (ascending, non-overlapping), ascending by key.
+    async fn read_rows(&self, ranges: &[IdRange]) -> Result<RowSet, SourceError>;
+}
+
+/// Open the source the job names.
+pub fn open(job: &JobSpec, max_connections: usize) -> Result<Box<dyn Source>, SourceError> {
+    match job.source.url.engine {
+        Engine::Mysql => Ok(Box::new(MySqlSource::new(job, max_connections)?)),
+        Engine::Postgres => Err(SourceError::Unsupported(
+            "PostgreSQL sources are not supported by this build yet".into(),
+        )),
+    }
+}
