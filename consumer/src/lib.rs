@@ -154,8 +154,14 @@ pub async fn run(
             next = deliveries.next() => {
                 let delivery = match next {
                     Some(Ok(d)) => d,
-                    Some(Err(e)) => { stream_error = Some(e); break; }
-                    None => { stream_error = Some(lapin::Error::from(lapin::ErrorKind::InvalidChannelState(lapin::ChannelState::Closed, "consumer stream ended".into()))); break; }
+                    Some(Err(e)) => {
+                        stream_error = Some(anyhow::Error::from(e));
+                        break;
+                    }
+                    None => {
+                        stream_error = Some(anyhow::anyhow!("the broker ended the consumer"));
+                        break;
+                    }
                 };
                 let permit = tokio::select! {
                     p = slots.clone().acquire_owned() => p?,
@@ -213,7 +219,7 @@ pub async fn run(
     );
     if let Some(e) = stream_error {
         if !cancel.is_cancelled() {
-            return Err(anyhow::Error::from(e).context("the work queue's consumer stopped"));
+            return Err(e.context("the work queue's consumer stopped"));
         }
     }
     Ok(view)

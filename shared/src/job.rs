@@ -289,19 +289,7 @@ impl Route {
     }
 
     fn parse_placeholder(template: &str, inner: &str) -> Result<RoutePart, String> {
-        if let Some((col, modulus)) = inner.split_once('%') {
-            let column = Ident::new(col.trim()).map_err(|e| format!("route `{template}`: {e}"))?;
-            let modulus: u64 = modulus.trim().parse().map_err(|_| {
-                format!(
-                    "route `{template}`: `{}` is not a positive integer",
-                    modulus.trim()
-                )
-            })?;
-            if modulus == 0 {
-                return Err(format!("route `{template}`: modulus 0"));
-            }
-            Ok(RoutePart::HashMod { column, modulus })
-        } else if let Some((col, format)) = inner.split_once(':') {
+        if let Some((col, format)) = inner.split_once(':') {
             let column = Ident::new(col.trim()).map_err(|e| format!("route `{template}`: {e}"))?;
             let probe = chrono::NaiveDate::from_ymd_opt(2024, 1, 31)
                 .and_then(|d| d.and_hms_opt(23, 59, 58))
@@ -323,6 +311,18 @@ impl Route {
                 column,
                 format: format.to_owned(),
             })
+        } else if let Some((col, modulus)) = inner.split_once('%') {
+            let column = Ident::new(col.trim()).map_err(|e| format!("route `{template}`: {e}"))?;
+            let modulus: u64 = modulus.trim().parse().map_err(|_| {
+                format!(
+                    "route `{template}`: `{}` is not a positive integer",
+                    modulus.trim()
+                )
+            })?;
+            if modulus == 0 {
+                return Err(format!("route `{template}`: modulus 0"));
+            }
+            Ok(RoutePart::HashMod { column, modulus })
         } else {
             Err(format!(
                 "route `{template}`: `{{{inner}}}` is neither {{col % N}} nor {{col:FORMAT}}"
@@ -611,10 +611,8 @@ fn expand_env(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(), String> {
     match v {
-        toml::Value::String(s) => {
-            if s.contains("${") {
-                *s = expand_str(s, env).map_err(|e| format!("`{at}`: {e}"))?;
-            }
+        toml::Value::String(s) if s.contains("${") => {
+            *s = expand_str(s, env).map_err(|e| format!("`{at}`: {e}"))?;
         }
         toml::Value::Array(items) => {
             for item in items {
@@ -655,4 +653,153 @@ fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, S
     }
     out.push_str(rest);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "orders"
+[source]
+url = "mysql://app:s3cret@db:3306/shop"
+table = "orders"
+key = "id"
+[target]
+kind = "sql"
+url = "${TARGET_URL}"
+table = "orders_archive"
+"#;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "TARGET_URL")
+            .then(|| "mysql://u:topsecret@db2/shop?password=x&ssl-mode=REQUIRED".into())
+    }
+
+    fn parse(text: &str) -> Result<JobSpec, String> {
+        JobSpec::parse_str(text, Path::new("job.toml"), &env).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_good_job_gets_defaults_and_expands_variables() {
+        let job = parse(GOOD).unwrap();
+        assert_eq!(job.group_size, 10_000);
+        assert_eq!(job.batch_size, 1_000);
+        let TargetSpec::Sql(t) = &job.target else {
+            panic!()
+        };
+        assert_eq!(t.write, WriteMode::Upsert);
+        assert!(t.url.expose().contains("topsecret"));
+    }
+
+    #[test]
+    fn the_ledger_spec_carries_no_credentials() {
+        let spec = parse(GOOD).unwrap().ledger_spec().to_string();
+        assert!(
+            !spec.contains("s3cret") && !spec.contains("topsecret") && !spec.contains("app"),
+            "{spec}"
+        );
+        assert!(!spec.contains("password"), "{spec}");
+        assert!(spec.contains("ssl-mode=REQUIRED"), "{spec}");
+        assert!(!format!("{:?}", parse(GOOD).unwrap()).contains("s3cret"));
+    }
+
+    #[test]
+    fn bad_jobs_are_refused_naming_the_problem() {
+        let cases = [
+            (
+                GOOD.replace("name = \"orders\"", "name = \"orders\"\ncolour = \"red\""),
+                "colour",
+            ),
+            (
+                GOOD.replace("key = \"id\"", "key = \"id\"\ncolour = 1"),
+                "colour",
+            ),
+            (
+                GOOD.replace("table = \"orders\"", "table = \"orders; drop table x\""),
+                "orders; drop table x",
+            ),
+            (
+                GOOD.replace("table = \"orders\"", "table = \"ord`ers\""),
+                "ord`ers",
+            ),
+            (
+                GOOD.replace("${TARGET_URL}", "${NOT_SET_ANYWHERE}"),
+                "NOT_SET_ANYWHERE",
+            ),
+            (
+                GOOD.replace("name = \"orders\"", "name = \"Orders!\""),
+                "name",
+            ),
+            (
+                GOOD.replace("name = \"orders\"", "name = \"orders\"\ngroup_size = 0"),
+                "group_size",
+            ),
+            (
+                GOOD.replace(
+                    "name = \"orders\"",
+                    "name = \"orders\"\ngroup_size = 100\nbatch_size = 101",
+                ),
+                "batch_size",
+            ),
+            (
+                GOOD.replace(
+                    "name = \"orders\"",
+                    "name = \"orders\"\ngroup_size = 100000000",
+                ),
+                "group_size",
+            ),
+            (
+                GOOD.replace("kind = \"sql\"", "kind = \"csv\""),
+                "target.kind",
+            ),
+            (
+                GOOD.replace("table = \"orders_archive\"", "table = \"a_{id % 0}\""),
+                "modulus 0",
+            ),
+            (
+                GOOD.replace("table = \"orders_archive\"", "table = \"a_{id\""),
+                "without",
+            ),
+            (
+                GOOD.replace("key = \"id\"", "key = \"id\"\ncolumns = [\"a\"]"),
+                "must include the key",
+            ),
+            (GOOD.replace("mysql://app", "oracle://app"), "source.url"),
+        ];
+        for (text, want) in cases {
+            let err = parse(&text).unwrap_err();
+            assert!(err.contains(want), "want {want:?} in: {err}");
+            assert!(err.contains("job.toml"), "the file is named: {err}");
+        }
+    }
+
+    #[test]
+    fn routes_parse_each_kind() {
+        let r = Route::parse("orders_{user_id % 16}").unwrap();
+        assert_eq!(
+            r.parts[1],
+            RoutePart::HashMod {
+                column: Ident::new("user_id").unwrap(),
+                modulus: 16
+            }
+        );
+        let r = Route::parse("orders_{created_at:%Y%m}").unwrap();
+        assert!(matches!(&r.parts[1], RoutePart::Time { format, .. } if format == "%Y%m"));
+        assert_eq!(
+            Route::parse("shop.orders").unwrap().plain(),
+            Some("shop.orders")
+        );
+        assert!(Route::parse("orders_{created_at:%Y-%m}").is_err());
+        assert!(Route::parse("{id % 4}").is_err());
+    }
+
+    #[test]
+    fn spec_differences_name_the_fields() {
+        let a = serde_json::json!({"name": "x", "source": {"table": "a", "key": "id"}});
+        let b = serde_json::json!({"name": "x", "source": {"table": "b", "key": "id"}});
+        let d = spec_differences(&a, &b);
+        assert_eq!(d.len(), 1);
+        assert!(d[0].starts_with("source.table:"), "{d:?}");
+    }
 }
