@@ -1,0 +1,15 @@
+//! End-to-end tests of bitmig: the real `bitmig-producer`, `bitmig-consumer` and `bitmig-compensator` run as
+//! subprocesses against real MariaDB, Redis and RabbitMQ (loopback by default; see `helpers::Services`).
+//! Build the binaries first: `cargo build --workspace --bins`.
+//!
+//! One file per topic; each test has its own job, database, queues and ledger keys, so they run in parallel.
+
+mod helpers;
+
+mod bad_job_file;
+mod compensator_redrive;
+mod consumer_crash;
+mod copy;
+mod dead_letters;
+mod deleted_rows;
+mod producer_resume;
