@@ -1,6 +1,7 @@
 //! Writing rows to the target. A sink writes one batch idempotently and says, row by row, what landed
 //! and what the target refused for good; the consumer turns that into ledger bits.
 
+pub mod elasticsearch;
 pub mod sql;
 
 use async_trait::async_trait;
@@ -8,6 +9,7 @@ use async_trait::async_trait;
 use crate::job::{Engine, JobSpec, TargetSpec};
 use crate::value::{Column, RowSet};
 
+pub use elasticsearch::EsSink;
 pub use sql::MySqlSink;
 
 /// What became of a batch once the sink returns `Ok`.
@@ -58,8 +60,10 @@ pub fn open(job: &JobSpec, max_connections: usize) -> Result<Box<dyn Sink>, Open
                 "PostgreSQL targets are not supported by this build yet".into(),
             )),
         },
-        TargetSpec::Elasticsearch(_) => Err(OpenError(
-            "Elasticsearch targets are not supported by this build yet".into(),
-        )),
+        TargetSpec::Elasticsearch(_) => Ok(Box::new(EsSink::new(
+            job,
+            elasticsearch::EsOptions::from_env(),
+            max_connections,
+        )?)),
     }
 }

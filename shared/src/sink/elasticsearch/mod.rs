@@ -1,0 +1,346 @@
+//! Elasticsearch (and OpenSearch) target: one Bulk API request per batch, read item by item.
+//!
+//! Split the way vector splits its sink: [`encoder`] turns rows into NDJSON (index route, external
+//! version, document), [`service`] sends requests, [`retry`] reads the answers. [`EsSink::write`] ties
+//! them: encode → send in requests of at most [`EsOptions::max_bulk_bytes`] → sort every item into
+//! written / failed / again → send the "again" ones after a growing delay → hand the batch back as
+//! transient if some still have not landed.
+//!
+//! # Guarantees
+//! - `_id` is the row's key, so a redelivered batch rewrites the same documents.
+//! - A key is in `written` only when its item said 200/201, or 409 (version conflict) under
+//!   `source.version` — the index already holds that version or a newer one.
+//! - 4xx items (mapping and parse errors) go to `failed` with Elasticsearch's `type: reason`; rows the
+//!   encoder cannot turn into a document (a NULL route date, invalid JSON, …) too, with the column named.
+//! - 429 and 5xx items, and whole requests that fail, time out or answer 429/5xx, are sent again after
+//!   [`RetryPolicy`]'s delays; what is still not in after the last is [`SinkError::Transient`].
+//! - Credentials, no index, no permission (401/403/404): [`SinkError::Batch`], nothing guessed.
+//! - `"errors": false` is never a shortcut: every item is read, and a response whose items do not match
+//!   the documents sent counts as a failed request.
+//!
+//! # Values as JSON
+//! | column | JSON | why |
+//! | --- | --- | --- |
+//! | integers (all sizes, signed and unsigned), YEAR | number, exact digits | `long` holds all but `BIGINT UNSIGNED` above 2^63-1: map such a field as `unsigned_long`, or those documents are refused (to `failed`, with Elasticsearch's reason). Numbers above 2^53 stay exact in the JSON; readers in JavaScript would round them |
+//! | DECIMAL | string of its digits, `"12.30"` | exact; Elasticsearch coerces numeric strings into `scaled_float`/`double` fields when the mapping says so, while a number would go through a double on the way |
+//! | FLOAT, DOUBLE | number, the shortest text that reads back as the same `f32`/`f64` (`0.1`) | MySQL cannot hold NaN or infinity (a row with one is refused). Dynamic mapping makes a `float`: map DOUBLE fields as `double` |
+//! | CHAR, VARCHAR, TEXT, ENUM, SET | string | must be UTF-8 (the source reads in utf8mb4) |
+//! | BINARY, VARBINARY, BLOB | base64 string (standard, padded) | what a `binary` field takes |
+//! | BIT(n) | number, the bits as a big-endian unsigned integer | |
+//! | JSON | embedded as the JSON it is (object, array, …), text copied as is, line breaks as spaces | an object stays queryable; copying keeps big numbers exact. (MariaDB sends JSON columns as LONGTEXT: they arrive as strings) |
+//! | DATE | `"2024-01-31"` | ISO 8601 |
+//! | DATETIME | `"2024-01-31T23:59:58.123456"`, no zone, fraction only when non-zero | a DATETIME has no zone; Elasticsearch reads a zoneless date as UTC |
+//! | TIMESTAMP | `"2024-01-31T23:59:58Z"` | the source reads TIMESTAMPs in UTC |
+//! | TIME | `"-838:59:59"`, `"01:02:03.250000"` | a duration, not a time of day: hours may pass 24, sign kept |
+//! | zero dates (`0000-00-00`, a zero month or day) | `null` | MySQL's "no date"; no calendar date to give. Any other impossible date refuses the row |
+//! | NULL | `null` | |
+//!
+//! # Routes and versions
+//! `index = "orders_{created_at:%Y%m}"` formats the DATE/DATETIME/TIMESTAMP value's own fields with
+//! chrono (no time zone conversion); `{col % N}` takes an integer column modulo N (Euclidean); a plain name
+//! sends every row to one index. A row whose route column is NULL or a zero date goes to `failed`.
+//! With `source.version`, every action carries `version_type=external` and the version: the integer
+//! itself, or epoch milliseconds of a date/time (a DATETIME read as UTC). Elasticsearch keeps a
+//! document only when the version is higher than the stored one, so a late, older write cannot replace a
+//! newer document. Two changes within the same millisecond carry the same version: the first to arrive
+//! stays, so use a version column with millisecond precision or better (`DATETIME(3)`) or a counter.
+
+mod encoder;
+mod retry;
+mod service;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tracing::{debug, info, instrument, warn};
+
+pub use retry::RetryPolicy;
+pub use service::API_KEY_ENV;
+
+use super::{OpenError, Sink, SinkError, WriteOutcome};
+use crate::job::{EsTarget, Ident, JobSpec, RoutePart, TargetSpec};
+use crate::value::{Column, RowSet};
+use encoder::{chunks, EncodedDoc, Plan};
+use retry::{classify_bulk, classify_request, ItemVerdict, RequestVerdict};
+use service::{EsService, SendError};
+
+/// Knobs with defaults that suit a production cluster; tests shorten them.
+#[derive(Debug, Clone)]
+pub struct EsOptions {
+    /// Largest bulk request body; a batch above it is sent as several requests. Elasticsearch's own
+    /// limit (`http.max_content_length`) defaults to 100 MB; its guidance is a few MB to tens of MB.
+    pub max_bulk_bytes: usize,
+    /// Whole-request timeout (connect, send, Elasticsearch's work, answer).
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub retry: RetryPolicy,
+    /// An API key (`Authorization: ApiKey …`), normally from `BITMIG_ES_API_KEY`.
+    pub api_key: Option<String>,
+}
+
+impl Default for EsOptions {
+    fn default() -> Self {
+        Self {
+            max_bulk_bytes: 10 << 20,
+            timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(10),
+            retry: RetryPolicy::default(),
+            api_key: None,
+        }
+    }
+}
+
+impl EsOptions {
+    /// The defaults, with the API key from `BITMIG_ES_API_KEY` when it is set.
+    pub fn from_env() -> Self {
+        Self {
+            api_key: std::env::var(API_KEY_ENV).ok().filter(|k| !k.is_empty()),
+            ..Self::default()
+        }
+    }
+}
+
+/// Writes batches into Elasticsearch indices through the Bulk API.
+pub struct EsSink {
+    service: EsService,
+    target: EsTarget,
+    version: Option<Ident>,
+    options: EsOptions,
+}
+
+impl EsSink {
+    /// A sink for the job's `[target]` (which must be `kind = "elasticsearch"`). Connects to nothing yet.
+    pub fn new(
+        job: &JobSpec,
+        options: EsOptions,
+        max_connections: usize,
+    ) -> Result<Self, OpenError> {
+        let TargetSpec::Elasticsearch(target) = &job.target else {
+            return Err(OpenError("not an Elasticsearch target".into()));
+        };
+        check_route(target).map_err(OpenError)?;
+        let service = EsService::new(
+            &target.url,
+            options.api_key.as_deref(),
+            options.timeout,
+            options.connect_timeout,
+            max_connections,
+        )
+        .map_err(OpenError)?;
+        Ok(Self {
+            service,
+            target: target.clone(),
+            version: job.source.version.clone(),
+            options,
+        })
+    }
+
+    fn plan(&self, columns: &[Column]) -> Result<Plan, SinkError> {
+        Plan::new(&self.target, self.version.as_ref(), columns).map_err(SinkError::Batch)
+    }
+}
+
+/// Index names must be lowercase and may not start with `_`: refuse a route that could make one, at start.
+fn check_route(target: &EsTarget) -> Result<(), String> {
+    let probe =
+        chrono::NaiveDate::from_ymd_opt(2024, 1, 31).and_then(|d| d.and_hms_opt(23, 59, 58));
+    let mut name = String::new();
+    for part in &target.index.parts {
+        match part {
+            RoutePart::Literal(l) => name.push_str(l),
+            RoutePart::HashMod { .. } => name.push('0'),
+            RoutePart::Time { format, .. } => {
+                use std::fmt::Write as _;
+                if let Some(t) = probe {
+                    let _ = write!(name, "{}", t.format(format));
+                }
+            }
+        }
+    }
+    encoder::check_index_name(&name)
+        .map_err(|e| format!("target.index `{}`: {e}", target.index.template))
+}
+
+#[async_trait]
+impl Sink for EsSink {
+    /// Check the job against the columns, then `GET /`. An unreachable cluster is transient (the consumer
+    /// exits 1 naming the URL); refused credentials or something that is not Elasticsearch is a batch
+    /// error (the consumer exits 2).
+    #[instrument(skip_all, fields(url = %self.service.label()))]
+    async fn prepare(&self, columns: &[Column]) -> Result<(), SinkError> {
+        self.plan(columns)?;
+        let url = self.service.label();
+        match self.service.root().await {
+            Err(e) => Err(SinkError::Transient(format!(
+                "cannot reach Elasticsearch at {url}: {e}"
+            ))),
+            Ok((200, body)) => {
+                let j: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                let Some(version) = j["version"]["number"].as_str() else {
+                    return Err(SinkError::Batch(format!(
+                        "{url} answered GET / without a version: is it Elasticsearch? ({})",
+                        retry::body_error(&body)
+                    )));
+                };
+                info!(
+                    cluster = j["cluster_name"].as_str().unwrap_or("?"),
+                    version,
+                    distribution = j["version"]["distribution"].as_str().unwrap_or("elasticsearch"),
+                    index = %self.target.index.template,
+                    versioned = self.version.is_some(),
+                    "Elasticsearch target ready"
+                );
+                Ok(())
+            }
+            Ok((status, body)) => match classify_request(status, &body) {
+                RequestVerdict::Retry(reason) => Err(SinkError::Transient(format!(
+                    "Elasticsearch at {url} is not available: {reason}"
+                ))),
+                RequestVerdict::Stop(reason) => Err(SinkError::Batch(format!(
+                    "Elasticsearch at {url} refused GET /: {reason}"
+                ))),
+                RequestVerdict::Ok | RequestVerdict::TooLarge => Err(SinkError::Batch(format!(
+                    "Elasticsearch at {url} answered GET / with HTTP {status}"
+                ))),
+            },
+        }
+    }
+
+    #[instrument(skip_all, fields(rows = rows.rows.len()))]
+    async fn write(&self, rows: &RowSet) -> Result<WriteOutcome, SinkError> {
+        let plan = self.plan(&rows.columns)?;
+        let mut outcome = WriteOutcome::default();
+        let mut pending: Vec<EncodedDoc> = Vec::with_capacity(rows.rows.len());
+        for row in &rows.rows {
+            match plan.encode(row) {
+                Ok(doc) => pending.push(doc),
+                Err(reason) => outcome.failed.push((row.key, reason)),
+            }
+        }
+        let mut delays = self.options.retry.delays.iter();
+        let mut attempt = 0u32;
+        while !pending.is_empty() {
+            attempt += 1;
+            let (again, why) = self.send_all(&plan, pending, &mut outcome).await?;
+            if again.is_empty() {
+                break;
+            }
+            let Some(delay) = delays.next() else {
+                return Err(SinkError::Transient(format!(
+                    "Elasticsearch at {}: {} documents not accepted after {attempt} attempts; last: {why}",
+                    self.service.label(),
+                    again.len()
+                )));
+            };
+            warn!(documents = again.len(), attempt, delay_ms = delay.as_millis() as u64, reason = %why, "bulk items to send again");
+            tokio::time::sleep(*delay).await;
+            pending = again;
+        }
+        debug!(
+            written = outcome.written.len(),
+            failed = outcome.failed.len(),
+            attempts = attempt,
+            "bulk batch done"
+        );
+        outcome.written.sort_unstable();
+        Ok(outcome)
+    }
+}
+
+impl EsSink {
+    /// Send `docs` in requests within the byte limit; record what landed or was refused in `outcome`.
+    /// Returns the documents to send again and the last reason why.
+    async fn send_all(
+        &self,
+        plan: &Plan,
+        docs: Vec<EncodedDoc>,
+        outcome: &mut WriteOutcome,
+    ) -> Result<(Vec<EncodedDoc>, String), SinkError> {
+        let url = self.service.label();
+        let mut again = Vec::new();
+        let mut why = String::new();
+        let mut queue: std::collections::VecDeque<Vec<EncodedDoc>> = {
+            let mut docs = docs;
+            let mut out = std::collections::VecDeque::new();
+            for range in chunks(&docs, self.options.max_bulk_bytes).into_iter().rev() {
+                out.push_front(docs.split_off(range.start));
+            }
+            out
+        };
+        while let Some(chunk) = queue.pop_front() {
+            let body: Vec<u8> = chunk.iter().flat_map(|d| d.lines.iter().copied()).collect();
+            let bytes = body.len();
+            let (status, reply) = match self.service.bulk(body).await {
+                Ok(r) => r,
+                Err(e) => {
+                    why = match &e {
+                        SendError::Timeout(_) => format!("bulk request of {bytes} bytes: {e}"),
+                        SendError::Connection(_) => e.to_string(),
+                    };
+                    again.extend(chunk);
+                    continue;
+                }
+            };
+            match classify_request(status, &reply) {
+                RequestVerdict::Ok => {}
+                RequestVerdict::Retry(reason) => {
+                    why = reason;
+                    again.extend(chunk);
+                    continue;
+                }
+                RequestVerdict::TooLarge if chunk.len() > 1 => {
+                    let mut left = chunk;
+                    let right = left.split_off(left.len() / 2);
+                    queue.push_front(right);
+                    queue.push_front(left);
+                    continue;
+                }
+                RequestVerdict::TooLarge => {
+                    let doc = &chunk[0];
+                    outcome.failed.push((
+                        doc.key,
+                        format!(
+                            "document of {} bytes is larger than the cluster accepts (HTTP 413, \
+                             http.max_content_length)",
+                            doc.lines.len()
+                        ),
+                    ));
+                    continue;
+                }
+                RequestVerdict::Stop(reason) => {
+                    return Err(SinkError::Batch(format!(
+                        "Elasticsearch at {url} refused the bulk request: {reason}"
+                    )))
+                }
+            }
+            let keys: Vec<u64> = chunk.iter().map(|d| d.key).collect();
+            let verdicts = match classify_bulk(&reply, &keys, plan.versioned()) {
+                Ok(v) => v,
+                Err(reason) => {
+                    why = reason;
+                    again.extend(chunk);
+                    continue;
+                }
+            };
+            for (doc, verdict) in chunk.into_iter().zip(verdicts) {
+                match verdict {
+                    ItemVerdict::Written => outcome.written.push(doc.key),
+                    ItemVerdict::Rejected(reason) => outcome
+                        .failed
+                        .push((doc.key, format!("index {}: {reason}", doc.index))),
+                    ItemVerdict::Retry(reason) => {
+                        why = reason;
+                        again.push(doc);
+                    }
+                    ItemVerdict::Stop(reason) => {
+                        return Err(SinkError::Batch(format!(
+                            "Elasticsearch at {url}, index {}: {reason}",
+                            doc.index
+                        )))
+                    }
+                }
+            }
+        }
+        Ok((again, why))
+    }
+}
