@@ -29,6 +29,9 @@ use tracing::{debug, error, info, warn, Instrument};
 
 /// How long in-flight batches get to finish after a shutdown request.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
+/// Delays between reconnections to RabbitMQ.
+const RECONNECT_MIN: Duration = Duration::from_millis(500);
+const RECONNECT_MAX: Duration = Duration::from_secs(15);
 /// In-process retries of a transient failure before the batch goes to a retry queue.
 const QUICK_RETRIES: [Duration; 3] = [
     Duration::from_millis(200),
@@ -64,7 +67,6 @@ struct Ctx {
     source: Box<dyn Source>,
     sink: Box<dyn Sink>,
     ledger: Ledger,
-    publisher: Mutex<Publisher>,
     stats: Stats,
     cancel: CancellationToken,
 }
@@ -113,40 +115,91 @@ pub async fn run(
         .context("connecting to Redis")?;
     bitmig_shared::cli::check_spec(&ledger, &job, true, &[]).await?;
 
+    let ctx = Arc::new(Ctx {
+        job,
+        source,
+        sink,
+        ledger,
+        stats: Stats::default(),
+        cancel: cancel.clone(),
+    });
+
+    // One session per AMQP connection. A lost connection (broker restart, network) ends the session; its
+    // unacked deliveries go back to the queue, and the next session picks up where the broker stands.
+    let mut connected = false;
+    let mut backoff = RECONNECT_MIN;
+    let mut idle_since = tokio::time::Instant::now();
+    loop {
+        match session(&ctx, opts, &mut idle_since, &mut connected).await {
+            Ok(()) => break,
+            // The first connection failing is a configuration problem more often than an outage: say so.
+            Err(e) if !connected => return Err(e),
+            Err(e) if cancel.is_cancelled() => {
+                warn!(job = %ctx.job.name, error = %format!("{e:#}"), "connection lost while stopping");
+                break;
+            }
+            Err(e) => {
+                warn!(job = %ctx.job.name, error = %format!("{e:#}"), retry_in = ?backoff, "RabbitMQ connection lost; reconnecting");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = cancel.cancelled() => break,
+                }
+                backoff = (backoff * 2).min(RECONNECT_MAX);
+                idle_since = tokio::time::Instant::now();
+            }
+        }
+    }
+
+    let view = Arc::new(StatsView::from(&ctx.stats));
+    info!(
+        job = %ctx.job.name,
+        batches = view.batches,
+        rows_written = view.rows_written,
+        gone = view.gone,
+        failed = view.failed,
+        retried = view.retried,
+        dead = view.dead,
+        "consumer stopped"
+    );
+    Ok(view)
+}
+
+/// Connect, consume until cancelled, idle or the connection is lost, then settle in-flight batches.
+/// `Ok` means the consumer should stop; `Err` that the connection failed. `connected` is set once
+/// deliveries flow, and a batch that lands resets `idle_since`.
+async fn session(
+    ctx: &Arc<Ctx>,
+    opts: &Options,
+    idle_since: &mut tokio::time::Instant,
+    connected: &mut bool,
+) -> anyhow::Result<()> {
+    let job = &ctx.job.name;
     let conn = queue::connect(&opts.amqp_url, "bitmig-consumer")
         .await
         .context("connecting to RabbitMQ")?;
     let publisher = Publisher::new(&conn).await?;
-    queue::declare_topology(publisher.channel(), &job.name).await?;
+    queue::declare_topology(publisher.channel(), job).await?;
+    let publisher = Arc::new(Mutex::new(publisher));
     let ch = conn.create_channel().await?;
     ch.basic_qos(opts.prefetch.max(1), BasicQosOptions::default())
         .await?;
     let tag = format!("bitmig-consumer-{}", std::process::id());
     let mut deliveries = ch
         .basic_consume(
-            queue::work_queue(&job.name).as_str().into(),
+            queue::work_queue(job).as_str().into(),
             tag.as_str().into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
         .await?;
-    info!(job = %job.name, concurrency = opts.concurrency, prefetch = opts.prefetch, "consuming");
+    *connected = true;
+    info!(job = %job, concurrency = opts.concurrency, prefetch = opts.prefetch, "consuming");
 
-    let ctx = Arc::new(Ctx {
-        job,
-        source,
-        sink,
-        ledger,
-        publisher: Mutex::new(publisher),
-        stats: Stats::default(),
-        cancel: cancel.clone(),
-    });
+    let cancel = &ctx.cancel;
     let slots = Arc::new(Semaphore::new(opts.concurrency.max(1)));
     let tracker = TaskTracker::new();
-    let mut idle_since = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let mut stream_error = None;
-
+    let mut lost = None;
     loop {
         tokio::select! {
             biased;
@@ -155,11 +208,11 @@ pub async fn run(
                 let delivery = match next {
                     Some(Ok(d)) => d,
                     Some(Err(e)) => {
-                        stream_error = Some(anyhow::Error::from(e));
+                        lost = Some(anyhow::Error::from(e));
                         break;
                     }
                     None => {
-                        stream_error = Some(anyhow::anyhow!("the broker ended the consumer"));
+                        lost = Some(anyhow::anyhow!("the broker ended the consumer"));
                         break;
                     }
                 };
@@ -171,20 +224,20 @@ pub async fn run(
                         break;
                     }
                 };
-                let ctx = ctx.clone();
+                let (ctx, publisher) = (ctx.clone(), publisher.clone());
                 tracker.spawn(async move {
-                    handle(&ctx, delivery).await;
+                    handle(&ctx, &publisher, delivery).await;
                     drop(permit);
                 });
-                idle_since = tokio::time::Instant::now();
+                *idle_since = tokio::time::Instant::now();
             }
             _ = tick.tick() => {
                 let busy = slots.available_permits() < opts.concurrency.max(1);
                 if busy {
-                    idle_since = tokio::time::Instant::now();
+                    *idle_since = tokio::time::Instant::now();
                 } else if let Some(idle) = opts.exit_when_idle {
                     if idle_since.elapsed() >= idle {
-                        info!(job = %ctx.job.name, idle_secs = idle.as_secs(), "work queue idle: exiting");
+                        info!(job = %job, idle_secs = idle.as_secs(), "work queue idle: exiting");
                         break;
                     }
                 }
@@ -201,28 +254,14 @@ pub async fn run(
         .await
         .is_err()
     {
-        warn!(job = %ctx.job.name, "in-flight batches did not finish within the grace period; they will be redelivered");
+        warn!(job = %job, "in-flight batches did not finish within the grace period; they will be redelivered");
     }
     let _ = ch.close(200, "bye".into()).await;
     let _ = conn.close(200, "bye".into()).await;
-
-    let view = Arc::new(StatsView::from(&ctx.stats));
-    info!(
-        job = %ctx.job.name,
-        batches = view.batches,
-        rows_written = view.rows_written,
-        gone = view.gone,
-        failed = view.failed,
-        retried = view.retried,
-        dead = view.dead,
-        "consumer stopped"
-    );
-    if let Some(e) = stream_error {
-        if !cancel.is_cancelled() {
-            return Err(e.context("the work queue's consumer stopped"));
-        }
+    match lost {
+        Some(e) if !cancel.is_cancelled() => Err(e.context("the work queue's consumer stopped")),
+        _ => Ok(()),
     }
-    Ok(view)
 }
 
 /// A snapshot of [`Stats`].
@@ -251,7 +290,7 @@ impl From<&Stats> for StatsView {
 
 /// Process one delivery and settle it: ack after success, after a confirmed hand-over to the retry or
 /// dead queue; otherwise nack with requeue so the broker keeps it.
-async fn handle(ctx: &Ctx, d: Delivery) {
+async fn handle(ctx: &Ctx, publisher: &Mutex<Publisher>, d: Delivery) {
     let parsed = Message::parse(&d.data, &ctx.job.name, ctx.job.group_size);
     let span = match &parsed {
         Ok(m) => {
@@ -269,7 +308,7 @@ async fn handle(ctx: &Ctx, d: Delivery) {
             Err((m, Failure::Dead(reason))) => {
                 warn!(reason = %reason, "message to the dead queue");
                 ctx.stats.dead.fetch_add(1, Ordering::Relaxed);
-                ctx.publisher
+                publisher
                     .lock()
                     .await
                     .publish_confirmed(&queue::dead_queue(&ctx.job.name), &d.data, Some(&reason))
@@ -290,7 +329,7 @@ async fn handle(ctx: &Ctx, d: Delivery) {
                     ctx.stats.retried.fetch_add(1, Ordering::Relaxed);
                     (queue::retry_queue_for(&ctx.job.name, m.attempt), None)
                 };
-                ctx.publisher
+                publisher
                     .lock()
                     .await
                     .publish_confirmed(&queue_name, &m.to_json(), why.as_deref())

@@ -63,11 +63,7 @@ pub async fn run(
         .context("connecting to Redis")?;
     bitmig_shared::cli::check_spec(&ledger, job, true, &[]).await?;
 
-    let conn = queue::connect(&opts.amqp_url, "bitmig-producer")
-        .await
-        .context("connecting to RabbitMQ")?;
-    let mut publisher = Publisher::new(&conn).await?;
-    queue::declare_topology(publisher.channel(), &job.name).await?;
+    let mut amqp = Some(Amqp::connect(&opts.amqp_url, &job.name).await?);
 
     let bounds = match (opts.from, opts.to) {
         (Some(lo), Some(hi)) => Some((lo, hi)),
@@ -128,8 +124,10 @@ pub async fn run(
             summary.groups_skipped += 1;
             progress.skipped += 1;
         } else {
-            let (ids, messages) =
-                produce_group(job, &*source, &ledger, &mut publisher, first, last).await?;
+            let (ids, messages) = produce_group_retrying(
+                job, opts, &*source, &ledger, &mut amqp, first, last, &cancel,
+            )
+            .await?;
             summary.groups_produced += 1;
             summary.ids_published += ids;
             summary.messages += messages;
@@ -185,8 +183,85 @@ pub async fn run(
         secs = format!("{:.1}", started.elapsed().as_secs_f64()),
         "every group is produced"
     );
-    let _ = conn.close(200, "done".into()).await;
+    if let Some(amqp) = amqp {
+        let _ = amqp.conn.close(200, "done".into()).await;
+    }
     Ok(summary)
+}
+
+/// Attempts at one group before the producer gives up; with the delays below they span about 90 s, long
+/// enough for a broker or Redis restart.
+const GROUP_ATTEMPTS: u32 = 10;
+const RETRY_MAX: Duration = Duration::from_secs(15);
+
+/// The broker connection and its confirm-mode channel.
+struct Amqp {
+    conn: lapin::Connection,
+    publisher: Publisher,
+}
+
+impl Amqp {
+    async fn connect(url: &str, job: &str) -> anyhow::Result<Self> {
+        let conn = queue::connect(url, "bitmig-producer")
+            .await
+            .context("connecting to RabbitMQ")?;
+        let publisher = Publisher::new(&conn).await?;
+        queue::declare_topology(publisher.channel(), job).await?;
+        Ok(Self { conn, publisher })
+    }
+}
+
+/// [`produce_group`], redone from its start after a transient failure (the broker or Redis restarting, a
+/// lost connection, a confirm that never came): every step is idempotent, and re-published batches are
+/// harmless duplicates. A lost broker connection is re-opened.
+#[allow(clippy::too_many_arguments)]
+async fn produce_group_retrying(
+    job: &JobSpec,
+    opts: &Options,
+    source: &dyn source::Source,
+    ledger: &Ledger,
+    amqp: &mut Option<Amqp>,
+    first: u64,
+    last: u64,
+    cancel: &CancellationToken,
+) -> anyhow::Result<(u64, u64)> {
+    let mut delay = Duration::from_millis(500);
+    let mut attempt = 1;
+    loop {
+        let result = match amqp {
+            Some(a) if a.conn.status().connected() => {
+                produce_group(job, source, ledger, &mut a.publisher, first, last).await
+            }
+            _ => match Amqp::connect(&opts.amqp_url, &job.name).await {
+                Ok(a) => {
+                    info!(job = %job.name, "reconnected to RabbitMQ");
+                    let a = amqp.insert(a);
+                    produce_group(job, source, ledger, &mut a.publisher, first, last).await
+                }
+                Err(e) => Err(e),
+            },
+        };
+        match result {
+            Ok(done) => return Ok(done),
+            Err(e)
+                if bitmig_shared::cli::exit_code_for(&e) == bitmig_shared::cli::exit::BAD_INPUT =>
+            {
+                return Err(e)
+            }
+            Err(e) if attempt >= GROUP_ATTEMPTS || cancel.is_cancelled() => {
+                return Err(e.context(format!("group {first}: giving up after {attempt} attempts")))
+            }
+            Err(e) => {
+                warn!(job = %job.name, group = first, attempt, retry_in = ?delay, error = %format!("{e:#}"), "group failed; redoing it");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = cancel.cancelled() => {}
+                }
+                delay = (delay * 2).min(RETRY_MAX);
+                attempt += 1;
+            }
+        }
+    }
 }
 
 /// One group, in the order of DESIGN.md §6 step 1. Returns (ids, messages).

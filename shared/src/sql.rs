@@ -25,8 +25,20 @@ pub fn mysql_pool(
     url: &crate::job::DbUrl,
     max_connections: usize,
 ) -> Result<mysql_async::Pool, String> {
-    let opts = mysql_async::Opts::from_url(url.expose())
-        .map_err(|e| format!("{}: {e}", url.redacted()))?;
+    let raw = mysql_url_with_ssl_mode(url.expose())?;
+    let opts = mysql_async::Opts::from_url(&raw).map_err(|e| {
+        // The driver's URL errors may quote the URL: say what is wrong without it.
+        let what = match e {
+            mysql_async::UrlError::UnknownParameter { param } => {
+                format!("unknown URL parameter `{param}`")
+            }
+            mysql_async::UrlError::InvalidParamValue { param, .. } => {
+                format!("bad value for URL parameter `{param}`")
+            }
+            _ => "not a usable MySQL URL".to_owned(),
+        };
+        format!("{}: {what}", url.redacted())
+    })?;
     let constraints = mysql_async::PoolConstraints::new(1, max_connections.max(1))
         .ok_or_else(|| "bad pool size".to_owned())?;
     let builder = mysql_async::OptsBuilder::from_opts(opts)
@@ -108,5 +120,79 @@ pub fn mysql_error_text(e: &mysql_async::Error) -> String {
         }
         mysql_async::Error::Url(_) => "invalid database URL".to_owned(),
         other => other.to_string(),
+    }
+}
+
+/// Accept the `ssl-mode` parameter of MySQL's own clients (`DISABLED`, `PREFERRED`, `REQUIRED`, `VERIFY_CA`,
+/// `VERIFY_IDENTITY`) by translating it into the driver's `require_ssl` / `verify_ca` / `verify_identity`.
+pub fn mysql_url_with_ssl_mode(raw: &str) -> Result<String, String> {
+    let Ok(mut u) = url::Url::parse(raw) else {
+        return Ok(raw.to_owned());
+    };
+    let mut mode = None;
+    let mut kept: Vec<(String, String)> = Vec::new();
+    for (k, v) in u.query_pairs() {
+        if k.eq_ignore_ascii_case("ssl-mode")
+            || k.eq_ignore_ascii_case("sslmode")
+            || k.eq_ignore_ascii_case("ssl_mode")
+        {
+            mode = Some(v.to_ascii_uppercase());
+        } else {
+            kept.push((k.into_owned(), v.into_owned()));
+        }
+    }
+    let Some(mode) = mode else {
+        return Ok(raw.to_owned());
+    };
+    let (require, ca, identity) = match mode.as_str() {
+        "DISABLED" | "PREFERRED" => (false, false, false),
+        "REQUIRED" => (true, false, false),
+        "VERIFY_CA" => (true, true, false),
+        "VERIFY_IDENTITY" => (true, true, true),
+        other => {
+            return Err(format!(
+                "ssl-mode `{other}` is not one of DISABLED, PREFERRED, REQUIRED, VERIFY_CA, VERIFY_IDENTITY"
+            ))
+        }
+    };
+    if require {
+        kept.push(("require_ssl".into(), "true".into()));
+        kept.push(("verify_ca".into(), ca.to_string()));
+        kept.push(("verify_identity".into(), identity.to_string()));
+    }
+    if kept.is_empty() {
+        u.set_query(None);
+    } else {
+        u.query_pairs_mut().clear().extend_pairs(kept);
+    }
+    Ok(u.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ssl_mode_becomes_the_drivers_parameters() {
+        let u = mysql_url_with_ssl_mode("mysql://u:p@h/db?ssl-mode=REQUIRED").unwrap();
+        assert!(
+            u.contains("require_ssl=true") && u.contains("verify_ca=false"),
+            "{u}"
+        );
+        assert!(mysql_async::Opts::from_url(&u).is_ok());
+        let u =
+            mysql_url_with_ssl_mode("mysql://h/db?ssl-mode=verify_identity&prefer_socket=false")
+                .unwrap();
+        assert!(
+            u.contains("verify_identity=true") && u.contains("prefer_socket=false"),
+            "{u}"
+        );
+        let u = mysql_url_with_ssl_mode("mysql://h/db?ssl-mode=DISABLED").unwrap();
+        assert!(!u.contains('?'), "{u}");
+        assert!(mysql_url_with_ssl_mode("mysql://h/db?ssl-mode=SOMETIMES").is_err());
+        assert_eq!(
+            mysql_url_with_ssl_mode("mysql://h/db").unwrap(),
+            "mysql://h/db"
+        );
     }
 }
