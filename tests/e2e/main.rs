@@ -12,4 +12,5 @@ mod consumer_crash;
 mod copy;
 mod dead_letters;
 mod deleted_rows;
+mod elasticsearch;
 mod producer_resume;
