@@ -580,7 +580,7 @@ async fn a_half_failed_bulk_fails_the_refused_ids_with_their_reason_and_lands_th
 }
 
 #[tokio::test]
-async fn a_request_that_times_out_is_retried_then_handed_back_as_transient() {
+async fn a_request_that_times_out_hands_the_batch_back_as_transient_at_once() {
     let double = EsDouble::start(|req, _| answer(req, |_| 201).after(Duration::from_secs(5))).await;
     let sink = quick_sink(&double_job(&double.url, "")).await;
     let started = Instant::now();
@@ -589,11 +589,29 @@ async fn a_request_that_times_out_is_retried_then_handed_back_as_transient() {
         matches!(&err, SinkError::Transient(m) if m.contains("no answer within 500ms")),
         "{err}"
     );
-    assert_eq!(double.bulks().len(), 3);
+    // Not sent again by the sink: the consumer's own retries space the next attempts out.
+    assert_eq!(double.bulks().len(), 1);
     assert!(
-        started.elapsed() < Duration::from_secs(4),
+        started.elapsed() < Duration::from_secs(3),
         "gave up after {:?}: the timeout is 500 ms",
         started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_connection_refused_is_retried_then_handed_back_as_transient() {
+    // A port that was just free: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let job = double_job(&format!("http://127.0.0.1:{port}"), "");
+    let sink = EsSink::new(&job, quick(), 2).expect("an Elasticsearch sink");
+    let err = sink.write(&batch(1..=3)).await.unwrap_err();
+    assert!(
+        matches!(&err, SinkError::Transient(m) if m.contains("3 documents not accepted after 3 attempts")
+            && m.contains(&format!("http://127.0.0.1:{port}"))),
+        "{err}"
     );
 }
 

@@ -12,8 +12,11 @@
 //!   `source.version` — the index already holds that version or a newer one.
 //! - 4xx items (mapping and parse errors) go to `failed` with Elasticsearch's `type: reason`; rows the
 //!   encoder cannot turn into a document (a NULL route date, invalid JSON, …) too, with the column named.
-//! - 429 and 5xx items, and whole requests that fail, time out or answer 429/5xx, are sent again after
+//! - 429 and 5xx items, and whole requests that fail to connect or answer 429/5xx, are sent again after
 //!   [`RetryPolicy`]'s delays; what is still not in after the last is [`SinkError::Transient`].
+//! - A request that times out is not sent again here: the batch is [`SinkError::Transient`] at once. The
+//!   cluster may still be working on it, and the consumer retries the batch with its own growing delays
+//!   and then through the retry queues; retrying here too would multiply the waits (4 × 4 × the timeout).
 //! - Credentials, no index, no permission (401/403/404): [`SinkError::Batch`], nothing guessed.
 //! - `"errors": false` is never a shortcut: every item is read, and a response whose items do not match
 //!   the documents sent counts as a failed request.
@@ -221,11 +224,12 @@ impl Sink for EsSink {
         let mut attempt = 0u32;
         while !pending.is_empty() {
             attempt += 1;
-            let (again, why) = self.send_all(&plan, pending, &mut outcome).await?;
+            let (again, why, timed_out) = self.send_all(&plan, pending, &mut outcome).await?;
             if again.is_empty() {
                 break;
             }
-            let Some(delay) = delays.next() else {
+            let delay = if timed_out { None } else { delays.next() };
+            let Some(delay) = delay else {
                 return Err(SinkError::Transient(format!(
                     "Elasticsearch at {}: {} documents not accepted after {attempt} attempts; last: {why}",
                     self.service.label(),
@@ -249,16 +253,17 @@ impl Sink for EsSink {
 
 impl EsSink {
     /// Send `docs` in requests within the byte limit; record what landed or was refused in `outcome`.
-    /// Returns the documents to send again and the last reason why.
+    /// Returns the documents to send again, the last reason why, and whether a request timed out.
     async fn send_all(
         &self,
         plan: &Plan,
         docs: Vec<EncodedDoc>,
         outcome: &mut WriteOutcome,
-    ) -> Result<(Vec<EncodedDoc>, String), SinkError> {
+    ) -> Result<(Vec<EncodedDoc>, String, bool), SinkError> {
         let url = self.service.label();
         let mut again = Vec::new();
         let mut why = String::new();
+        let mut timed_out = false;
         let mut queue: std::collections::VecDeque<Vec<EncodedDoc>> = {
             let mut docs = docs;
             let mut out = std::collections::VecDeque::new();
@@ -274,7 +279,10 @@ impl EsSink {
                 Ok(r) => r,
                 Err(e) => {
                     why = match &e {
-                        SendError::Timeout(_) => format!("bulk request of {bytes} bytes: {e}"),
+                        SendError::Timeout(_) => {
+                            timed_out = true;
+                            format!("bulk request of {bytes} bytes: {e}")
+                        }
                         SendError::Connection(_) => e.to_string(),
                     };
                     again.extend(chunk);
@@ -341,6 +349,6 @@ impl EsSink {
                 }
             }
         }
-        Ok((again, why))
+        Ok((again, why, timed_out))
     }
 }
