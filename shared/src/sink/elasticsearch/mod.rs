@@ -352,3 +352,31 @@ impl EsSink {
         Ok((again, why, timed_out))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(index: &str) -> JobSpec {
+        let text = format!(
+            "name = \"orders\"\n[source]\nurl = \"mysql://root@127.0.0.1/shop\"\ntable = \"orders\"\nkey = \"id\"\n\
+             [target]\nkind = \"elasticsearch\"\nurl = \"http://u:secret@127.0.0.1:9200\"\nindex = \"{index}\"\n"
+        );
+        JobSpec::parse_str(&text, std::path::Path::new("job.toml"), &|_| None).unwrap()
+    }
+
+    #[test]
+    fn routes_that_cannot_name_an_index_are_refused_at_start() {
+        assert!(EsSink::new(&job("orders_{created_at:%Y%m}"), EsOptions::default(), 1).is_ok());
+        assert!(EsSink::new(&job("orders_{user_id % 8}"), EsOptions::default(), 1).is_ok());
+        for bad in ["Orders", "_orders", "orders_{created_at:%b}"] {
+            let err = EsSink::new(&job(bad), EsOptions::default(), 1)
+                .err()
+                .unwrap_or_else(|| panic!("{bad} accepted"));
+            assert!(
+                err.0.contains("not a valid Elasticsearch index name") && !err.0.contains("secret"),
+                "{bad}: {err}"
+            );
+        }
+    }
+}
