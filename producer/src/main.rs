@@ -30,6 +30,12 @@ async fn main() {
             std::process::exit(exit::BAD_INPUT);
         }
     };
+    if let (Some(from), Some(to)) = (args.from, args.to) {
+        if from > to {
+            eprintln!("error: --from {from} is greater than --to {to}");
+            std::process::exit(exit::BAD_INPUT);
+        }
+    }
     let opts = bitmig_producer::Options {
         amqp_url: args.common.amqp_url,
         redis_url: args.common.redis_url,
