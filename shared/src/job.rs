@@ -60,8 +60,113 @@ pub enum TargetSpec {
 #[derive(Debug, Clone)]
 pub struct SqlTarget {
     pub url: DbUrl,
-    pub table: Route,
+    /// Where a row goes: `table` (a name or a template) or `[target.ranges]` (a map of key ranges).
+    pub table: TableRoute,
     pub write: WriteMode,
+    /// `create = true`: create every target table that does not exist, when a row is first routed to it.
+    pub create: bool,
+}
+
+/// Where a SQL target's rows go. A job names either `table` (a plain name or a template of `{col % N}` and
+/// `{col:FORMAT}` parts) or `[target.ranges]`, never both: a range names whole tables, so a template inside
+/// a range would be a second, competing rule for the same row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableRoute {
+    Template(Route),
+    Ranges(RangeMap),
+}
+
+impl TableRoute {
+    /// The one table every row goes to, when there is one.
+    pub fn plain(&self) -> Option<&str> {
+        match self {
+            TableRoute::Template(r) => r.plain(),
+            TableRoute::Ranges(_) => None,
+        }
+    }
+
+    /// The route as the job file wrote it, for messages and the stored spec.
+    pub fn describe(&self) -> String {
+        match self {
+            TableRoute::Template(r) => r.template.clone(),
+            TableRoute::Ranges(m) => m.describe(),
+        }
+    }
+}
+
+/// `[target.ranges]`: inclusive ranges of `source.key`, each sent to one table. Sorted by `first`,
+/// non-overlapping (validated at load).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeMap {
+    pub ranges: Vec<KeyRangeTable>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRangeTable {
+    pub first: u64,
+    pub last: u64,
+    pub table: TableName,
+}
+
+impl RangeMap {
+    /// Parse `"first..last" = "table"` pairs: numbers, `first <= last`, no two ranges overlapping, table
+    /// names that are (optionally qualified) identifiers.
+    pub fn parse(pairs: &toml::Table) -> Result<Self, String> {
+        if pairs.is_empty() {
+            return Err("no ranges (write `\"0..999999\" = \"orders_a\"` pairs)".into());
+        }
+        let mut ranges = Vec::with_capacity(pairs.len());
+        for (range, table) in pairs {
+            let (first, last) = range
+                .split_once("..")
+                .ok_or_else(|| format!("`{range}` is not `first..last`"))?;
+            let number = |s: &str| -> Result<u64, String> {
+                s.trim()
+                    .parse::<u64>()
+                    .map_err(|_| format!("`{range}`: `{}` is not a non-negative integer", s.trim()))
+            };
+            let (first, last) = (
+                number(first)?,
+                number(last.strip_prefix('=').unwrap_or(last))?,
+            );
+            if first > last {
+                return Err(format!("`{range}`: first is greater than last"));
+            }
+            let table = table
+                .as_str()
+                .ok_or_else(|| format!("`{range}`: the table must be a string"))?;
+            let table = TableName::parse(table).map_err(|e| format!("`{range}`: {e}"))?;
+            ranges.push(KeyRangeTable { first, last, table });
+        }
+        ranges.sort_by_key(|r| r.first);
+        for w in ranges.windows(2) {
+            if w[1].first <= w[0].last {
+                return Err(format!(
+                    "`{}..{}` and `{}..{}` overlap",
+                    w[0].first, w[0].last, w[1].first, w[1].last
+                ));
+            }
+        }
+        Ok(Self { ranges })
+    }
+
+    /// The table of `key`, if a range holds it.
+    pub fn table_of(&self, key: u64) -> Option<&TableName> {
+        let i = self.ranges.partition_point(|r| r.last < key);
+        self.ranges
+            .get(i)
+            .filter(|r| r.first <= key)
+            .map(|r| &r.table)
+    }
+
+    pub fn describe(&self) -> String {
+        let parts: Vec<String> = self
+            .ranges
+            .iter()
+            .map(|r| format!("{}..{} = {}", r.first, r.last, r.table))
+            .collect();
+        format!("ranges {{{}}}", parts.join(", "))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -199,7 +304,7 @@ impl fmt::Display for Ident {
 }
 
 /// A table name, optionally qualified by a database (MySQL) or schema (PostgreSQL): `orders` or `shop.orders`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct TableName {
     pub schema: Option<Ident>,
     pub table: Ident,
@@ -376,7 +481,9 @@ struct RawTarget {
     kind: String,
     url: String,
     table: Option<String>,
+    ranges: Option<toml::Table>,
     write: Option<WriteMode>,
+    create: Option<bool>,
     index: Option<String>,
     exclude: Option<Vec<String>>,
 }
@@ -473,6 +580,18 @@ impl JobSpec {
             .version
             .map(|v| field("source.version", Ident::new(&v)))
             .transpose()?;
+        if let Some(v) = &version {
+            if *v == key {
+                return Err(format!(
+                    "`source.version`: `{v}` is the key; the version must be another, orderable column"
+                ));
+            }
+            if columns.as_ref().is_some_and(|cols| !cols.contains(v)) {
+                return Err(format!(
+                    "`source.version`: `{v}` is not in `source.columns` (the version is compared on write)"
+                ));
+            }
+        }
 
         let t = raw.target;
         let target = match t.kind.as_str() {
@@ -484,19 +603,57 @@ impl JobSpec {
                     );
                 }
                 let url = DbUrl::parse(&t.url).map_err(|e| format!("`target.url`: {e}"))?;
-                let table = t
-                    .table
-                    .ok_or("`target.table`: missing (kind = \"sql\" needs a table or route)")?;
-                let table = Route::parse(&table).map_err(|e| format!("`target.table`: {e}"))?;
+                let table = match (t.table, t.ranges) {
+                    (Some(_), Some(_)) => {
+                        return Err(
+                            "`target.table` and `[target.ranges]`: give one or the other \
+                                    (ranges name whole tables; they do not mix with a template)"
+                                .into(),
+                        )
+                    }
+                    (None, None) => {
+                        return Err(
+                            "`target.table`: missing (kind = \"sql\" needs a table, a route or \
+                                    `[target.ranges]`)"
+                                .into(),
+                        )
+                    }
+                    (Some(table), None) => TableRoute::Template(
+                        Route::parse(&table).map_err(|e| format!("`target.table`: {e}"))?,
+                    ),
+                    (None, Some(ranges)) => TableRoute::Ranges(
+                        RangeMap::parse(&ranges).map_err(|e| format!("`target.ranges`: {e}"))?,
+                    ),
+                };
+                let routed: Vec<&Ident> = match &table {
+                    TableRoute::Template(r) => r.columns().collect(),
+                    TableRoute::Ranges(_) => Vec::new(),
+                };
+                for column in routed {
+                    if columns.as_ref().is_some_and(|cols| !cols.contains(column)) {
+                        return Err(format!(
+                            "`target.table`: the route column `{column}` is not in `source.columns`"
+                        ));
+                    }
+                }
                 TargetSpec::Sql(SqlTarget {
                     url,
                     table,
                     write: t.write.unwrap_or(WriteMode::Upsert),
+                    create: t.create.unwrap_or(false),
                 })
             }
             "elasticsearch" => {
-                if t.table.is_some() || t.write.is_some() {
-                    return Err("`target.table` and `target.write` belong to kind = \"sql\"".into());
+                if t.table.is_some()
+                    || t.write.is_some()
+                    || t.ranges.is_some()
+                    || t.create.is_some()
+                {
+                    return Err(
+                        "`target.table`, `target.ranges`, `target.write` and `target.create` \
+                                belong to kind = \"sql\""
+                            .into(),
+                    );
                 }
                 let u = url::Url::parse(&t.url)
                     .map_err(|e| format!("`target.url`: not a URL ({e})"))?;
@@ -547,7 +704,7 @@ impl JobSpec {
             TargetSpec::Sql(t) => serde_json::json!({
                 "kind": "sql",
                 "url": t.url.redacted(),
-                "table": t.table.template,
+                "table": t.table.describe(),
                 "write": t.write,
             }),
             TargetSpec::Elasticsearch(t) => serde_json::json!({
@@ -557,6 +714,11 @@ impl JobSpec {
                 "exclude": t.exclude,
             }),
         };
+        let mut target = target;
+        if let TargetSpec::Sql(SqlTarget { create: true, .. }) = &self.target {
+            // Only when set, so the spec of a job stored before `create` existed still matches.
+            target["create"] = true.into();
+        }
         serde_json::json!({
             "name": self.name,
             "group_size": self.group_size,
@@ -792,6 +954,103 @@ table = "orders_archive"
         );
         assert!(Route::parse("orders_{created_at:%Y-%m}").is_err());
         assert!(Route::parse("{id % 4}").is_err());
+    }
+
+    fn with_target(target_lines: &str) -> String {
+        GOOD.replace("table = \"orders_archive\"\n", target_lines)
+    }
+
+    #[test]
+    fn id_ranges_parse_sorted_and_find_their_table() {
+        let job = parse(&with_target(
+            "create = true\n[target.ranges]\n\"1000..1999\" = \"shard_b.orders\"\n\"0..999\" = \"orders_a\"\n",
+        ))
+        .unwrap();
+        let TargetSpec::Sql(t) = &job.target else {
+            panic!()
+        };
+        assert!(t.create);
+        let TableRoute::Ranges(map) = &t.table else {
+            panic!("{:?}", t.table)
+        };
+        assert_eq!(map.ranges[0].first, 0, "sorted by first");
+        assert_eq!(map.table_of(0).unwrap().to_string(), "orders_a");
+        assert_eq!(map.table_of(999).unwrap().to_string(), "orders_a");
+        assert_eq!(map.table_of(1000).unwrap().to_string(), "shard_b.orders");
+        assert_eq!(map.table_of(1999).unwrap().to_string(), "shard_b.orders");
+        assert_eq!(map.table_of(2000), None, "past the last range");
+        let gap = RangeMap::parse(&toml::from_str("\"5..5\" = \"a\"\n\"10..20\" = \"b\"").unwrap())
+            .unwrap();
+        assert_eq!(gap.table_of(4), None, "before the first range");
+        assert_eq!(gap.table_of(5).unwrap().to_string(), "a", "a one-id range");
+        assert_eq!(gap.table_of(7), None, "between ranges");
+        let spec = job.ledger_spec();
+        assert_eq!(spec["target"]["create"], true);
+        assert!(
+            spec["target"]["table"]
+                .as_str()
+                .unwrap()
+                .contains("0..999 = orders_a"),
+            "{spec}"
+        );
+        let plain = parse(GOOD).unwrap().ledger_spec();
+        assert!(
+            plain["target"].get("create").is_none(),
+            "create = false leaves the stored spec as before: {plain}"
+        );
+    }
+
+    #[test]
+    fn bad_ranges_routes_and_versions_are_refused() {
+        let cases = [
+            (
+                "[target.ranges]\n\"0..9\" = \"a\"\n\"9..20\" = \"b\"\n",
+                "overlap",
+            ),
+            ("[target.ranges]\n\"10..9\" = \"a\"\n", "first is greater"),
+            (
+                "[target.ranges]\n\"-1..9\" = \"a\"\n",
+                "not a non-negative integer",
+            ),
+            ("[target.ranges]\n\"0-9\" = \"a\"\n", "is not `first..last`"),
+            ("[target.ranges]\n\"0..9\" = \"a b\"\n", "not an identifier"),
+            ("[target.ranges]\n\"0..9\" = 3\n", "must be a string"),
+            ("[target.ranges]\n", "no ranges"),
+            (
+                "table = \"t_{id % 2}\"\n[target.ranges]\n\"0..9\" = \"a\"\n",
+                "one or the other",
+            ),
+            ("write = \"upsert\"\n", "`target.table`: missing"),
+            ("table = \"t\"\ncreate = \"yes\"\n", "create"),
+        ];
+        for (lines, want) in cases {
+            let err = parse(&with_target(lines)).unwrap_err();
+            assert!(err.contains(want), "want {want:?} in: {err}");
+            assert!(err.contains("target.") || err.contains("create"), "{err}");
+        }
+        let cols = |extra: &str| {
+            GOOD.replace(
+                "key = \"id\"",
+                &format!("key = \"id\"\ncolumns = [\"id\", \"amount\"]\n{extra}"),
+            )
+        };
+        let err = parse(&cols("").replace("orders_archive", "o_{user_id % 4}")).unwrap_err();
+        assert!(
+            err.contains("`user_id` is not in `source.columns`"),
+            "{err}"
+        );
+        let err = parse(&cols("version = \"updated_at\"")).unwrap_err();
+        assert!(
+            err.contains("source.version") && err.contains("updated_at"),
+            "{err}"
+        );
+        let err =
+            parse(&GOOD.replace("key = \"id\"", "key = \"id\"\nversion = \"id\"")).unwrap_err();
+        assert!(err.contains("is the key"), "{err}");
+        assert!(parse(&cols("version = \"amount\"")).is_ok());
+        let es = "[target]\nkind = \"elasticsearch\"\nurl = \"http://es:9200\"\nindex = \"o\"\ncreate = true\n";
+        let err = parse(&format!("{}{es}", GOOD.split("[target]").next().unwrap())).unwrap_err();
+        assert!(err.contains("belong to kind = \"sql\""), "{err}");
     }
 
     #[test]

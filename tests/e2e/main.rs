@@ -14,3 +14,4 @@ mod dead_letters;
 mod deleted_rows;
 mod elasticsearch;
 mod producer_resume;
+mod routes;

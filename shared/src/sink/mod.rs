@@ -2,6 +2,7 @@
 //! and what the target refused for good; the consumer turns that into ledger bits.
 
 pub mod elasticsearch;
+mod route;
 pub mod sql;
 
 use async_trait::async_trait;
@@ -55,7 +56,7 @@ pub struct OpenError(pub String);
 pub fn open(job: &JobSpec, max_connections: usize) -> Result<Box<dyn Sink>, OpenError> {
     match &job.target {
         TargetSpec::Sql(t) => match t.url.engine {
-            Engine::Mysql => Ok(Box::new(MySqlSink::new(t, max_connections)?)),
+            Engine::Mysql => Ok(Box::new(MySqlSink::new(job, max_connections)?)),
             Engine::Postgres => Err(OpenError(
                 "PostgreSQL targets are not supported by this build yet".into(),
             )),

@@ -1,13 +1,25 @@
-//! SQL table sink for MySQL / MariaDB: one multi-row `INSERT … ON DUPLICATE KEY UPDATE` per batch over
-//! the binary protocol, split only where the 65 535-placeholder limit demands it, in one transaction.
-//! A row the server refuses for its values is isolated by bisection; the rest of the batch still lands.
+//! SQL table sink for MySQL / MariaDB: one multi-row `INSERT … ON DUPLICATE KEY UPDATE` per target table
+//! and batch over the binary protocol, split only where the 65 535-placeholder limit demands it.
+//!
+//! - One table, one statement: the batch is written by that one statement (its own transaction), the
+//!   statement staying prepared across batches.
+//! - Routed tables (`orders_{user_id % 16}`, `[target.ranges]`, a database part): the batch's rows are
+//!   grouped by table ([`super::route`]) and every table's statements run in **one transaction** on one
+//!   connection — a transaction spans databases on one server. A row whose route cannot be computed is
+//!   `failed` with the reason; the others still land.
+//! - A statement the server refuses for a row's values is rolled back on its own (InnoDB's statement
+//!   rollback), the rest of the transaction commits, and the refused piece is bisected until the bad row is
+//!   isolated in `failed`.
+
+use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use mysql_async::prelude::Queryable;
 use mysql_async::TxOpts;
 
+use super::route::Router;
 use super::{OpenError, Sink, SinkError, WriteOutcome};
-use crate::job::{Engine, SqlTarget, TableName, WriteMode};
+use crate::job::{Engine, JobSpec, TableName, TableRoute, TargetSpec, WriteMode};
 use crate::sql::{
     mysql_error_text, mysql_is_row_error, mysql_is_transient, mysql_pool, quote_table,
 };
@@ -18,27 +30,34 @@ const MAX_PLACEHOLDERS: usize = 65_535;
 
 pub struct MySqlSink {
     pool: mysql_async::Pool,
-    table: TableName,
+    route: TableRoute,
     write: WriteMode,
 }
 
+/// Rows of one table, at most one statement's worth.
+struct Piece<'a> {
+    table: &'a TableName,
+    rows: Vec<&'a Row>,
+}
+
 impl MySqlSink {
-    pub fn new(t: &SqlTarget, max_connections: usize) -> Result<Self, OpenError> {
-        let Some(name) = t.table.plain() else {
-            return Err(OpenError(format!(
-                "routed target tables (`{}`) are not supported by this build yet",
-                t.table.template
-            )));
+    /// A sink for the job's `[target]` (which must be `kind = "sql"` on MySQL). Connects to nothing yet.
+    pub fn new(job: &JobSpec, max_connections: usize) -> Result<Self, OpenError> {
+        let TargetSpec::Sql(t) = &job.target else {
+            return Err(OpenError("not a SQL target".into()));
         };
-        let table = TableName::parse(name).map_err(OpenError)?;
         Ok(Self {
             pool: mysql_pool(&t.url, max_connections).map_err(OpenError)?,
-            table,
+            route: t.table.clone(),
             write: t.write,
         })
     }
 
-    fn insert_sql(&self, columns: &[Column], key: &str, rows: usize) -> String {
+    fn router(&self, columns: &[Column]) -> Result<Router, SinkError> {
+        Router::new(&self.route, columns).map_err(SinkError::Batch)
+    }
+
+    fn insert_sql(&self, table: &TableName, columns: &[Column], key: &str, rows: usize) -> String {
         let cols: Vec<String> = columns
             .iter()
             .map(|c| format!("`{}`", c.name.replace('`', "``")))
@@ -46,48 +65,142 @@ impl MySqlSink {
         let one = format!("({})", vec!["?"; columns.len()].join(","));
         let mut sql = format!(
             "INSERT INTO {} ({}) VALUES ",
-            quote_table(Engine::Mysql, &self.table),
+            quote_table(Engine::Mysql, table),
             cols.join(",")
         );
         sql.push_str(&vec![one.as_str(); rows].join(","));
-        let key_q = format!("`{}`", key.replace('`', "``"));
-        let updates: Vec<String> = match self.write {
-            WriteMode::Upsert => cols
-                .iter()
-                .filter(|c| **c != key_q)
-                .map(|c| format!("{c}=VALUES({c})"))
-                .collect(),
-            WriteMode::InsertIgnore => Vec::new(),
-        };
-        // Without updates, a no-op update keeps duplicates harmless while strict mode still refuses bad values
-        // (INSERT IGNORE would silently truncate them).
-        let updates = if updates.is_empty() {
-            format!("{key_q}={key_q}")
-        } else {
-            updates.join(",")
-        };
         sql.push_str(" ON DUPLICATE KEY UPDATE ");
-        sql.push_str(&updates);
+        sql.push_str(&update_clause(&cols, key, self.write));
         sql
     }
 
-    /// Write `rows` in one transaction. Errors are returned as the server gave them.
-    async fn write_all(&self, rs: &RowSet, rows: &[&Row]) -> Result<(), mysql_async::Error> {
-        let ncols = rs.columns.len();
-        let per_stmt = (MAX_PLACEHOLDERS / ncols.max(1)).max(1);
+    fn piece_sql(&self, rs: &RowSet, piece: &Piece<'_>) -> String {
         let key = &rs.columns[rs.key_index].name;
-        let mut conn = self.pool.get_conn().await?;
-        let chunks: Vec<&[&Row]> = rows.chunks(per_stmt).collect();
-        if chunks.len() == 1 {
-            let sql = self.insert_sql(&rs.columns, key, rows.len());
-            return conn.exec_drop(sql, params(rows)).await;
+        self.insert_sql(piece.table, &rs.columns, key, piece.rows.len())
+    }
+
+    /// Write every piece, all in one transaction (one statement needs none). Returns the pieces the server
+    /// refused for a row's values; the others are committed when this returns `Ok`.
+    async fn write_pieces<'a>(
+        &self,
+        rs: &RowSet,
+        pieces: Vec<Piece<'a>>,
+    ) -> Result<(Vec<Piece<'a>>, Vec<Piece<'a>>), SinkError> {
+        let mut conn = self
+            .pool
+            .get_conn()
+            .await
+            .map_err(|e| self.error(&e, None))?;
+        let (mut ok, mut refused) = (Vec::new(), Vec::new());
+        if pieces.len() == 1 {
+            let piece = pieces.into_iter().next().expect("one piece");
+            match conn
+                .exec_drop(self.piece_sql(rs, &piece), params(&piece.rows))
+                .await
+            {
+                Ok(()) => ok.push(piece),
+                Err(e) if mysql_is_row_error(&e) => refused.push(piece),
+                Err(e) => return Err(self.error(&e, Some(piece.table))),
+            }
+            return Ok((ok, refused));
         }
-        let mut tx = conn.start_transaction(TxOpts::default()).await?;
-        for chunk in chunks {
-            let sql = self.insert_sql(&rs.columns, key, chunk.len());
-            tx.exec_drop(sql, params(chunk)).await?;
+        let mut tx = conn
+            .start_transaction(TxOpts::default())
+            .await
+            .map_err(|e| self.error(&e, None))?;
+        for piece in pieces {
+            match tx
+                .exec_drop(self.piece_sql(rs, &piece), params(&piece.rows))
+                .await
+            {
+                Ok(()) => ok.push(piece),
+                // InnoDB rolled back this statement only: the transaction goes on without it.
+                Err(e) if mysql_is_row_error(&e) => refused.push(piece),
+                Err(e) => return Err(self.error(&e, Some(piece.table))),
+            }
         }
-        tx.commit().await
+        tx.commit().await.map_err(|e| self.error(&e, None))?;
+        Ok((ok, refused))
+    }
+
+    /// Write a refused piece by halves until every row is written or isolated with its error.
+    async fn bisect(
+        &self,
+        rs: &RowSet,
+        piece: Piece<'_>,
+        outcome: &mut WriteOutcome,
+    ) -> Result<(), SinkError> {
+        let mut conn = self
+            .pool
+            .get_conn()
+            .await
+            .map_err(|e| self.error(&e, None))?;
+        let table = piece.table;
+        let mut pending: Vec<Vec<&Row>> = Vec::new();
+        let mut left = piece.rows;
+        if left.len() > 1 {
+            let right = left.split_off(left.len() / 2);
+            pending.push(right);
+            pending.push(left);
+        } else {
+            pending.push(left);
+        }
+        while let Some(rows) = pending.pop() {
+            if rows.is_empty() {
+                continue;
+            }
+            let piece = Piece { table, rows };
+            match conn
+                .exec_drop(self.piece_sql(rs, &piece), params(&piece.rows))
+                .await
+            {
+                Ok(()) => outcome.written.extend(piece.rows.iter().map(|r| r.key)),
+                Err(e) if mysql_is_row_error(&e) => {
+                    let mut left = piece.rows;
+                    if left.len() == 1 {
+                        outcome.failed.push((left[0].key, mysql_error_text(&e)));
+                    } else {
+                        let right = left.split_off(left.len() / 2);
+                        pending.push(right);
+                        pending.push(left);
+                    }
+                }
+                Err(e) => return Err(self.error(&e, Some(table))),
+            }
+        }
+        Ok(())
+    }
+
+    fn error(&self, e: &mysql_async::Error, table: Option<&TableName>) -> SinkError {
+        let text = match table {
+            Some(t) => format!("table {t}: {}", mysql_error_text(e)),
+            None => mysql_error_text(e),
+        };
+        if mysql_is_transient(e) {
+            SinkError::Transient(text)
+        } else {
+            SinkError::Batch(text)
+        }
+    }
+}
+
+/// The `ON DUPLICATE KEY UPDATE` assignments for quoted `cols`.
+fn update_clause(cols: &[String], key: &str, write: WriteMode) -> String {
+    let key_q = format!("`{}`", key.replace('`', "``"));
+    let updates: Vec<String> = match write {
+        WriteMode::Upsert => cols
+            .iter()
+            .filter(|c| **c != key_q)
+            .map(|c| format!("{c}=VALUES({c})"))
+            .collect(),
+        WriteMode::InsertIgnore => Vec::new(),
+    };
+    // Without updates, a no-op update keeps duplicates harmless while strict mode still refuses bad values
+    // (INSERT IGNORE would silently truncate them).
+    if updates.is_empty() {
+        format!("{key_q}={key_q}")
+    } else {
+        updates.join(",")
     }
 }
 
@@ -114,65 +227,96 @@ fn to_mysql(v: &Value) -> mysql_async::Value {
 #[async_trait]
 impl Sink for MySqlSink {
     async fn prepare(&self, columns: &[Column]) -> Result<(), SinkError> {
+        let router = self.router(columns)?;
+        let Some(tables) = router.known_tables() else {
+            // Routed by value: the tables are known only when rows are routed to them.
+            return Ok(());
+        };
         let list = columns
             .iter()
             .map(|c| format!("`{}`", c.name.replace('`', "``")))
             .collect::<Vec<_>>()
             .join(", ");
-        let sql = format!(
-            "SELECT {list} FROM {} WHERE 1 = 0",
-            quote_table(Engine::Mysql, &self.table)
-        );
-        let mut conn = self.pool.get_conn().await.map_err(|e| {
-            if mysql_is_transient(&e) {
-                SinkError::Transient(mysql_error_text(&e))
-            } else {
-                SinkError::Batch(mysql_error_text(&e))
-            }
-        })?;
-        conn.prep(sql).await.map_err(|e| {
-            SinkError::Batch(format!(
-                "target table {}: {}",
-                self.table,
-                mysql_error_text(&e)
-            ))
-        })?;
+        let mut conn = self
+            .pool
+            .get_conn()
+            .await
+            .map_err(|e| self.error(&e, None))?;
+        for table in &tables {
+            let sql = format!(
+                "SELECT {list} FROM {} WHERE 1 = 0",
+                quote_table(Engine::Mysql, table)
+            );
+            conn.prep(sql).await.map_err(|e| {
+                SinkError::Batch(format!("target table {table}: {}", mysql_error_text(&e)))
+            })?;
+        }
         Ok(())
     }
 
     async fn write(&self, rs: &RowSet) -> Result<WriteOutcome, SinkError> {
+        let router = self.router(&rs.columns)?;
         let mut outcome = WriteOutcome::default();
-        // Pieces still to write; a piece the server refuses for a row's values is split in two.
-        let mut pending: Vec<Vec<&Row>> = vec![rs.rows.iter().collect()];
-        while let Some(piece) = pending.pop() {
-            if piece.is_empty() {
-                continue;
-            }
-            match self.write_all(rs, &piece).await {
-                Ok(()) => outcome.written.extend(piece.iter().map(|r| r.key)),
-                Err(e) if mysql_is_transient(&e) => {
-                    return Err(SinkError::Transient(mysql_error_text(&e)))
-                }
-                Err(e) if mysql_is_row_error(&e) => {
-                    if piece.len() == 1 {
-                        outcome.failed.push((piece[0].key, mysql_error_text(&e)));
-                    } else {
-                        let mut left = piece;
-                        let right = left.split_off(left.len() / 2);
-                        pending.push(right);
-                        pending.push(left);
+        let per_stmt = (MAX_PLACEHOLDERS / rs.columns.len().max(1)).max(1);
+        // Rows by table; one table keeps the batch's order and makes no copy of the route.
+        let grouped: Vec<(TableName, Vec<&Row>)> = match router.fixed() {
+            Some(table) => vec![(table.clone(), rs.rows.iter().collect())],
+            None => {
+                let mut by_table: BTreeMap<TableName, Vec<&Row>> = BTreeMap::new();
+                for row in &rs.rows {
+                    match router.resolve(row) {
+                        Ok(table) => by_table.entry(table).or_default().push(row),
+                        Err(reason) => outcome.failed.push((row.key, reason)),
                     }
                 }
-                Err(e) => {
-                    return Err(SinkError::Batch(format!(
-                        "table {}: {}",
-                        self.table,
-                        mysql_error_text(&e)
-                    )))
-                }
+                by_table.into_iter().collect()
             }
+        };
+        let pieces: Vec<Piece<'_>> = grouped
+            .iter()
+            .flat_map(|(table, rows)| {
+                rows.chunks(per_stmt).map(move |chunk| Piece {
+                    table,
+                    rows: chunk.to_vec(),
+                })
+            })
+            .filter(|p| !p.rows.is_empty())
+            .collect();
+        if pieces.is_empty() {
+            return Ok(outcome);
+        }
+        let (ok, refused) = self.write_pieces(rs, pieces).await?;
+        for piece in ok {
+            outcome.written.extend(piece.rows.iter().map(|r| r.key));
+        }
+        for piece in refused {
+            self.bisect(rs, piece, &mut outcome).await?;
         }
         outcome.written.sort_unstable();
         Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cols() -> Vec<String> {
+        ["id", "note", "updated_at"]
+            .iter()
+            .map(|c| format!("`{c}`"))
+            .collect()
+    }
+
+    #[test]
+    fn upsert_replaces_every_column_but_the_key() {
+        assert_eq!(
+            update_clause(&cols(), "id", WriteMode::Upsert),
+            "`note`=VALUES(`note`),`updated_at`=VALUES(`updated_at`)"
+        );
+        assert_eq!(
+            update_clause(&cols(), "id", WriteMode::InsertIgnore),
+            "`id`=`id`"
+        );
     }
 }

@@ -1,0 +1,405 @@
+//! Sharded targets on MariaDB: `{col % N}` with a database part, `{col:FORMAT}` and `[target.ranges]`. Rows
+//! land in the table their route names, each table holds exactly the source's rows of its shard, rows
+//! without a route (NULL, outside every range) or refused by their shard table are `failed` with the reason,
+//! and the ledger stays per source id.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use mysql_async::prelude::Queryable;
+use redis::AsyncCommands;
+
+use crate::helpers::{Bits, TestJob};
+
+const ROWS: u64 = 4_000;
+
+/// `src(id, user_id, created_at, amount, note)`: `user_id` from -7 to 8 with NULL on every 50th row,
+/// `created_at` over six months of 2024 with NULL on every 61st row, a note too long for one shard table on
+/// every 97th row.
+async fn create_orders(job: &TestJob) {
+    job.sql(
+        "CREATE TABLE src (id BIGINT UNSIGNED NOT NULL PRIMARY KEY, user_id INT NULL, \
+         created_at DATETIME(6) NULL, amount DECIMAL(12,2) NOT NULL, note VARCHAR(64) NOT NULL)",
+    )
+    .await;
+    job.sql(&format!(
+        "INSERT INTO src SELECT seq * 3, IF(seq % 50 = 0, NULL, CAST(seq % 16 AS SIGNED) - 7), \
+         IF(seq % 61 = 0, NULL, TIMESTAMP'2024-01-01 00:00:00' + INTERVAL (seq * 3779) % 15638400 SECOND \
+         + INTERVAL seq MICROSECOND), seq * 1.25 - 999, \
+         IF(seq % 97 = 0, CONCAT('a note much too long for shard three ', seq), CONCAT('n', seq)) \
+         FROM seq_1_to_{ROWS}"
+    ))
+    .await;
+}
+
+/// The ledger's `failed` hash: id → reason.
+async fn failed(job: &TestJob) -> BTreeMap<u64, String> {
+    let mut redis = job.redis.clone();
+    let raw: BTreeMap<String, String> = redis
+        .hgetall(job.job_key("failed"))
+        .await
+        .expect("HGETALL failed");
+    raw.into_iter()
+        .map(|(id, v)| {
+            let v: serde_json::Value = serde_json::from_str(&v).expect("failed entry is JSON");
+            (
+                id.parse().expect("failed field is an id"),
+                v["reason"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Every group's `tgt` bits, as ids.
+async fn target_bits(job: &TestJob) -> BTreeSet<u64> {
+    let mut ids = BTreeSet::new();
+    for first in job.groups().await {
+        ids.extend(job.bitmap_ids(first, Bits::Tgt).await);
+    }
+    ids
+}
+
+/// Extra databases of a test (the shards' own), dropped at the end.
+struct Databases {
+    url: String,
+    names: Vec<String>,
+}
+
+impl Databases {
+    async fn create(job: &TestJob, names: Vec<String>) -> Self {
+        for name in &names {
+            job.sql(&format!("CREATE DATABASE `{name}`")).await;
+        }
+        Self {
+            url: job.services.mysql_url.clone(),
+            names,
+        }
+    }
+}
+
+impl Drop for Databases {
+    fn drop(&mut self) {
+        let (url, names) = (self.url.clone(), self.names.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a cleanup runtime");
+            rt.block_on(async {
+                if let Ok(mut conn) = mysql_async::Conn::from_url(url.as_str()).await {
+                    for name in names {
+                        let _ = conn
+                            .query_drop(format!("DROP DATABASE IF EXISTS `{name}`"))
+                            .await;
+                    }
+                }
+            })
+        })
+        .join();
+    }
+}
+
+fn job_file(job: &TestJob, target: &str) -> String {
+    format!(
+        r#"name = "{name}"
+group_size = 1000
+batch_size = 250
+
+[source]
+url = "{url}"
+table = "src"
+key = "id"
+
+[target]
+kind = "sql"
+url = "{url}"
+{target}
+"#,
+        name = job.name,
+        url = job.database_url,
+    )
+}
+
+/// Rows per table as `(table, count)` from `query` (a `SELECT name, COUNT(*) … GROUP BY 1`).
+async fn counts(job: &TestJob, query: &str) -> BTreeMap<String, u64> {
+    job.conn()
+        .await
+        .query::<(String, u64), _>(query)
+        .await
+        .unwrap_or_else(|e| panic!("{query}\n→ {e}"))
+        .into_iter()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hash_mod_routes_fan_a_batch_out_to_tables_in_two_databases() {
+    let job = TestJob::new(1_000, 250).await;
+    create_orders(&job).await;
+    let shards = Databases::create(
+        &job,
+        vec![
+            format!("{}_s0", job.database),
+            format!("{}_s1", job.database),
+        ],
+    )
+    .await;
+    for db in &shards.names {
+        for t in 0..4 {
+            job.sql(&format!("CREATE TABLE `{db}`.orders_{t} LIKE src"))
+                .await;
+        }
+    }
+    // One shard table refuses long notes: its bad rows fail, the rest of its rows land.
+    job.sql(&format!(
+        "ALTER TABLE `{}_s1`.orders_3 MODIFY note VARCHAR(8) NOT NULL",
+        job.database
+    ))
+    .await;
+    job.write_file(
+        "job.toml",
+        &job_file(
+            &job,
+            &format!(
+                "table = \"{}_s{{user_id % 2}}.orders_{{user_id % 4}}\"",
+                job.database
+            ),
+        ),
+    );
+
+    job.produce(&[]).await;
+    job.consume_until_idle(2, &[]).await;
+
+    // Negative user ids go where rem_euclid sends them: -7 % 4 → 1, -7 % 2 → 1.
+    let expected = counts(
+        &job,
+        &format!(
+            "SELECT CONCAT('{db}_s', MOD(MOD(user_id, 2) + 2, 2), '.orders_', MOD(MOD(user_id, 4) + 4, 4)), \
+             COUNT(*) FROM src WHERE user_id IS NOT NULL \
+             AND NOT (MOD(MOD(user_id, 4) + 4, 4) = 3 AND CHAR_LENGTH(note) > 8) GROUP BY 1",
+            db = job.database
+        ),
+    )
+    .await;
+    let mut landed = BTreeMap::new();
+    for db in &shards.names {
+        for t in 0..4 {
+            let table = format!("{db}.orders_{t}");
+            let n = job
+                .sql_u64(&format!("SELECT COUNT(*) FROM `{db}`.orders_{t}"))
+                .await;
+            if n > 0 {
+                landed.insert(table, n);
+            }
+        }
+    }
+    assert_eq!(landed, expected, "rows per shard table");
+    assert_eq!(expected.len(), 4, "user_id % 2 and % 4 agree: four tables");
+
+    // Every landed row is its source row, in the table its user_id names.
+    for table in expected.keys() {
+        let (db, t) = table.split_once('.').unwrap();
+        let differing = job
+            .sql_u64(&format!(
+                "SELECT COUNT(*) FROM `{db}`.`{t}` d LEFT JOIN src s ON s.id = d.id \
+                 WHERE NOT (s.user_id <=> d.user_id AND s.created_at <=> d.created_at \
+                 AND s.amount <=> d.amount AND BINARY s.note <=> BINARY d.note) \
+                 OR CONCAT('{db}.orders_', MOD(MOD(d.user_id, 4) + 4, 4)) <> '{table}'"
+            ))
+            .await;
+        assert_eq!(
+            differing, 0,
+            "{table}: rows that differ from their source row or are misrouted"
+        );
+    }
+
+    // The ledger per source id: NULL user ids and long notes on shard 3 failed with their reasons, the
+    // rest landed.
+    let failed = failed(&job).await;
+    let null_ids: BTreeSet<u64> = job
+        .sql_ids("SELECT id FROM src WHERE user_id IS NULL")
+        .await
+        .into_iter()
+        .collect();
+    let long_ids: BTreeSet<u64> = job
+        .sql_ids(
+            "SELECT id FROM src WHERE MOD(MOD(user_id, 4) + 4, 4) = 3 AND CHAR_LENGTH(note) > 8",
+        )
+        .await
+        .into_iter()
+        .collect();
+    assert!(!null_ids.is_empty() && !long_ids.is_empty());
+    for id in &null_ids {
+        assert!(
+            failed
+                .get(id)
+                .is_some_and(|r| r.contains("`user_id` is NULL")),
+            "id {id} (NULL user_id): {:?}",
+            failed.get(id)
+        );
+    }
+    for id in &long_ids {
+        assert!(
+            failed.get(id).is_some_and(|r| r.contains("Data too long")),
+            "id {id} (long note on shard 3): {:?}",
+            failed.get(id)
+        );
+    }
+    assert_eq!(failed.len(), null_ids.len() + long_ids.len(), "{failed:?}");
+    let all: BTreeSet<u64> = job.ids_of("src").await.into_iter().collect();
+    let landed_ids: BTreeSet<u64> = all
+        .difference(&null_ids)
+        .copied()
+        .collect::<BTreeSet<_>>()
+        .difference(&long_ids)
+        .copied()
+        .collect();
+    assert_eq!(
+        target_bits(&job).await,
+        landed_ids,
+        "tgt bits = the ids that landed"
+    );
+    let (code, report) = job.report().await;
+    assert_eq!(code, 3, "failed rows make the job incomplete: {report}");
+    assert_eq!(report["failed_ids"].as_u64(), Some(failed.len() as u64));
+    assert_eq!(report["missing_ids"].as_u64(), Some(0), "{report}");
+    assert_eq!(report["target_ids"].as_u64(), Some(landed_ids.len() as u64));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn time_routes_put_each_row_in_its_month_table() {
+    let job = TestJob::new(1_000, 250).await;
+    create_orders(&job).await;
+    for month in 1..=6 {
+        job.sql(&format!("CREATE TABLE orders_2024{month:02} LIKE src"))
+            .await;
+    }
+    job.write_file(
+        "job.toml",
+        &job_file(&job, "table = \"orders_{created_at:%Y%m}\""),
+    );
+
+    job.produce(&[]).await;
+    job.consume_until_idle(1, &[]).await;
+
+    let expected = counts(
+        &job,
+        "SELECT CONCAT('orders_', DATE_FORMAT(created_at, '%Y%m')), COUNT(*) FROM src \
+         WHERE created_at IS NOT NULL GROUP BY 1",
+    )
+    .await;
+    assert_eq!(expected.len(), 6, "six months of rows: {expected:?}");
+    for (table, want) in &expected {
+        let got = job
+            .sql_u64(&format!("SELECT COUNT(*) FROM `{table}`"))
+            .await;
+        assert_eq!(got, *want, "rows in {table}");
+        let misplaced = job
+            .sql_u64(&format!(
+                "SELECT COUNT(*) FROM `{table}` d JOIN src s ON s.id = d.id \
+                 WHERE CONCAT('orders_', DATE_FORMAT(s.created_at, '%Y%m')) <> '{table}' \
+                 OR NOT (s.created_at <=> d.created_at AND s.note <=> d.note)"
+            ))
+            .await;
+        assert_eq!(misplaced, 0, "{table}: misrouted or changed rows");
+    }
+    let null_ids: BTreeSet<u64> = job
+        .sql_ids("SELECT id FROM src WHERE created_at IS NULL")
+        .await
+        .into_iter()
+        .collect();
+    let failed = failed(&job).await;
+    assert_eq!(failed.keys().copied().collect::<BTreeSet<_>>(), null_ids);
+    assert!(
+        failed.values().all(|r| r.contains("`created_at` is NULL")),
+        "{failed:?}"
+    );
+    assert_eq!(
+        target_bits(&job).await.len() as u64,
+        ROWS - null_ids.len() as u64,
+        "tgt bits: every row with a date"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn id_ranges_send_each_key_to_its_table_and_fail_keys_outside_every_range() {
+    let job = TestJob::new(1_000, 250).await;
+    create_orders(&job).await;
+    for t in ["r_low", "r_mid", "r_high"] {
+        job.sql(&format!("CREATE TABLE {t} LIKE src")).await;
+    }
+    // Source ids are 3..=12000; 5001..=5999 are in no range.
+    job.write_file(
+        "job.toml",
+        &job_file(
+            &job,
+            "[target.ranges]\n\"6000..99999\" = \"r_high\"\n\"0..2999\" = \"r_low\"\n\"3000..5000\" = \"r_mid\"",
+        ),
+    );
+
+    job.produce(&[]).await;
+    job.consume_until_idle(2, &[]).await;
+
+    for (table, lo, hi) in [
+        ("r_low", 0, 2999),
+        ("r_mid", 3000, 5000),
+        ("r_high", 6000, 99999),
+    ] {
+        let want = job
+            .sql_u64(&format!(
+                "SELECT COUNT(*) FROM src WHERE id BETWEEN {lo} AND {hi}"
+            ))
+            .await;
+        let got = job.sql_u64(&format!("SELECT COUNT(*) FROM {table}")).await;
+        let outside = job
+            .sql_u64(&format!(
+                "SELECT COUNT(*) FROM {table} WHERE id NOT BETWEEN {lo} AND {hi}"
+            ))
+            .await;
+        assert!(want > 0);
+        assert_eq!(
+            (got, outside),
+            (want, 0),
+            "{table}: rows, rows outside its range"
+        );
+    }
+    let gap: BTreeSet<u64> = job
+        .sql_ids("SELECT id FROM src WHERE id BETWEEN 5001 AND 5999")
+        .await
+        .into_iter()
+        .collect();
+    let failed = failed(&job).await;
+    assert_eq!(failed.keys().copied().collect::<BTreeSet<_>>(), gap);
+    assert!(
+        failed.values().all(|r| r.contains("outside every range")),
+        "{failed:?}"
+    );
+    let landed: BTreeSet<u64> = job
+        .ids_of("src")
+        .await
+        .into_iter()
+        .filter(|id| !gap.contains(id))
+        .collect();
+    assert_eq!(target_bits(&job).await, landed);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_route_column_the_source_does_not_read_stops_the_consumer_with_exit_2() {
+    let job = TestJob::new(1_000, 250).await;
+    create_orders(&job).await;
+    job.write_file(
+        "job.toml",
+        &job_file(&job, "table = \"orders_{customer_id % 4}\""),
+    );
+    let done = job
+        .run(
+            crate::helpers::Bin::Consumer,
+            &["--job", job.job_arg(), "--exit-when-idle", "1"],
+        )
+        .await;
+    done.expect_code(2);
+    assert!(
+        done.stderr
+            .contains("`customer_id` is not among the columns"),
+        "{}",
+        done.describe()
+    );
+}
