@@ -403,3 +403,71 @@ async fn a_route_column_the_source_does_not_read_stops_the_consumer_with_exit_2(
         done.describe()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_version_column_a_newer_target_row_survives_an_older_redelivery() {
+    let job = TestJob::new(1_000, 100).await;
+    job.sql(
+        "CREATE TABLE src (id BIGINT UNSIGNED NOT NULL PRIMARY KEY, note VARCHAR(32) NULL, \
+         amount INT NULL, updated_at DATETIME(6) NULL)",
+    )
+    .await;
+    job.sql("CREATE TABLE dst LIKE src").await;
+    job.sql(
+        "INSERT INTO src SELECT seq, CONCAT('source ', seq), seq, \
+         IF(seq % 10 = 0, NULL, TIMESTAMP'2024-06-01 12:00:00.000001') FROM seq_1_to_500",
+    )
+    .await;
+    // Already in the target: newer rows (1..=100), older ones (101..=200), equal versions (201..=250) and
+    // rows without a version (251..=300).
+    job.sql(
+        "INSERT INTO dst SELECT seq, 'newer target row', -1, TIMESTAMP'2024-06-01 12:00:00.000002' \
+         FROM seq_1_to_100",
+    )
+    .await;
+    job.sql(
+        "INSERT INTO dst SELECT seq, 'older target row', -2, TIMESTAMP'2024-06-01 12:00:00' \
+         FROM seq_101_to_200",
+    )
+    .await;
+    job.sql("INSERT INTO dst SELECT seq, 'same version', -3, TIMESTAMP'2024-06-01 12:00:00.000001' FROM seq_201_to_250")
+        .await;
+    job.sql("INSERT INTO dst SELECT seq, 'no version', -4, NULL FROM seq_251_to_300")
+        .await;
+    let toml = job
+        .job_toml()
+        .replace("key = \"id\"", "key = \"id\"\nversion = \"updated_at\"");
+    job.write_file("job.toml", &toml);
+
+    job.produce(&[]).await;
+    job.consume_until_idle(1, &[]).await;
+
+    // Ids 1..=100 whose source version is older keep the target's row whole; ids 10, 20, …, 100 have a
+    // NULL source version, which never replaces a versioned row.
+    let kept = job
+        .sql_u64(
+            "SELECT COUNT(*) FROM dst WHERE id <= 100 AND note = 'newer target row' AND amount = -1 \
+             AND updated_at = TIMESTAMP'2024-06-01 12:00:00.000002'",
+        )
+        .await;
+    assert_eq!(
+        kept, 100,
+        "newer target rows must survive the older source rows"
+    );
+    // Every other id holds its source row, except versioned target rows facing a NULL source version.
+    let differing = job
+        .sql_ids(
+            "SELECT s.id FROM src s JOIN dst d ON d.id = s.id WHERE s.id > 100 \
+             AND NOT (s.note <=> d.note AND s.amount <=> d.amount AND s.updated_at <=> d.updated_at) \
+             ORDER BY s.id",
+        )
+        .await;
+    let expected: Vec<u64> = (101..=250).filter(|id| id % 10 == 0).collect();
+    assert_eq!(
+        differing, expected,
+        "older, equal and unversioned target rows are replaced; a NULL source version replaces none"
+    );
+    assert_eq!(job.sql_u64("SELECT COUNT(*) FROM dst").await, 500);
+    // Kept rows count as landed: the target holds their newest version.
+    job.assert_job_complete(500, 0).await;
+}

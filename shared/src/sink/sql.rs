@@ -7,6 +7,9 @@
 //!   grouped by table ([`super::route`]) and every table's statements run in **one transaction** on one
 //!   connection — a transaction spans databases on one server. A row whose route cannot be computed is
 //!   `failed` with the reason; the others still land.
+//! - `source.version`: `ON DUPLICATE KEY UPDATE c = IF(<stored version is not newer>, VALUES(c), c), …`,
+//!   the version column assigned last, so a late redelivery or a slow consumer never replaces a newer row
+//!   (the row still counts as written: the target holds that id's newest version).
 //! - A statement the server refuses for a row's values is rolled back on its own (InnoDB's statement
 //!   rollback), the rest of the transaction commits, and the refused piece is bisected until the bad row is
 //!   isolated in `failed`.
@@ -19,9 +22,9 @@ use mysql_async::TxOpts;
 
 use super::route::Router;
 use super::{OpenError, Sink, SinkError, WriteOutcome};
-use crate::job::{Engine, JobSpec, TableName, TableRoute, TargetSpec, WriteMode};
+use crate::job::{Engine, Ident, JobSpec, TableName, TableRoute, TargetSpec, WriteMode};
 use crate::sql::{
-    mysql_error_text, mysql_is_row_error, mysql_is_transient, mysql_pool, quote_table,
+    mysql_error_text, mysql_is_row_error, mysql_is_transient, mysql_pool, quote, quote_table,
 };
 use crate::value::{Column, Row, RowSet, Value};
 
@@ -32,6 +35,8 @@ pub struct MySqlSink {
     pool: mysql_async::Pool,
     route: TableRoute,
     write: WriteMode,
+    /// `source.version`: an existing row is replaced only by a row whose version is not older.
+    version: Option<Ident>,
 }
 
 /// Rows of one table, at most one statement's worth.
@@ -50,6 +55,7 @@ impl MySqlSink {
             pool: mysql_pool(&t.url, max_connections).map_err(OpenError)?,
             route: t.table.clone(),
             write: t.write,
+            version: job.source.version.clone(),
         })
     }
 
@@ -70,7 +76,12 @@ impl MySqlSink {
         );
         sql.push_str(&vec![one.as_str(); rows].join(","));
         sql.push_str(" ON DUPLICATE KEY UPDATE ");
-        sql.push_str(&update_clause(&cols, key, self.write));
+        sql.push_str(&update_clause(
+            &cols,
+            key,
+            self.write,
+            self.version.as_ref(),
+        ));
         sql
     }
 
@@ -185,15 +196,28 @@ impl MySqlSink {
 }
 
 /// The `ON DUPLICATE KEY UPDATE` assignments for quoted `cols`.
-fn update_clause(cols: &[String], key: &str, write: WriteMode) -> String {
+fn update_clause(cols: &[String], key: &str, write: WriteMode, version: Option<&Ident>) -> String {
     let key_q = format!("`{}`", key.replace('`', "``"));
-    let updates: Vec<String> = match write {
-        WriteMode::Upsert => cols
+    let updates: Vec<String> = match (write, version) {
+        (WriteMode::Upsert, None) => cols
             .iter()
             .filter(|c| **c != key_q)
             .map(|c| format!("{c}=VALUES({c})"))
             .collect(),
-        WriteMode::InsertIgnore => Vec::new(),
+        (WriteMode::Upsert, Some(version)) => {
+            // MySQL evaluates these assignments left to right, each seeing the columns already
+            // assigned: the version column goes last, so every test before it compares with the
+            // stored version. A stored NULL version is older than any; an incoming NULL replaces only
+            // a NULL. An equal version rewrites the row, so a redelivery stays idempotent.
+            let v = quote(Engine::Mysql, version);
+            let newer = format!("({v} IS NULL OR VALUES({v}) >= {v})");
+            cols.iter()
+                .filter(|c| **c != key_q && **c != v)
+                .chain(std::iter::once(&v))
+                .map(|c| format!("{c}=IF({newer},VALUES({c}),{c})"))
+                .collect()
+        }
+        (WriteMode::InsertIgnore, _) => Vec::new(),
     };
     // Without updates, a no-op update keeps duplicates harmless while strict mode still refuses bad values
     // (INSERT IGNORE would silently truncate them).
@@ -228,6 +252,13 @@ fn to_mysql(v: &Value) -> mysql_async::Value {
 impl Sink for MySqlSink {
     async fn prepare(&self, columns: &[Column]) -> Result<(), SinkError> {
         let router = self.router(columns)?;
+        if let Some(version) = &self.version {
+            if !columns.iter().any(|c| c.name == version.as_str()) {
+                return Err(SinkError::Batch(format!(
+                    "source.version `{version}` is not among the columns the source reads"
+                )));
+            }
+        }
         let Some(tables) = router.known_tables() else {
             // Routed by value: the tables are known only when rows are routed to them.
             return Ok(());
@@ -311,12 +342,33 @@ mod tests {
     #[test]
     fn upsert_replaces_every_column_but_the_key() {
         assert_eq!(
-            update_clause(&cols(), "id", WriteMode::Upsert),
+            update_clause(&cols(), "id", WriteMode::Upsert, None),
             "`note`=VALUES(`note`),`updated_at`=VALUES(`updated_at`)"
         );
         assert_eq!(
-            update_clause(&cols(), "id", WriteMode::InsertIgnore),
+            update_clause(&cols(), "id", WriteMode::InsertIgnore, None),
             "`id`=`id`"
+        );
+    }
+
+    #[test]
+    fn the_version_guard_assigns_the_version_column_last() {
+        let version = Ident::new("updated_at").unwrap();
+        let mut reordered = cols();
+        reordered.swap(1, 2); // the version column is not last in the table
+        let sql = update_clause(&reordered, "id", WriteMode::Upsert, Some(&version));
+        let newer = "(`updated_at` IS NULL OR VALUES(`updated_at`) >= `updated_at`)";
+        assert_eq!(
+            sql,
+            format!(
+                "`note`=IF({newer},VALUES(`note`),`note`),\
+                 `updated_at`=IF({newer},VALUES(`updated_at`),`updated_at`)"
+            )
+        );
+        assert_eq!(
+            update_clause(&cols(), "id", WriteMode::InsertIgnore, Some(&version)),
+            "`id`=`id`",
+            "insert_ignore never replaces, whatever the version"
         );
     }
 }
