@@ -471,3 +471,109 @@ async fn with_a_version_column_a_newer_target_row_survives_an_older_redelivery()
     // Kept rows count as landed: the target holds their newest version.
     job.assert_job_complete(500, 0).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_consumers_racing_to_create_the_same_routed_tables_create_each_once() {
+    let job = TestJob::new(1_000, 100).await;
+    create_orders(&job).await;
+    job.write_file(
+        "job.toml",
+        &job_file(&job, "table = \"orders_{user_id % 8}\"\ncreate = true"),
+    );
+
+    job.produce(&[]).await;
+    // Both start at once and take their first batches together: every table is created by both.
+    job.consume_until_idle(2, &["--concurrency", "4"]).await;
+
+    let tables = job
+        .sql_ids(&format!(
+            "SELECT CAST(SUBSTRING(TABLE_NAME, 8) AS UNSIGNED) FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = '{}' AND TABLE_NAME LIKE 'orders\\_%' ORDER BY 1",
+            job.database
+        ))
+        .await;
+    assert_eq!(tables, (0..8).collect::<Vec<u64>>(), "one table per bucket");
+    let expected = counts(
+        &job,
+        "SELECT CONCAT('orders_', MOD(MOD(user_id, 8) + 8, 8)), COUNT(*) FROM src \
+         WHERE user_id IS NOT NULL GROUP BY 1",
+    )
+    .await;
+    for (table, want) in &expected {
+        let got = job
+            .sql_u64(&format!("SELECT COUNT(*) FROM `{table}`"))
+            .await;
+        assert_eq!(got, *want, "rows in {table}");
+        let differing = job
+            .sql_u64(&format!(
+                "SELECT COUNT(*) FROM `{table}` d JOIN src s ON s.id = d.id WHERE NOT (s.user_id <=> d.user_id \
+                 AND s.created_at <=> d.created_at AND s.amount <=> d.amount AND BINARY s.note <=> BINARY d.note)"
+            ))
+            .await;
+        assert_eq!(differing, 0, "{table}: rows that differ from the source");
+    }
+    // LIKE copied the source's definition, primary key included.
+    let (_, ddl): (String, String) = job
+        .conn()
+        .await
+        .query_first("SHOW CREATE TABLE orders_3")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        ddl.contains("PRIMARY KEY (`id`)") && ddl.contains("decimal(12,2)"),
+        "{ddl}"
+    );
+    let null_ids = job
+        .sql_ids("SELECT id FROM src WHERE user_id IS NULL")
+        .await;
+    assert_eq!(
+        failed(&job).await.keys().copied().collect::<Vec<_>>(),
+        null_ids,
+        "only rows without a user_id failed"
+    );
+    assert_eq!(
+        target_bits(&job).await.len() as u64,
+        ROWS - null_ids.len() as u64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tables_created_for_some_columns_keep_their_source_types_and_the_key() {
+    let job = TestJob::new(1_000, 250).await;
+    create_orders(&job).await;
+    let mut toml = job_file(&job, "table = \"archive_{created_at:%Y%m}\"\ncreate = true");
+    toml = toml.replace(
+        "key = \"id\"",
+        "key = \"id\"\ncolumns = [\"id\", \"created_at\", \"amount\", \"note\"]",
+    );
+    job.write_file("job.toml", &toml);
+
+    job.produce(&[]).await;
+    job.consume_until_idle(1, &[]).await;
+
+    let column_types = |table: &str| {
+        format!(
+            "SELECT CONCAT_WS(' ', COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE, IFNULL(COLLATION_NAME, '-'), COLUMN_KEY) \
+             FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = '{}' AND TABLE_NAME = '{table}' \
+             AND COLUMN_NAME <> 'user_id' ORDER BY ORDINAL_POSITION",
+            job.database
+        )
+    };
+    let source: Vec<String> = job.conn().await.query(column_types("src")).await.unwrap();
+    for month in 1..=6 {
+        let table = format!("archive_2024{month:02}");
+        let created: Vec<String> = job.conn().await.query(column_types(&table)).await.unwrap();
+        assert_eq!(
+            created, source,
+            "{table}: the columns read, as the source has them, id the primary key"
+        );
+        let want = job
+            .sql_u64(&format!(
+                "SELECT COUNT(*) FROM src WHERE DATE_FORMAT(created_at, '%Y%m') = '2024{month:02}'"
+            ))
+            .await;
+        let got = job.sql_u64(&format!("SELECT COUNT(*) FROM {table}")).await;
+        assert_eq!(got, want, "rows in {table}");
+    }
+}

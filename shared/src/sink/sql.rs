@@ -10,19 +10,28 @@
 //! - `source.version`: `ON DUPLICATE KEY UPDATE c = IF(<stored version is not newer>, VALUES(c), c), …`,
 //!   the version column assigned last, so a late redelivery or a slow consumer never replaces a newer row
 //!   (the row still counts as written: the target holds that id's newest version).
+//! - `create = true`: a table is created when a row is first routed to it, with
+//!   `CREATE TABLE IF NOT EXISTS t LIKE src` when the source is on the same server and every column is read,
+//!   otherwise with the columns read and their source types from `information_schema`, the key as primary
+//!   key. A missing database is not created (that is the operator's call).
 //! - A statement the server refuses for a row's values is rolled back on its own (InnoDB's statement
 //!   rollback), the rest of the transaction commits, and the refused piece is bisected until the bad row is
 //!   isolated in `failed`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Mutex;
 
 use async_trait::async_trait;
 use mysql_async::prelude::Queryable;
 use mysql_async::TxOpts;
+use tokio::sync::OnceCell;
+use tracing::info;
 
 use super::route::Router;
 use super::{OpenError, Sink, SinkError, WriteOutcome};
-use crate::job::{Engine, Ident, JobSpec, TableName, TableRoute, TargetSpec, WriteMode};
+use crate::job::{
+    DbUrl, Engine, Ident, JobSpec, SourceSpec, TableName, TableRoute, TargetSpec, WriteMode,
+};
 use crate::sql::{
     mysql_error_text, mysql_is_row_error, mysql_is_transient, mysql_pool, quote, quote_table,
 };
@@ -37,6 +46,26 @@ pub struct MySqlSink {
     write: WriteMode,
     /// `source.version`: an existing row is replaced only by a row whose version is not older.
     version: Option<Ident>,
+    /// `create = true`: how to create a missing table, and the tables known to exist.
+    create: Option<Creator>,
+}
+
+/// Creates missing target tables (`[target] create = true`), once per table and process; many consumers
+/// racing on one table are safe because the statement is `CREATE TABLE IF NOT EXISTS`.
+struct Creator {
+    source: SourceSpec,
+    /// The source is on the target's server: `LIKE` can copy the table as it is.
+    same_server: bool,
+    how: OnceCell<CreateHow>,
+    created: Mutex<HashSet<TableName>>,
+}
+
+/// What follows `CREATE TABLE IF NOT EXISTS t`.
+enum CreateHow {
+    /// ` LIKE db.src`: every column, index and option of the source (same server, every column read).
+    Like(String),
+    /// ` (cols…, PRIMARY KEY (key)) …`: the columns read, with the source's own column types.
+    Columns(String),
 }
 
 /// Rows of one table, at most one statement's worth.
@@ -56,7 +85,93 @@ impl MySqlSink {
             route: t.table.clone(),
             write: t.write,
             version: job.source.version.clone(),
+            create: t.create.then(|| Creator {
+                same_server: same_mysql_server(&job.source.url, &t.url),
+                source: job.source.clone(),
+                how: OnceCell::new(),
+                created: Mutex::new(HashSet::new()),
+            }),
         })
+    }
+
+    /// How to create a missing table, worked out once from the source.
+    async fn create_how<'c>(&self, creator: &'c Creator) -> Result<&'c CreateHow, SinkError> {
+        creator
+            .how
+            .get_or_try_init(|| async {
+                let source = &creator.source;
+                if source.url.engine != Engine::Mysql {
+                    return Err(SinkError::Batch(
+                        "target.create: creating MySQL tables from a PostgreSQL source is not supported by \
+                         this build yet; create the tables first"
+                            .into(),
+                    ));
+                }
+                let database = source
+                    .table
+                    .schema
+                    .as_ref()
+                    .map(|s| s.as_str().to_owned())
+                    .or_else(|| url_database(&source.url));
+                if creator.same_server && source.columns.is_none() {
+                    let qualified = match &database {
+                        Some(db) => format!("`{}`.{}", db, quote(Engine::Mysql, &source.table.table)),
+                        None => quote_table(Engine::Mysql, &source.table),
+                    };
+                    return Ok(CreateHow::Like(format!(" LIKE {qualified}")));
+                }
+                mysql_create_body(source, database.as_deref())
+                    .await
+                    .map(CreateHow::Columns)
+            })
+            .await
+    }
+
+    /// Create those of `tables` not known to exist. DDL commits implicitly in MySQL, so this runs before
+    /// the batch's transaction, never inside it.
+    async fn ensure_tables(&self, tables: &[&TableName]) -> Result<(), SinkError> {
+        let Some(creator) = &self.create else {
+            return Ok(());
+        };
+        let missing: Vec<&TableName> = {
+            let created = creator.created.lock().unwrap_or_else(|e| e.into_inner());
+            tables
+                .iter()
+                .copied()
+                .filter(|t| !created.contains(*t))
+                .collect()
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let how = self.create_how(creator).await?;
+        let mut conn = self
+            .pool
+            .get_conn()
+            .await
+            .map_err(|e| self.error(&e, None))?;
+        for table in missing {
+            let sql = match how {
+                CreateHow::Like(tail) | CreateHow::Columns(tail) => format!(
+                    "CREATE TABLE IF NOT EXISTS {}{tail}",
+                    quote_table(Engine::Mysql, table)
+                ),
+            };
+            conn.query_drop(sql).await.map_err(|e| {
+                let e = self.error(&e, Some(table));
+                match e {
+                    SinkError::Batch(m) => SinkError::Batch(format!("creating it: {m}")),
+                    other => other,
+                }
+            })?;
+            info!(table = %table, "target table created (or already there)");
+            creator
+                .created
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(table.clone());
+        }
+        Ok(())
     }
 
     fn router(&self, columns: &[Column]) -> Result<Router, SinkError> {
@@ -228,6 +343,87 @@ fn update_clause(cols: &[String], key: &str, write: WriteMode, version: Option<&
     }
 }
 
+/// Whether two MySQL URLs name the same server (host and port; the user may differ).
+fn same_mysql_server(a: &DbUrl, b: &DbUrl) -> bool {
+    let parts = |u: &DbUrl| {
+        url::Url::parse(u.expose()).ok().map(|u| {
+            (
+                u.host_str().unwrap_or_default().to_ascii_lowercase(),
+                u.port().unwrap_or(3306),
+            )
+        })
+    };
+    a.engine == Engine::Mysql
+        && b.engine == Engine::Mysql
+        && parts(a).is_some()
+        && parts(a) == parts(b)
+}
+
+/// The database a URL's path names, if any.
+fn url_database(u: &DbUrl) -> Option<String> {
+    let parsed = url::Url::parse(u.expose()).ok()?;
+    let db = parsed.path().trim_start_matches('/');
+    (!db.is_empty()).then(|| db.to_owned())
+}
+
+/// ` (columns…, PRIMARY KEY (key)) DEFAULT CHARSET=utf8mb4`: the columns the source reads, each with its
+/// source type, character set and nullability, read from the source's `information_schema`.
+async fn mysql_create_body(
+    source: &SourceSpec,
+    database: Option<&str>,
+) -> Result<String, SinkError> {
+    let failed = |e: &mysql_async::Error| {
+        SinkError::Transient(format!(
+            "target.create: reading the source table's columns: {}",
+            mysql_error_text(e)
+        ))
+    };
+    let pool = mysql_pool(&source.url, 1).map_err(SinkError::Batch)?;
+    let mut conn = pool.get_conn().await.map_err(|e| failed(&e))?;
+    type ColumnRow = (String, String, String, Option<String>, Option<String>);
+    let rows: Vec<ColumnRow> = conn
+        .exec(
+            "SELECT COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE, CHARACTER_SET_NAME, COLLATION_NAME \
+             FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? \
+             ORDER BY ORDINAL_POSITION",
+            (database, source.table.table.as_str()),
+        )
+        .await
+        .map_err(|e| failed(&e))?;
+    drop(conn);
+    pool.disconnect().await.ok();
+    let wanted = |name: &str| {
+        source
+            .columns
+            .as_ref()
+            .is_none_or(|cols| cols.iter().any(|c| c.as_str() == name))
+    };
+    let mut defs = Vec::new();
+    for (name, ty, nullable, charset, collation) in rows.iter().filter(|r| wanted(&r.0)) {
+        let mut def = format!("`{}` {ty}", name.replace('`', "``"));
+        if let (Some(cs), Some(co)) = (charset, collation) {
+            def.push_str(&format!(" CHARACTER SET {cs} COLLATE {co}"));
+        }
+        def.push_str(if nullable == "YES" {
+            " NULL"
+        } else {
+            " NOT NULL"
+        });
+        defs.push(def);
+    }
+    if defs.is_empty() {
+        return Err(SinkError::Batch(format!(
+            "target.create: the source table {} has no columns to copy (does it exist?)",
+            source.table
+        )));
+    }
+    defs.push(format!(
+        "PRIMARY KEY ({})",
+        quote(Engine::Mysql, &source.key)
+    ));
+    Ok(format!(" ({}) DEFAULT CHARSET=utf8mb4", defs.join(", ")))
+}
+
 fn params(rows: &[&Row]) -> Vec<mysql_async::Value> {
     rows.iter()
         .flat_map(|r| r.values.iter().map(to_mysql))
@@ -258,6 +454,11 @@ impl Sink for MySqlSink {
                     "source.version `{version}` is not among the columns the source reads"
                 )));
             }
+        }
+        if let Some(creator) = &self.create {
+            // The tables are created when rows are first routed to them; check now that they can be.
+            self.create_how(creator).await?;
+            return Ok(());
         }
         let Some(tables) = router.known_tables() else {
             // Routed by value: the tables are known only when rows are routed to them.
@@ -316,6 +517,8 @@ impl Sink for MySqlSink {
         if pieces.is_empty() {
             return Ok(outcome);
         }
+        let tables: Vec<&TableName> = grouped.iter().map(|(t, _)| t).collect();
+        self.ensure_tables(&tables).await?;
         let (ok, refused) = self.write_pieces(rs, pieces).await?;
         for piece in ok {
             outcome.written.extend(piece.rows.iter().map(|r| r.key));
