@@ -18,6 +18,9 @@ mod sql;
 
 pub use ledger::Bits;
 pub use process::{wait_while_running, Bin};
+// The fault tests (tests/faults) hold running programs in their own variables.
+#[allow(unused_imports)]
+pub use process::Proc;
 pub use queue::{assert_messages_cover, header_text, Message, ERROR_HEADER};
 pub use sql::{gappy_ids, TWO_POW_40};
 
