@@ -297,6 +297,27 @@ impl Finished {
         found.unwrap_or_else(|| panic!("no line says `republished N ids`\n{}", self.describe()))
     }
 
+    /// A consumer's count of rows it wrote: N of `rows_written=N` in its last `consumer stopped …` log line.
+    pub fn rows_written(&self) -> u64 {
+        self.stderr
+            .lines()
+            .rev()
+            .find(|line| line.contains("consumer stopped"))
+            .and_then(|line| {
+                let (_, rest) = line.split_once("rows_written=")?;
+                rest.split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "no `consumer stopped … rows_written=N` line in the consumer's log\n{}",
+                    self.describe()
+                )
+            })
+    }
+
     /// Command, exit status, time, and the end of both outputs: what a failing assert shows.
     pub fn describe(&self) -> String {
         let mut out = String::new();
