@@ -17,7 +17,7 @@ mod queue;
 mod sql;
 
 pub use ledger::Bits;
-pub use process::{wait_while_running, Bin};
+pub use process::{wait_while_running, Bin, Finished};
 // The fault tests (tests/faults) hold running programs in their own variables.
 #[allow(unused_imports)]
 pub use process::Proc;

@@ -79,6 +79,11 @@ impl TestJob {
     /// `BITMIG_REDIS_URL`) and, for the producer and the consumer, also as `--amqp-url`/`--redis-url`;
     /// stdout and stderr go to files in the test's temp dir.
     pub fn spawn(&self, bin: Bin, args: &[&str]) -> Proc {
+        self.spawn_with_env(bin, args, &[])
+    }
+
+    /// [`Self::spawn`] with extra environment variables (`RUST_LOG`, `BITMIG_LOG_FORMAT`, …).
+    pub fn spawn_with_env(&self, bin: Bin, args: &[&str], env: &[(&str, &str)]) -> Proc {
         let n = self.spawned.fetch_add(1, Ordering::Relaxed);
         let stdout = self.dir.join(format!("{n:02}-{}.stdout", bin.file_name()));
         let stderr = self.dir.join(format!("{n:02}-{}.stderr", bin.file_name()));
@@ -96,6 +101,7 @@ impl TestJob {
             .args(&all_args)
             .env("BITMIG_AMQP_URL", &self.services.amqp_url)
             .env("BITMIG_REDIS_URL", &self.services.redis_url)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(create(&stdout))
             .stderr(create(&stderr))

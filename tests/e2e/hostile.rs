@@ -1,0 +1,448 @@
+//! Hostile input: job files that try to smuggle SQL or absurd sizes in, and messages that are broken, forged
+//! or replayed. Job files are refused before anything is read; messages go to the dead queue with their
+//! reason. Nothing crashes the consumer, nothing loops, and no bit is set that a real row does not back.
+
+use std::{path::Path, time::Duration};
+
+use serde_json::json;
+
+use crate::helpers::{
+    gappy_ids, header_text, path_str, wait_while_running, Bin, Bits, TestJob, COMMAND_DEADLINE,
+    ERROR_HEADER,
+};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn job_files_with_sql_in_names_absurd_sizes_or_unknown_keys_exit_2_naming_the_field() {
+    let job = TestJob::new(10_000, 1_000).await;
+    // A source that would be read and published if a job file were accepted.
+    job.create_source(500).await;
+    let good = job.job_toml();
+    let sizes = "group_size = 10000\nbatch_size = 1000";
+
+    // (what is wrong, the job file, what stderr must name)
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "a quote in the source table",
+            good.replacen("table = \"src\"", r#"table = "src' OR '1'='1""#, 1),
+            "source.table",
+        ),
+        (
+            "a semicolon in the key",
+            good.replacen("key = \"id\"", r#"key = "id; DROP TABLE src""#, 1),
+            "source.key",
+        ),
+        (
+            "a backtick in a column",
+            good.replacen(
+                "key = \"id\"",
+                "key = \"id\"\ncolumns = [\"id\", \"c`; DROP TABLE src; -- \"]",
+                1,
+            ),
+            "source.columns",
+        ),
+        (
+            "a line comment in the target table",
+            good.replacen("table = \"dst\"", r#"table = "dst -- x""#, 1),
+            "target.table",
+        ),
+        (
+            "a block comment in the target table",
+            good.replacen("table = \"dst\"", r#"table = "dst/**/""#, 1),
+            "target.table",
+        ),
+        (
+            "a backtick after a route",
+            good.replacen("table = \"dst\"", r#"table = "dst_{id % 4}`""#, 1),
+            "target.table",
+        ),
+        (
+            "a quoted schema",
+            good.replacen("table = \"src\"", r#"table = "`bmt`.src""#, 1),
+            "source.table",
+        ),
+        (
+            "a quote and a comment in the version column",
+            good.replacen("key = \"id\"", "key = \"id\"\nversion = \"v' -- \"", 1),
+            "source.version",
+        ),
+        (
+            "a quote in the job name",
+            good.replacen(&format!("name = \"{}\"", job.name), r#"name = "t'; --""#, 1),
+            "name",
+        ),
+        (
+            "group_size = 0",
+            good.replacen(sizes, "group_size = 0\nbatch_size = 1", 1),
+            "group_size",
+        ),
+        (
+            "a negative group_size",
+            good.replacen(sizes, "group_size = -10000\nbatch_size = 1000", 1),
+            "group_size",
+        ),
+        (
+            "group_size = 100000000",
+            good.replacen(sizes, "group_size = 100000000\nbatch_size = 1000", 1),
+            "group_size",
+        ),
+        (
+            "batch_size > group_size",
+            good.replacen(sizes, "group_size = 100\nbatch_size = 101", 1),
+            "batch_size",
+        ),
+        (
+            "batch_size = 0",
+            good.replacen(sizes, "group_size = 100\nbatch_size = 0", 1),
+            "batch_size",
+        ),
+        (
+            "group_size as a string",
+            good.replacen(sizes, "group_size = \"10000\"\nbatch_size = 1000", 1),
+            "group_size",
+        ),
+        (
+            "an unknown top-level key",
+            good.replacen(sizes, &format!("{sizes}\nparallelism = 8"), 1),
+            "parallelism",
+        ),
+        (
+            "an unknown target key",
+            good.replacen("kind = \"sql\"", "kind = \"sql\"\nshards = 4", 1),
+            "shards",
+        ),
+        (
+            "an unknown table",
+            format!("{good}\n[extras]\nfoo = 1\n"),
+            "extras",
+        ),
+    ];
+
+    for (what, text, field) in &cases {
+        assert_ne!(
+            text, &good,
+            "{what}: the mistake was not written into the file"
+        );
+        let file_name = format!(
+            "hostile-{}.toml",
+            what.replace(|c: char| !c.is_ascii_alphanumeric(), "-")
+        );
+        let path = job.write_file(&file_name, text);
+        let path = path_str(&path);
+        let runs: [(Bin, Vec<&str>); 4] = [
+            (Bin::Producer, vec!["--job", path]),
+            (Bin::Consumer, vec!["--job", path, "--exit-when-idle", "1"]),
+            (
+                Bin::Compensator,
+                vec!["run", "--job", path, "--min-age", "0s"],
+            ),
+            (Bin::Compensator, vec!["report", "--job", path]),
+        ];
+        for (bin, args) in &runs {
+            let done = job.run(*bin, args).await;
+            assert_eq!(
+                done.code(),
+                Some(2),
+                "{what}: {} must exit 2\n{}",
+                bin.file_name(),
+                done.describe()
+            );
+            assert!(
+                done.stderr.contains(field)
+                    && done
+                        .stderr
+                        .contains(Path::new(path).file_name().unwrap().to_str().unwrap()),
+                "{what}: stderr must name `{field}` and the job file\n{}",
+                done.describe()
+            );
+        }
+    }
+
+    let keys = job.redis_keys().await;
+    assert!(
+        keys.is_empty(),
+        "a refused job file wrote to the ledger: {keys:?}"
+    );
+    assert_eq!(
+        job.message_count(&job.work_queue()).await,
+        None,
+        "a refused job file declared the job's queues"
+    );
+    assert_eq!(job.sql_u64("SELECT COUNT(*) FROM dst").await, 0);
+    assert_eq!(
+        job.sql_u64("SELECT COUNT(*) FROM src").await,
+        506,
+        "the source was changed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broken_forged_and_replayed_messages_never_crash_loop_or_set_a_wrong_bit() {
+    let job = TestJob::new(1_000, 100).await;
+    job.create_tables().await;
+    let rows = job.insert_rows(&gappy_ids(3_000, job.group_size)).await;
+    // The first group with rows; every hostile message aims at it or near it.
+    let first = job.group_of(job.sql_u64("SELECT MIN(id) FROM src").await);
+    let last = first + job.group_size - 1;
+
+    let mut consumer = job.spawn_consumer(&[]);
+    let work = job.work_queue();
+    let dead = job.dead_queue();
+    job.wait_for_consumer_on(&work, Duration::from_secs(30))
+        .await;
+
+    let name = job.name.as_str();
+    let valid = json!({"job": name, "group": first, "ids": [[first, first + 9]], "cause": "produce", "attempt": 0})
+        .to_string();
+    let with = |field: &str, value: serde_json::Value| {
+        let mut m: serde_json::Value = serde_json::from_str(&valid).unwrap();
+        m[field] = value;
+        m.to_string().into_bytes()
+    };
+    // (what is wrong, body, words its x-bitmig-error must contain, lower case)
+    let garbage: Vec<(&str, Vec<u8>, &[&str])> = vec![
+        (
+            "truncated JSON",
+            valid.as_bytes()[..valid.len() / 2].to_vec(),
+            &["json"],
+        ),
+        ("an empty body", Vec::new(), &["json"]),
+        (
+            "bytes that are not UTF-8",
+            vec![0xff, 0xfe, 0x00, 0x81],
+            &["json"],
+        ),
+        ("a JSON array", b"[1, 2, 3]".to_vec(), &["json"]),
+        (
+            "a group that is a string",
+            with("group", json!("x")),
+            &["type"],
+        ),
+        (
+            "ids that are a string",
+            with("ids", json!("1-5")),
+            &["type"],
+        ),
+        (
+            "a negative id",
+            with("ids", json!([[-1, first + 5]])),
+            &["invalid"],
+        ),
+        (
+            "an unknown cause",
+            with("cause", json!("rm -rf")),
+            &["variant"],
+        ),
+        (
+            "the whole id space in one range",
+            with("ids", json!([[0u64, u64::MAX]])),
+            &["outside"],
+        ),
+        (
+            "a range from the group to the last id",
+            with("ids", json!([[first, u64::MAX]])),
+            &["outside"],
+        ),
+        (
+            "a range outside its group",
+            with("ids", json!([[last + 1, last + 10]])),
+            &["outside"],
+        ),
+        (
+            "a group that is not a group's first id",
+            with("group", json!(first + 1)),
+            &["multiple"],
+        ),
+        (
+            "a reversed range",
+            with("ids", json!([[first + 9, first]])),
+            &["reversed"],
+        ),
+        (
+            "overlapping ranges",
+            with("ids", json!([[first, first + 5], [first + 3, first + 9]])),
+            &["overlap"],
+        ),
+        ("no ranges", with("ids", json!([])), &["no id range"]),
+        (
+            "an absurd attempt",
+            with("attempt", json!(1_000_000)),
+            &["attempt"],
+        ),
+        (
+            "another job's message",
+            with("job", json!("t_someone_else")),
+            &["t_someone_else"],
+        ),
+    ];
+    for (_, body, _) in &garbage {
+        job.publish_raw(body).await;
+    }
+    wait_while_running(
+        &mut consumer,
+        "every hostile message to reach the dead queue",
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || async {
+            match job.message_count(&dead).await {
+                Some(n) if n >= garbage.len() as u32 => Ok(()),
+                seen => Err(format!("{dead}: {seen:?} messages")),
+            }
+        },
+    )
+    .await;
+
+    // The same consumer still does a real job.
+    job.produce(&[]).await;
+    wait_while_running(
+        &mut consumer,
+        "the consumer to land every row",
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        || async {
+            let (_, report) = job.report().await;
+            if report["source_ids"].as_u64() == Some(rows)
+                && report["missing_ids"].as_u64() == Some(0)
+            {
+                Ok(())
+            } else {
+                Err(report.to_string())
+            }
+        },
+    )
+    .await;
+
+    // A replayed message, twice: it rewrites the same rows and sets the bits they already have.
+    let replayed: Vec<u64> = job
+        .source_ids_in_group(first)
+        .await
+        .into_iter()
+        .take(40)
+        .collect();
+    let replay = json!({"job": name, "group": first, "ids": ranges(&replayed), "cause": "produce", "attempt": 0})
+        .to_string();
+    job.publish_raw(replay.as_bytes()).await;
+    job.publish_raw(replay.as_bytes()).await;
+    wait_while_running(
+        &mut consumer,
+        "the replayed messages to be taken",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            match job.existing_message_count(&work).await {
+                0 => Ok(()),
+                n => Err(format!("{n} ready in {work}")),
+            }
+        },
+    )
+    .await;
+    let stopped = consumer.terminate(Duration::from_secs(30)).await;
+    stopped.expect_code(0);
+    assert_eq!(
+        job.existing_message_count(&work).await,
+        0,
+        "the consumer handed messages back instead of processing them"
+    );
+    assert_eq!(
+        stopped.rows_written(),
+        rows + 2 * replayed.len() as u64,
+        "the consumer must have written every row once and the replayed rows twice more"
+    );
+
+    // Every hostile message is in the dead queue once, unchanged, with its reason.
+    let dead_letters = job.take_all(&dead).await;
+    let bodies: Vec<String> = dead_letters
+        .iter()
+        .map(|d| String::from_utf8_lossy(&d.data).into_owned())
+        .collect();
+    assert_eq!(
+        dead_letters.len(),
+        garbage.len(),
+        "{dead} must hold each hostile message exactly once: {bodies:#?}"
+    );
+    for (what, body, words) in &garbage {
+        let letter = dead_letters
+            .iter()
+            .find(|d| &d.data == body)
+            .unwrap_or_else(|| {
+                panic!("the message with {what} is not in {dead} unchanged; there: {bodies:#?}")
+            });
+        let reason = header_text(letter, ERROR_HEADER).unwrap_or_default();
+        let lower = reason.to_lowercase();
+        assert!(
+            words.iter().all(|w| lower.contains(w)),
+            "the {ERROR_HEADER} of the message with {what} must say why (mention {words:?}): {reason:?}"
+        );
+    }
+
+    // No wrong bit: tgt is exactly the source rows, nothing is gone, and only planned groups have keys.
+    let groups = job.groups().await;
+    for &group in &groups {
+        assert_eq!(
+            job.bitmap_ids(group, Bits::Tgt).await,
+            job.source_ids_in_group(group).await,
+            "group {group}: tgt bits must be exactly its source rows"
+        );
+        assert_eq!(
+            job.bitcount(group, Bits::Gone).await,
+            0,
+            "group {group}: gone bits"
+        );
+    }
+    assert_only_planned_groups_have_keys(&job).await;
+    job.assert_target_equals_source().await;
+    job.assert_job_complete(rows, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_for_a_group_never_planned_sets_no_bit() {
+    let job = TestJob::new(1_000, 100).await;
+    job.create_tables().await;
+    let rows = job.insert_rows(&gappy_ids(1_000, job.group_size)).await;
+    job.produce(&[]).await;
+
+    // Well formed, but for a group no producer planned, at the very top of the id space: no row there to
+    // write, and no published id to record as gone. A `gone` bit there would be a bit no published id backs.
+    let top = u64::MAX / job.group_size * job.group_size;
+    let forged = json!({"job": job.name, "group": top, "ids": [[top, u64::MAX]], "cause": "redrive", "attempt": 0});
+    job.publish_raw(forged.to_string().as_bytes()).await;
+    let consumer = job.spawn_consumer(&["--exit-when-idle", "3"]);
+    let done = consumer.wait(COMMAND_DEADLINE).await;
+    done.expect_code(0);
+
+    assert_only_planned_groups_have_keys(&job).await;
+    job.assert_target_equals_source().await;
+    job.assert_job_complete(rows, 0).await;
+}
+
+/// Every `bitmig:{JOB:FIRST}:…` key belongs to a group in `bitmig:{JOB}:groups`.
+async fn assert_only_planned_groups_have_keys(job: &TestJob) {
+    let prefixes: Vec<String> = job
+        .groups()
+        .await
+        .iter()
+        .map(|g| format!("bitmig:{{{}:{g}}}:", job.name))
+        .collect();
+    let stray: Vec<String> = job
+        .redis_keys()
+        .await
+        .into_iter()
+        .filter(|k| k.starts_with(&format!("bitmig:{{{}:", job.name)))
+        .filter(|k| !prefixes.iter().any(|p| k.starts_with(p)))
+        .collect();
+    assert!(
+        stray.is_empty(),
+        "keys of groups that were never planned: {stray:?}"
+    );
+}
+
+/// Ascending ids as inclusive ranges.
+fn ranges(ids: &[u64]) -> Vec<[u64; 2]> {
+    let mut out: Vec<[u64; 2]> = Vec::new();
+    for &id in ids {
+        match out.last_mut() {
+            Some(r) if r[1] + 1 == id => r[1] = id,
+            _ => out.push([id, id]),
+        }
+    }
+    out
+}
