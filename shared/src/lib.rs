@@ -5,7 +5,8 @@
 //! - [`ledger`]: the Redis ledger — group bitmaps (`src`, `tgt`, `gone`), group meta, `failed`, `spec`.
 //! - [`queue`]: AMQP topology (exchange, work, retry and dead queues), the message body, confirmed publishing.
 //! - [`value`]: column descriptions and the engine-neutral row values that travel from source to sink.
-//! - [`source`]: reading ids and current rows from the source database.
+//! - [`source`]: reading ids and current rows from the source database (MySQL/MariaDB, PostgreSQL).
+//! - [`pg`]: the PostgreSQL pool, error classes and binary codec the PostgreSQL source and sink share.
 //! - [`sink`]: writing rows to the target (SQL tables); one small trait, one module per target kind.
 //! - [`telemetry`], [`cli`]: logging set-up, the options and exit codes every binary shares, progress output.
 
@@ -13,6 +14,7 @@ pub mod cli;
 pub mod ids;
 pub mod job;
 pub mod ledger;
+pub mod pg;
 pub mod progress;
 pub mod queue;
 pub mod sink;

@@ -15,6 +15,7 @@ mod dead_letters;
 mod deleted_rows;
 mod elasticsearch;
 mod hostile;
+mod postgres;
 mod producer_resume;
 mod rejected_rows;
 mod routes;

@@ -2,6 +2,7 @@
 //! and what the target refused for good; the consumer turns that into ledger bits.
 
 pub mod elasticsearch;
+pub mod postgres;
 mod route;
 pub mod sql;
 
@@ -11,6 +12,7 @@ use crate::job::{Engine, JobSpec, TargetSpec};
 use crate::value::{Column, RowSet};
 
 pub use elasticsearch::EsSink;
+pub use postgres::PgSink;
 pub use sql::MySqlSink;
 
 /// What became of a batch once the sink returns `Ok`.
@@ -57,9 +59,7 @@ pub fn open(job: &JobSpec, max_connections: usize) -> Result<Box<dyn Sink>, Open
     match &job.target {
         TargetSpec::Sql(t) => match t.url.engine {
             Engine::Mysql => Ok(Box::new(MySqlSink::new(job, max_connections)?)),
-            Engine::Postgres => Err(OpenError(
-                "PostgreSQL targets are not supported by this build yet".into(),
-            )),
+            Engine::Postgres => Ok(Box::new(PgSink::new(job, max_connections)?)),
         },
         TargetSpec::Elasticsearch(_) => Ok(Box::new(EsSink::new(
             job,

@@ -35,7 +35,7 @@ use crate::job::{
 use crate::sql::{
     mysql_error_text, mysql_is_row_error, mysql_is_transient, mysql_pool, quote, quote_table,
 };
-use crate::value::{Column, Row, RowSet, Value};
+use crate::value::{Column, ColumnType, Row, RowSet, Value};
 
 /// MySQL's limit of placeholders in one prepared statement.
 const MAX_PLACEHOLDERS: usize = 65_535;
@@ -343,6 +343,30 @@ fn update_clause(cols: &[String], key: &str, write: WriteMode, version: Option<&
     }
 }
 
+/// Why `row` cannot go to MySQL: a PostgreSQL value with no MySQL form (`infinity`, a date before year 1).
+fn pg_only(rs: &RowSet, row: &Row) -> Option<String> {
+    let at = row
+        .values
+        .iter()
+        .position(|v| matches!(v, Value::PgRaw { .. }))?;
+    let column = &rs.columns[at];
+    Some(format!(
+        "column `{}` ({}): a PostgreSQL value MySQL cannot hold (infinity, or a date before year 1)",
+        column.name, column.type_name
+    ))
+}
+
+/// Columns a MySQL table cannot hold, refused at start with the column named.
+fn unmappable(columns: &[Column]) -> Option<String> {
+    let c = columns
+        .iter()
+        .find(|c| matches!(c.ty, ColumnType::Array | ColumnType::PgNative))?;
+    Some(format!(
+        "column `{}` is {}, which MySQL cannot hold; leave it out with source.columns",
+        c.name, c.type_name
+    ))
+}
+
 /// Whether two MySQL URLs name the same server (host and port; the user may differ).
 fn same_mysql_server(a: &DbUrl, b: &DbUrl) -> bool {
     let parts = |u: &DbUrl| {
@@ -441,6 +465,11 @@ fn to_mysql(v: &Value) -> mysql_async::Value {
         Value::Bytes(b) => M::Bytes(b.clone()),
         Value::Date(y, mo, d, h, mi, s, us) => M::Date(*y, *mo, *d, *h, *mi, *s, *us),
         Value::Time(neg, d, h, mi, s, us) => M::Time(*neg, *d, *h, *mi, *s, *us),
+        // PostgreSQL values: a boolean as TINYINT(1) 0/1, a UUID as its text (CHAR(36), MariaDB's UUID).
+        Value::Bool(b) => M::Int(i64::from(*b)),
+        Value::Uuid(u) => M::Bytes(crate::value::uuid_text(u).into_bytes()),
+        // Rows holding one are failed before any statement is built (`pg_only`).
+        Value::PgRaw { bytes, .. } => M::Bytes(bytes.clone()),
     }
 }
 
@@ -448,6 +477,9 @@ fn to_mysql(v: &Value) -> mysql_async::Value {
 impl Sink for MySqlSink {
     async fn prepare(&self, columns: &[Column]) -> Result<(), SinkError> {
         let router = self.router(columns)?;
+        if let Some(why) = unmappable(columns) {
+            return Err(SinkError::Batch(why));
+        }
         if let Some(version) = &self.version {
             if !columns.iter().any(|c| c.name == version.as_str()) {
                 return Err(SinkError::Batch(format!(
@@ -489,6 +521,28 @@ impl Sink for MySqlSink {
     async fn write(&self, rs: &RowSet) -> Result<WriteOutcome, SinkError> {
         let router = self.router(&rs.columns)?;
         let mut outcome = WriteOutcome::default();
+        let pg_free: Vec<Row>;
+        let rs = if rs.rows.iter().any(|r| pg_only(rs, r).is_some()) {
+            pg_free = rs
+                .rows
+                .iter()
+                .filter(|r| match pg_only(rs, r) {
+                    Some(reason) => {
+                        outcome.failed.push((r.key, reason));
+                        false
+                    }
+                    None => true,
+                })
+                .cloned()
+                .collect();
+            &RowSet {
+                columns: rs.columns.clone(),
+                key_index: rs.key_index,
+                rows: pg_free,
+            }
+        } else {
+            rs
+        };
         let per_stmt = (MAX_PLACEHOLDERS / rs.columns.len().max(1)).max(1);
         // Rows by table; one table keeps the batch's order and makes no copy of the route.
         let grouped: Vec<(TableName, Vec<&Row>)> = match router.fixed() {

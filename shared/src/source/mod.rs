@@ -2,6 +2,7 @@
 //! (consumer). One trait, one implementation per engine.
 
 mod mysql;
+mod postgres;
 
 use async_trait::async_trait;
 
@@ -10,6 +11,7 @@ use crate::job::{Engine, JobSpec};
 use crate::value::{Column, RowSet};
 
 pub use mysql::MySqlSource;
+pub use postgres::PgSource;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -57,8 +59,6 @@ pub trait Source: Send + Sync {
 pub fn open(job: &JobSpec, max_connections: usize) -> Result<Box<dyn Source>, SourceError> {
     match job.source.url.engine {
         Engine::Mysql => Ok(Box::new(MySqlSource::new(job, max_connections)?)),
-        Engine::Postgres => Err(SourceError::Unsupported(
-            "PostgreSQL sources are not supported by this build yet".into(),
-        )),
+        Engine::Postgres => Ok(Box::new(PgSource::new(job, max_connections)?)),
     }
 }

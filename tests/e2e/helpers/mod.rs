@@ -6,12 +6,14 @@
 //! - `sql`: the source table with every column type, generated rows, exact row comparison.
 //! - `ledger`: the Redis keys of DESIGN.md §4, read the way an operator would.
 //! - `queue`: the RabbitMQ queues of DESIGN.md §5: counts, purge, publish, fetch.
+//! - `pg`: a PostgreSQL database of the test's own, dropped at the end.
 //! - `es`: the Elasticsearch cluster of the tests (osmem-server or `BITMIG_TEST_ES_URL`); `es_double`: a
 //!   scripted stand-in for the failures no real cluster produces on demand.
 
 pub mod es;
 pub mod es_double;
 mod ledger;
+pub mod pg;
 mod process;
 mod queue;
 mod sql;

@@ -62,12 +62,21 @@ impl Plan {
         for name in &target.exclude {
             find("target.exclude: column", name)?;
         }
-        let fields = columns
+        let fields: Vec<(usize, String, ColumnType)> = columns
             .iter()
             .enumerate()
             .filter(|(_, c)| !target.exclude.iter().any(|x| x.as_str() == c.name))
             .map(|(i, c)| (i, c.name.clone(), c.ty))
             .collect();
+        if let Some((i, name, _)) = fields
+            .iter()
+            .find(|(_, _, ty)| matches!(ty, ColumnType::Array | ColumnType::PgNative))
+        {
+            return Err(format!(
+                "column `{name}` is {}, which has no JSON form here: leave it out with target.exclude",
+                columns[*i].type_name
+            ));
+        }
         let mut route = Vec::new();
         for part in &target.index.parts {
             route.push(match part {
@@ -406,6 +415,14 @@ pub(crate) fn encode_value(
                 let _ = write!(text, ".{us:06}");
             }
             out.str(&text)?;
+        }
+        Value::Bool(b) => out.raw(if *b { b"true" } else { b"false" }),
+        Value::Uuid(u) => out.str(&crate::value::uuid_text(u))?,
+        Value::PgRaw { oid, .. } => {
+            return Err(format!(
+                "a PostgreSQL value (type oid {oid}) with no JSON form: leave the column out with \
+                 target.exclude"
+            ))
         }
     }
     Ok(())
@@ -804,5 +821,19 @@ mod tests {
         assert_eq!(chunks(&docs, 10), vec![0..2, 2..3, 3..4, 4..6]);
         assert_eq!(chunks(&docs, 1000), vec![0..6]);
         assert!(chunks(&[], 10).is_empty());
+    }
+
+    #[test]
+    fn postgres_booleans_and_uuids_have_their_json_form() {
+        assert_eq!(json(ColumnType::Bool, Value::Bool(true)).unwrap(), "true");
+        assert_eq!(
+            json(ColumnType::Uuid, Value::Uuid([0xab; 16])).unwrap(),
+            "\"abababab-abab-abab-abab-abababababab\""
+        );
+        let infinity = Value::PgRaw {
+            oid: 1082,
+            bytes: vec![0x7f, 0xff, 0xff, 0xff],
+        };
+        assert!(json(ColumnType::Date, infinity).is_err());
     }
 }

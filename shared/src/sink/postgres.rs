@@ -1,0 +1,352 @@
+//! SQL table sink for PostgreSQL: one multi-row `INSERT … VALUES … ON CONFLICT (key) DO UPDATE` per target
+//! table and batch, in binary format, values encoded for the target column's type ([`crate::pg`]).
+//!
+//! - At most 65 535 parameters per statement (the protocol's limit): a larger piece is split.
+//! - A key twice in one statement would make `ON CONFLICT DO UPDATE` fail ("cannot affect row a second
+//!   time"): the last row of a key wins, the key is written once.
+//! - Every table's statements of a batch run in one transaction. PostgreSQL aborts a transaction at its
+//!   first error, so a statement refused for a row's values (a data exception or constraint, class 22/23,
+//!   or a value that does not fit its column) rolls the batch back; then every piece is written on its own
+//!   and a refused one is bisected until the bad row is isolated in `failed`.
+//! - `source.version`: `DO UPDATE … WHERE t.ver IS NULL OR t.ver <= EXCLUDED.ver`: a late, older row never
+//!   replaces a newer one (and still counts as written); an equal version rewrites the row.
+//! - The single-table statement stays prepared on its connection across batches; routed tables' statements
+//!   are prepared per batch (one per table and row count would pile up on every connection).
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use tokio_postgres::Statement;
+
+use super::route::Router;
+use super::{OpenError, Sink, SinkError, WriteOutcome};
+use crate::job::{Engine, Ident, JobSpec, TableName, TableRoute, TargetSpec, WriteMode};
+use crate::pg::{can_encode, pg_error_text, pg_is_row_error, pg_is_transient, pg_pool, PgParam};
+use crate::sql::{quote, quote_table};
+use crate::value::{Column, Row, RowSet};
+
+/// The protocol's limit of parameters in one statement.
+const MAX_PARAMS: usize = 65_535;
+
+pub struct PgSink {
+    pool: deadpool_postgres::Pool,
+    route: TableRoute,
+    write: WriteMode,
+    /// `source.key`: the conflict target (the target table needs a unique index or primary key on it).
+    key: String,
+    version: Option<Ident>,
+}
+
+/// Rows of one table, at most one statement's worth.
+struct Piece<'a> {
+    table: &'a TableName,
+    rows: Vec<&'a Row>,
+}
+
+/// The PostgreSQL type name of a column read from PostgreSQL.
+fn pg_type_name(c: &Column) -> Option<&str> {
+    c.type_name.strip_suffix(" (PostgreSQL)")
+}
+
+impl PgSink {
+    /// A sink for the job's `[target]` (`kind = "sql"` on PostgreSQL). Connects to nothing yet.
+    pub fn new(job: &JobSpec, max_connections: usize) -> Result<Self, OpenError> {
+        let TargetSpec::Sql(t) = &job.target else {
+            return Err(OpenError("not a SQL target".into()));
+        };
+        if t.create {
+            return Err(OpenError(
+                "target.create on PostgreSQL is not supported by this build yet; create the tables first"
+                    .into(),
+            ));
+        }
+        Ok(Self {
+            pool: pg_pool(&t.url, max_connections).map_err(OpenError)?,
+            route: t.table.clone(),
+            write: t.write,
+            key: job.source.key.as_str().to_owned(),
+            version: job.source.version.clone(),
+        })
+    }
+
+    fn router(&self, columns: &[Column]) -> Result<Router, SinkError> {
+        Router::new(&self.route, columns).map_err(SinkError::Batch)
+    }
+
+    fn insert_sql(&self, table: &TableName, columns: &[Column], rows: usize) -> String {
+        let q = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
+        let cols: Vec<String> = columns.iter().map(|c| q(&c.name)).collect();
+        let mut sql = format!(
+            "INSERT INTO {} AS \"t\" ({}) VALUES ",
+            quote_table(Engine::Postgres, table),
+            cols.join(",")
+        );
+        let n = columns.len();
+        for r in 0..rows {
+            if r > 0 {
+                sql.push(',');
+            }
+            sql.push('(');
+            for c in 0..n {
+                if c > 0 {
+                    sql.push(',');
+                }
+                sql.push('$');
+                sql.push_str(&(r * n + c + 1).to_string());
+            }
+            sql.push(')');
+        }
+        let key_q = q(&self.key);
+        let updates: Vec<String> = cols
+            .iter()
+            .filter(|c| **c != key_q)
+            .map(|c| format!("{c}=EXCLUDED.{c}"))
+            .collect();
+        if self.write == WriteMode::InsertIgnore || updates.is_empty() {
+            sql.push_str(&format!(" ON CONFLICT ({key_q}) DO NOTHING"));
+            return sql;
+        }
+        sql.push_str(&format!(
+            " ON CONFLICT ({key_q}) DO UPDATE SET {}",
+            updates.join(",")
+        ));
+        if let Some(v) = &self.version {
+            let v = quote(Engine::Postgres, v);
+            sql.push_str(&format!(
+                " WHERE \"t\".{v} IS NULL OR \"t\".{v} <= EXCLUDED.{v}"
+            ));
+        }
+        sql
+    }
+
+    fn error(&self, e: &tokio_postgres::Error, table: Option<&TableName>) -> SinkError {
+        let text = match table {
+            Some(t) => format!("table {t}: {}", pg_error_text(e)),
+            None => pg_error_text(e),
+        };
+        if pg_is_transient(e) {
+            SinkError::Transient(text)
+        } else {
+            SinkError::Batch(text)
+        }
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, SinkError> {
+        self.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(e) => self.error(&e, None),
+            other => SinkError::Transient(format!("PostgreSQL: {other}")),
+        })
+    }
+
+    /// Prepare the piece's statement and check that every column can go into the target's column.
+    async fn statement(
+        &self,
+        client: &tokio_postgres::Client,
+        rs: &RowSet,
+        piece: &Piece<'_>,
+        cached: Option<&deadpool_postgres::Object>,
+    ) -> Result<Statement, SinkError> {
+        let sql = self.insert_sql(piece.table, &rs.columns, piece.rows.len());
+        let stmt = match cached {
+            Some(object) => object.prepare_cached(&sql).await,
+            None => client.prepare(&sql).await,
+        }
+        .map_err(|e| self.error(&e, Some(piece.table)))?;
+        for (column, target) in rs.columns.iter().zip(stmt.params()) {
+            can_encode(column.ty, pg_type_name(column), target).map_err(|why| {
+                SinkError::Batch(format!(
+                    "table {}: column `{}` ({}): {why}",
+                    piece.table, column.name, column.type_name
+                ))
+            })?;
+        }
+        Ok(stmt)
+    }
+
+    /// Write every piece in one transaction. `Ok(true)`: all committed; `Ok(false)`: a row was refused
+    /// and nothing is committed.
+    async fn write_together(
+        &self,
+        client: &mut deadpool_postgres::Object,
+        rs: &RowSet,
+        pieces: &[Piece<'_>],
+        cache: bool,
+    ) -> Result<bool, SinkError> {
+        if let [piece] = pieces {
+            let stmt = self
+                .statement(client, rs, piece, cache.then_some(&*client))
+                .await?;
+            return match client.execute_raw(&stmt, params(rs, &piece.rows)).await {
+                Ok(_) => Ok(true),
+                Err(e) if pg_is_row_error(&e) => Ok(false),
+                Err(e) => Err(self.error(&e, Some(piece.table))),
+            };
+        }
+        let mut stmts = Vec::with_capacity(pieces.len());
+        for piece in pieces {
+            stmts.push(
+                self.statement(client, rs, piece, cache.then_some(&*client))
+                    .await?,
+            );
+        }
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| self.error(&e, None))?;
+        for (piece, stmt) in pieces.iter().zip(&stmts) {
+            match tx.execute_raw(stmt, params(rs, &piece.rows)).await {
+                Ok(_) => {}
+                Err(e) if pg_is_row_error(&e) => {
+                    // The transaction is aborted: roll it back (dropping it would too).
+                    tx.rollback().await.map_err(|e| self.error(&e, None))?;
+                    return Ok(false);
+                }
+                Err(e) => return Err(self.error(&e, Some(piece.table))),
+            }
+        }
+        tx.commit().await.map_err(|e| self.error(&e, None))?;
+        Ok(true)
+    }
+
+    /// Write a piece on its own, by halves where a row is refused, until every row is written or isolated.
+    async fn bisect(
+        &self,
+        client: &deadpool_postgres::Object,
+        rs: &RowSet,
+        piece: &Piece<'_>,
+        outcome: &mut WriteOutcome,
+    ) -> Result<(), SinkError> {
+        let mut pending: Vec<Vec<&Row>> = vec![piece.rows.clone()];
+        while let Some(rows) = pending.pop() {
+            if rows.is_empty() {
+                continue;
+            }
+            let part = Piece {
+                table: piece.table,
+                rows,
+            };
+            let stmt = self.statement(client, rs, &part, None).await?;
+            match client.execute_raw(&stmt, params(rs, &part.rows)).await {
+                Ok(_) => outcome.written.extend(part.rows.iter().map(|r| r.key)),
+                Err(e) if pg_is_row_error(&e) => {
+                    let mut left = part.rows;
+                    if left.len() == 1 {
+                        outcome.failed.push((
+                            left[0].key,
+                            format!("table {}: {}", part.table, pg_error_text(&e)),
+                        ));
+                    } else {
+                        let right = left.split_off(left.len() / 2);
+                        pending.push(right);
+                        pending.push(left);
+                    }
+                }
+                Err(e) => return Err(self.error(&e, Some(part.table))),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn params<'a>(rs: &'a RowSet, rows: &[&'a Row]) -> Vec<PgParam<'a>> {
+    let mut out = Vec::with_capacity(rows.len() * rs.columns.len());
+    for row in rows {
+        for (value, column) in row.values.iter().zip(rs.columns.iter()) {
+            out.push(PgParam {
+                value,
+                ty: column.ty,
+                column: &column.name,
+            });
+        }
+    }
+    out
+}
+
+#[async_trait]
+impl Sink for PgSink {
+    async fn prepare(&self, columns: &[Column]) -> Result<(), SinkError> {
+        let router = self.router(columns)?;
+        if let Some(version) = &self.version {
+            if !columns.iter().any(|c| c.name == version.as_str()) {
+                return Err(SinkError::Batch(format!(
+                    "source.version `{version}` is not among the columns the source reads"
+                )));
+            }
+        }
+        let Some(tables) = router.known_tables() else {
+            return Ok(());
+        };
+        let client = self.client().await?;
+        // A one-row statement per table: the server reports every target column's type.
+        let probe = RowSet {
+            columns: columns.to_vec().into(),
+            key_index: 0,
+            rows: Vec::new(),
+        };
+        let row = Row {
+            key: 0,
+            values: Vec::new(),
+        };
+        for table in &tables {
+            let piece = Piece {
+                table,
+                rows: vec![&row],
+            };
+            self.statement(&client, &probe, &piece, None).await?;
+        }
+        Ok(())
+    }
+
+    async fn write(&self, rs: &RowSet) -> Result<WriteOutcome, SinkError> {
+        let router = self.router(&rs.columns)?;
+        let mut outcome = WriteOutcome::default();
+        let per_stmt = (MAX_PARAMS / rs.columns.len().max(1)).max(1);
+        let mut grouped: Vec<(TableName, Vec<&Row>)> = match router.fixed() {
+            Some(table) => vec![(table.clone(), rs.rows.iter().collect())],
+            None => {
+                let mut by_table: BTreeMap<TableName, Vec<&Row>> = BTreeMap::new();
+                for row in &rs.rows {
+                    match router.resolve(row) {
+                        Ok(table) => by_table.entry(table).or_default().push(row),
+                        Err(reason) => outcome.failed.push((row.key, reason)),
+                    }
+                }
+                by_table.into_iter().collect()
+            }
+        };
+        for (_, rows) in &mut grouped {
+            // Rows arrive ascending by key: a repeated key is adjacent. Keep its last row.
+            if rows.windows(2).any(|w| w[0].key == w[1].key) {
+                rows.reverse();
+                rows.dedup_by_key(|r| r.key);
+                rows.reverse();
+            }
+        }
+        let pieces: Vec<Piece<'_>> = grouped
+            .iter()
+            .flat_map(|(table, rows)| {
+                rows.chunks(per_stmt).map(move |chunk| Piece {
+                    table,
+                    rows: chunk.to_vec(),
+                })
+            })
+            .filter(|p| !p.rows.is_empty())
+            .collect();
+        if pieces.is_empty() {
+            return Ok(outcome);
+        }
+        let mut client = self.client().await?;
+        let cache = router.fixed().is_some();
+        if self.write_together(&mut client, rs, &pieces, cache).await? {
+            for piece in &pieces {
+                outcome.written.extend(piece.rows.iter().map(|r| r.key));
+            }
+        } else {
+            for piece in &pieces {
+                self.bisect(&client, rs, piece, &mut outcome).await?;
+            }
+        }
+        outcome.written.sort_unstable();
+        Ok(outcome)
+    }
+}

@@ -1,0 +1,815 @@
+//! PostgreSQL as source and target, in every pairing with MariaDB: a table with every mapped type plus NULLs
+//! arrives exactly (compared through a text form both sides agree on, floats bit for bit), the ledger is
+//! complete, values a column cannot hold fail their row only, and columns that cannot map at all stop the
+//! consumer at start with the column named.
+
+use std::collections::BTreeMap;
+
+use mysql_async::prelude::Queryable;
+use redis::AsyncCommands;
+
+use crate::helpers::{Bin, TestJob};
+
+const ROWS: u64 = 1_500;
+
+fn job_file(job: &TestJob, source_url: &str, target_url: &str, extra_source: &str) -> String {
+    format!(
+        r#"name = "{name}"
+group_size = 1000
+batch_size = 200
+
+[source]
+url = "{source_url}"
+table = "src"
+key = "id"
+{extra_source}
+
+[target]
+kind = "sql"
+url = "{target_url}"
+table = "dst"
+"#,
+        name = job.name,
+    )
+}
+
+/// A row: its id, then each compared column as text (`None` for NULL).
+type Rows = BTreeMap<u64, Vec<Option<String>>>;
+
+fn by_id(rows: Vec<Vec<Option<String>>>) -> Rows {
+    rows.into_iter()
+        .map(|mut r| {
+            let id = r.remove(0).expect("id").parse().expect("numeric id");
+            (id, r)
+        })
+        .collect()
+}
+
+async fn mysql_texts(job: &TestJob, query: &str) -> Rows {
+    let mut conn = job.conn().await;
+    // TIMESTAMPs print in UTC, as PostgreSQL's are printed AT TIME ZONE 'UTC'.
+    conn.query_drop("SET time_zone = '+00:00'").await.unwrap();
+    let rows: Vec<mysql_async::Row> = conn
+        .query(query)
+        .await
+        .unwrap_or_else(|e| panic!("{query}\n→ {e}"));
+    by_id(
+        rows.into_iter()
+            .map(|r| {
+                r.unwrap()
+                    .into_iter()
+                    .map(|v| match v {
+                        mysql_async::Value::NULL => None,
+                        mysql_async::Value::Bytes(b) => Some(String::from_utf8(b).expect("text")),
+                        other => Some(other.as_sql(true).trim_matches('\'').to_owned()),
+                    })
+                    .collect()
+            })
+            .collect(),
+    )
+}
+
+/// The first `n` differences between two row maps, for an assert message; empty when equal.
+fn differences(source: &Rows, target: &Rows, columns: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (id, s) in source {
+        match target.get(id) {
+            None => out.push(format!("id {id}: no target row")),
+            Some(t) => {
+                for (i, (a, b)) in s.iter().zip(t).enumerate() {
+                    if a != b {
+                        out.push(format!(
+                            "id {id} {}: source {a:?}, target {b:?}",
+                            columns[i]
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    for id in target.keys().filter(|id| !source.contains_key(id)) {
+        out.push(format!("id {id}: a target row without a source row"));
+    }
+    out.truncate(10);
+    out
+}
+
+async fn failed(job: &TestJob) -> BTreeMap<u64, String> {
+    let mut redis = job.redis.clone();
+    let raw: BTreeMap<String, String> = redis.hgetall(job.job_key("failed")).await.unwrap();
+    raw.into_iter()
+        .map(|(k, v)| (k.parse().unwrap(), v))
+        .collect()
+}
+
+/// MariaDB columns of the MySQL side: `(name, MariaDB type, generator over seq, text form)`; the text form
+/// is the SQL that prints a value the way PostgreSQL's `text` cast (or the matching `to_char`) prints it.
+const MYSQL_COLUMNS: &[(&str, &str, &str, &str)] = &[
+    ("c_tinyint", "TINYINT", "CAST(seq % 256 AS SIGNED) - 128", "CAST(c_tinyint AS CHAR)"),
+    ("c_bool", "TINYINT(1)", "seq % 2", "IF(c_bool IS NULL, NULL, IF(c_bool, 'true', 'false'))"),
+    ("c_int", "INT", "CAST(seq * 7919 AS SIGNED) * IF(seq % 2, 1, -1)", "CAST(c_int AS CHAR)"),
+    ("c_int_u", "INT UNSIGNED", "IF(seq % 5 = 0, 4294967295, seq * 3)", "CAST(c_int_u AS CHAR)"),
+    (
+        "c_bigint",
+        "BIGINT",
+        "CASE seq % 5 WHEN 0 THEN -9223372036854775808 WHEN 1 THEN 9223372036854775807 ELSE seq END",
+        "CAST(c_bigint AS CHAR)",
+    ),
+    (
+        "c_bigint_u",
+        "BIGINT UNSIGNED",
+        "IF(seq % 5 = 0, 18446744073709551615, seq * 4294967311)",
+        "CAST(c_bigint_u AS CHAR)",
+    ),
+    (
+        "c_decimal",
+        "DECIMAL(20,6)",
+        "IF(seq % 5 = 0, -99999999999999.999999, seq * 1234567.891011)",
+        "CAST(c_decimal AS CHAR)",
+    ),
+    ("c_float", "FLOAT", "seq * PI() / 7 * IF(seq % 2, 1, -1)", "c_float"),
+    ("c_double", "DOUBLE", "IF(seq % 7 = 0, 1.7976931348623157e308, seq * PI() / 7e3)", "c_double"),
+    (
+        "c_varchar",
+        "VARCHAR(64)",
+        r#"IF(seq % 17 = 0, '', CONCAT('it''s "q" \\ é😀 ', seq))"#,
+        "c_varchar",
+    ),
+    ("c_text", "TEXT", "CONCAT(REPEAT('ä€😀', seq % 20), '\\nline2\\r\\n', seq)", "c_text"),
+    ("c_blob", "BLOB", "CONCAT(X'0000', UNHEX(SHA2(seq, 256)), X'00FF')", "LOWER(HEX(c_blob))"),
+    (
+        "c_date",
+        "DATE",
+        "DATE'1000-01-01' + INTERVAL (seq * 37) % 3280000 DAY",
+        "DATE_FORMAT(c_date, '%Y-%m-%d')",
+    ),
+    ("c_time", "TIME(6)", "SEC_TO_TIME((seq * 7919) % 86400) + INTERVAL seq MICROSECOND", "TIME_FORMAT(c_time, '%H:%i:%s.%f')"),
+    (
+        "c_datetime",
+        "DATETIME(6)",
+        "TIMESTAMP'1001-01-01 00:00:00' + INTERVAL (seq * 1000003) % 280000000000 SECOND + INTERVAL seq MICROSECOND",
+        "DATE_FORMAT(c_datetime, '%Y-%m-%d %H:%i:%s.%f')",
+    ),
+    (
+        "c_timestamp",
+        "TIMESTAMP(6) NULL",
+        "FROM_UNIXTIME(1 + (seq * 7919) % 2147480000) + INTERVAL seq MICROSECOND",
+        "DATE_FORMAT(c_timestamp, '%Y-%m-%d %H:%i:%s.%f')",
+    ),
+    (
+        "c_json",
+        "JSON",
+        r#"JSON_OBJECT('s', seq, 'str', CONCAT('q"\\', seq), 'arr', JSON_ARRAY(1, 2.5, NULL, TRUE), 'o', JSON_OBJECT('k', 'v'))"#,
+        "c_json",
+    ),
+    ("c_uuid", "CHAR(36)", "UUID()", "c_uuid"),
+    ("c_year", "YEAR", "1901 + seq % 255", "CAST(c_year AS CHAR)"),
+    ("c_bit", "BIT(12)", "seq % 4096", "CAST(c_bit + 0 AS CHAR)"),
+];
+
+/// The PostgreSQL column a DBA would give each MariaDB column, and its text form.
+const PG_COLUMNS: &[(&str, &str, &str)] = &[
+    ("c_tinyint", "smallint", "c_tinyint::text"),
+    ("c_bool", "boolean", "c_bool::text"),
+    ("c_int", "integer", "c_int::text"),
+    ("c_int_u", "bigint", "c_int_u::text"),
+    ("c_bigint", "bigint", "c_bigint::text"),
+    ("c_bigint_u", "numeric(20)", "c_bigint_u::text"),
+    ("c_decimal", "numeric(20,6)", "c_decimal::text"),
+    ("c_float", "real", "c_float::text"),
+    ("c_double", "double precision", "c_double::text"),
+    ("c_varchar", "varchar(64)", "c_varchar"),
+    ("c_text", "text", "c_text"),
+    ("c_blob", "bytea", "encode(c_blob, 'hex')"),
+    ("c_date", "date", "to_char(c_date, 'YYYY-MM-DD')"),
+    ("c_time", "time", "to_char(c_time, 'HH24:MI:SS.US')"),
+    (
+        "c_datetime",
+        "timestamp",
+        "to_char(c_datetime, 'YYYY-MM-DD HH24:MI:SS.US')",
+    ),
+    (
+        "c_timestamp",
+        "timestamptz",
+        "to_char(c_timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')",
+    ),
+    ("c_json", "jsonb", "c_json::text"),
+    ("c_uuid", "uuid", "c_uuid::text"),
+    ("c_year", "smallint", "c_year::text"),
+    ("c_bit", "bigint", "c_bit::text"),
+];
+
+fn null_wrapped(k: usize, expr: &str) -> String {
+    format!("IF(seq % 101 = 0 OR (seq + {k}) % 13 = 0, NULL, {expr})")
+}
+
+async fn create_mysql_source(job: &TestJob) {
+    let defs: Vec<String> = MYSQL_COLUMNS
+        .iter()
+        .map(|(n, t, _, _)| format!("`{n}` {t}"))
+        .collect();
+    job.sql(&format!(
+        "CREATE TABLE src (id BIGINT UNSIGNED NOT NULL PRIMARY KEY, {}) DEFAULT CHARSET = utf8mb4",
+        defs.join(", ")
+    ))
+    .await;
+    let names: Vec<&str> = MYSQL_COLUMNS.iter().map(|c| c.0).collect();
+    let exprs: Vec<String> = MYSQL_COLUMNS
+        .iter()
+        .enumerate()
+        .map(|(k, c)| null_wrapped(k, c.2))
+        .collect();
+    job.sql(&format!(
+        "INSERT INTO src (id, {}) SELECT seq * 7, {} FROM seq_1_to_{ROWS}",
+        names.join(", "),
+        exprs.join(", ")
+    ))
+    .await;
+}
+
+fn pg_table_ddl(table: &str) -> String {
+    let defs: Vec<String> = PG_COLUMNS
+        .iter()
+        .map(|(n, t, _)| format!("{n} {t}"))
+        .collect();
+    format!(
+        "CREATE TABLE {table} (id bigint PRIMARY KEY, {})",
+        defs.join(", ")
+    )
+}
+
+/// Floats compare bit for bit: read them typed on both sides.
+async fn mysql_floats(job: &TestJob, table: &str) -> Floats {
+    job.conn()
+        .await
+        // The binary protocol: the text one prints a FLOAT with 6 digits only.
+        .exec::<(u64, Option<f32>, Option<f64>), _, _>(
+            format!("SELECT id, c_float, c_double FROM {table}"),
+            (),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, f, d)| (id, (f, d)))
+        .collect()
+}
+
+async fn pg_floats(pg: &crate::helpers::pg::PgDb, table: &str) -> Floats {
+    pg.client
+        .query(
+            &format!("SELECT id::int8, c_float, c_double FROM {table}"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get::<_, i64>(0) as u64, (r.get(1), r.get(2))))
+        .collect()
+}
+
+type Floats = BTreeMap<u64, (Option<f32>, Option<f64>)>;
+
+/// Floats bit for bit (so -0.0 differs from 0.0); names the first differences.
+fn assert_floats_equal(source: &Floats, target: &Floats) {
+    let bits = |f: &Floats| -> BTreeMap<u64, (Option<u32>, Option<u64>)> {
+        f.iter()
+            .map(|(id, (a, b))| (*id, (a.map(f32::to_bits), b.map(f64::to_bits))))
+            .collect()
+    };
+    let (s, t) = (bits(source), bits(target));
+    let diffs: Vec<String> = s
+        .iter()
+        .filter(|(id, v)| t.get(id) != Some(v))
+        .take(5)
+        .map(|(id, v)| {
+            format!(
+                "id {id}: source {v:?} = {:?}, target {:?}",
+                source[id],
+                target.get(id)
+            )
+        })
+        .collect();
+    assert!(
+        diffs.is_empty() && s.len() == t.len(),
+        "floats differ ({} source rows, {} target rows):\n{}",
+        s.len(),
+        t.len(),
+        diffs.join("\n")
+    );
+}
+
+fn json_equal(a: &Option<String>, b: &Option<String>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => {
+            serde_json::from_str::<serde_json::Value>(a).ok()
+                == serde_json::from_str::<serde_json::Value>(b).ok()
+        }
+        (a, b) => a == b,
+    }
+}
+
+/// Compare text forms, JSON columns (`c_json…`) as JSON (jsonb reorders keys and respaces), floats apart.
+fn assert_same(source: &Rows, target: &Rows, names: &[&str]) {
+    let apart: Vec<usize> = names
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.starts_with("c_json") || matches!(**n, "c_float" | "c_double"))
+        .map(|(i, _)| i)
+        .collect();
+    let strip = |rows: &Rows| -> Rows {
+        rows.iter()
+            .map(|(id, r)| {
+                let r = r
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| if apart.contains(&i) { None } else { v.clone() })
+                    .collect();
+                (*id, r)
+            })
+            .collect()
+    };
+    let diffs = differences(&strip(source), &strip(target), names);
+    assert!(
+        diffs.is_empty(),
+        "target differs from source:\n{}",
+        diffs.join("\n")
+    );
+    for (i, name) in names
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.starts_with("c_json"))
+    {
+        for (id, s) in source {
+            assert!(
+                json_equal(&s[i], &target[id][i]),
+                "id {id} {name}: {:?} vs {:?}",
+                s[i],
+                target[id][i]
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mysql_to_postgres_every_type_and_null_arrives_exactly() {
+    let job = TestJob::new(1_000, 200).await;
+    let pg = job.pg().await;
+    create_mysql_source(&job).await;
+    pg.sql(&pg_table_ddl("dst")).await;
+    job.write_file("job.toml", &job_file(&job, &job.database_url, &pg.url, ""));
+
+    job.produce(&[]).await;
+    job.consume_until_idle(2, &[]).await;
+
+    let names: Vec<&str> = MYSQL_COLUMNS.iter().map(|c| c.0).collect();
+    let source = mysql_texts(
+        &job,
+        &format!(
+            "SELECT CAST(id AS CHAR), {} FROM src",
+            MYSQL_COLUMNS
+                .iter()
+                .map(|c| c.3)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    )
+    .await;
+    let target = by_id(
+        pg.texts(&format!(
+            "SELECT id::text, {} FROM dst",
+            PG_COLUMNS
+                .iter()
+                .map(|c| c.2)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .await,
+    );
+    assert_eq!(source.len() as u64, ROWS);
+    assert_same(&source, &target, &names);
+    assert_floats_equal(
+        &mysql_floats(&job, "src").await,
+        &pg_floats(&pg, "dst").await,
+    );
+    let nulls = pg
+        .count(
+            "SELECT count(*) FROM dst WHERE c_bool IS NULL AND c_json IS NULL AND c_uuid IS NULL",
+        )
+        .await;
+    assert!(
+        nulls >= ROWS / 101,
+        "all-NULL rows arrived as NULLs ({nulls})"
+    );
+    job.assert_job_complete(ROWS, 0).await;
+}
+
+/// PostgreSQL → MariaDB: `(name, PostgreSQL type, generator over s, PostgreSQL text form, MariaDB type,
+/// MariaDB text form)`.
+const PG_TO_MYSQL: &[(&str, &str, &str, &str, &str, &str)] = &[
+    (
+        "c_int2",
+        "smallint",
+        "(s % 65536 - 32768)::int2",
+        "c_int2::text",
+        "SMALLINT",
+        "CAST(c_int2 AS CHAR)",
+    ),
+    (
+        "c_int4",
+        "integer",
+        "s * 7919 * (CASE WHEN s % 2 = 0 THEN -1 ELSE 1 END)",
+        "c_int4::text",
+        "INT",
+        "CAST(c_int4 AS CHAR)",
+    ),
+    (
+        "c_int8",
+        "bigint",
+        "CASE s % 5 WHEN 0 THEN -9223372036854775808 WHEN 1 THEN 9223372036854775807 ELSE s END",
+        "c_int8::text",
+        "BIGINT",
+        "CAST(c_int8 AS CHAR)",
+    ),
+    (
+        "c_numeric",
+        "numeric(20,6)",
+        "s * -1234567.891011",
+        "c_numeric::text",
+        "DECIMAL(20,6)",
+        "CAST(c_numeric AS CHAR)",
+    ),
+    (
+        "c_float",
+        "real",
+        "(s * pi() / 7)::real",
+        "c_float::text",
+        "FLOAT",
+        "c_float",
+    ),
+    (
+        "c_double",
+        "double precision",
+        "s * pi() / 7e3",
+        "c_double::text",
+        "DOUBLE",
+        "c_double",
+    ),
+    (
+        "c_bool",
+        "boolean",
+        "s % 2 = 0",
+        "c_bool::text",
+        "TINYINT(1)",
+        "IF(c_bool IS NULL, NULL, IF(c_bool, 'true', 'false'))",
+    ),
+    (
+        "c_text",
+        "text",
+        "repeat('ä€😀', (s % 20)::int) || E'\\nline \"q\" ''s'' \\\\ ' || s",
+        "c_text",
+        "LONGTEXT",
+        "c_text",
+    ),
+    (
+        "c_varchar",
+        "varchar(20)",
+        "CASE WHEN s % 17 = 0 THEN '' ELSE 'v' || s END",
+        "c_varchar",
+        "VARCHAR(20)",
+        "c_varchar",
+    ),
+    (
+        "c_bytea",
+        "bytea",
+        "'\\x00ff'::bytea || sha256(s::text::bytea)",
+        "encode(c_bytea, 'hex')",
+        "LONGBLOB",
+        "LOWER(HEX(c_bytea))",
+    ),
+    (
+        "c_date",
+        "date",
+        "'2000-01-01'::date + (s * 37 % 2900000)::int - 700000",
+        "to_char(c_date, 'YYYY-MM-DD')",
+        "DATE",
+        "DATE_FORMAT(c_date, '%Y-%m-%d')",
+    ),
+    (
+        "c_time",
+        "time",
+        "'00:00:00'::time + s * interval '7919.000013 seconds'",
+        "to_char(c_time, 'HH24:MI:SS.US')",
+        "TIME(6)",
+        "TIME_FORMAT(c_time, '%H:%i:%s.%f')",
+    ),
+    (
+        "c_timestamp",
+        "timestamp",
+        "'1900-01-01'::timestamp + s * interval '1000003.000007 seconds'",
+        "to_char(c_timestamp, 'YYYY-MM-DD HH24:MI:SS.US')",
+        "DATETIME(6)",
+        "DATE_FORMAT(c_timestamp, '%Y-%m-%d %H:%i:%s.%f')",
+    ),
+    (
+        "c_timestamptz",
+        "timestamptz",
+        "'1970-01-02 00:00:00+00'::timestamptz + s * interval '7919 minutes 0.000001 seconds'",
+        "to_char(c_timestamptz AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')",
+        "TIMESTAMP(6) NULL",
+        "DATE_FORMAT(c_timestamptz, '%Y-%m-%d %H:%i:%s.%f')",
+    ),
+    (
+        "c_json",
+        "json",
+        "json_build_object('s', s, 'b', json_build_array(1, 2.5, null, true))",
+        "c_json::text",
+        "JSON",
+        "c_json",
+    ),
+    (
+        "c_jsonb",
+        "jsonb",
+        "jsonb_build_object('s', s, 'nested', jsonb_build_object('k', 'v'))",
+        "c_jsonb::text",
+        "JSON",
+        "c_jsonb",
+    ),
+    (
+        "c_uuid",
+        "uuid",
+        "md5(s::text)::uuid",
+        "c_uuid::text",
+        "CHAR(36)",
+        "c_uuid",
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_to_mysql_every_type_and_null_arrives_exactly() {
+    let job = TestJob::new(1_000, 200).await;
+    let pg = job.pg().await;
+    let pg_defs: Vec<String> = PG_TO_MYSQL
+        .iter()
+        .map(|c| format!("{} {}", c.0, c.1))
+        .collect();
+    pg.sql(&format!(
+        "CREATE TABLE src (id bigint PRIMARY KEY, {})",
+        pg_defs.join(", ")
+    ))
+    .await;
+    let exprs: Vec<String> = PG_TO_MYSQL
+        .iter()
+        .enumerate()
+        .map(|(k, c)| {
+            format!(
+                "CASE WHEN s % 101 = 0 OR (s + {k}) % 13 = 0 THEN NULL ELSE {} END",
+                c.2
+            )
+        })
+        .collect();
+    pg.sql(&format!(
+        "INSERT INTO src SELECT s * 5, {} FROM generate_series(1, {ROWS}) AS s",
+        exprs.join(", ")
+    ))
+    .await;
+    let my_defs: Vec<String> = PG_TO_MYSQL
+        .iter()
+        .map(|c| format!("`{}` {}", c.0, c.4))
+        .collect();
+    job.sql(&format!(
+        "CREATE TABLE dst (id BIGINT UNSIGNED NOT NULL PRIMARY KEY, {}) DEFAULT CHARSET = utf8mb4",
+        my_defs.join(", ")
+    ))
+    .await;
+    job.write_file("job.toml", &job_file(&job, &pg.url, &job.database_url, ""));
+
+    job.produce(&[]).await;
+    job.consume_until_idle(2, &[]).await;
+
+    let names: Vec<&str> = PG_TO_MYSQL.iter().map(|c| c.0).collect();
+    let source = by_id(
+        pg.texts(&format!(
+            "SELECT id::text, {} FROM src",
+            PG_TO_MYSQL
+                .iter()
+                .map(|c| c.3)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .await,
+    );
+    let target = mysql_texts(
+        &job,
+        &format!(
+            "SELECT CAST(id AS CHAR), {} FROM dst",
+            PG_TO_MYSQL
+                .iter()
+                .map(|c| c.5)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    )
+    .await;
+    assert_eq!(source.len() as u64, ROWS);
+    assert_same(&source, &target, &names);
+    assert_floats_equal(
+        &pg_floats(&pg, "src").await,
+        &mysql_floats(&job, "dst").await,
+    );
+    job.assert_job_complete(ROWS, 0).await;
+}
+
+/// PostgreSQL's own types, arrays and PostgreSQL-only types included, NULL in every column of some rows.
+const PG_NATIVE: &[(&str, &str, &str)] = &[
+    ("c_int2", "smallint", "(s % 65536 - 32768)::int2"),
+    ("c_int4", "integer", "(s * 7919 * (CASE WHEN s % 2 = 0 THEN -1 ELSE 1 END))::int4"),
+    ("c_int8", "bigint", "CASE s % 5 WHEN 0 THEN -9223372036854775808 WHEN 1 THEN 9223372036854775807 ELSE s END"),
+    ("c_numeric", "numeric", "CASE s % 4 WHEN 0 THEN 'NaN'::numeric WHEN 1 THEN 0.000001 * s ELSE s * 123456789.123456789 END"),
+    ("c_numeric_s", "numeric(30,10)", "s * -1.5"),
+    ("c_real", "real", "(s * pi() / 7)::real"),
+    ("c_double", "double precision", "CASE s % 7 WHEN 0 THEN 'Infinity'::float8 WHEN 1 THEN -0.0 ELSE s * pi() / 7e3 END"),
+    ("c_bool", "boolean", "s % 2 = 0"),
+    ("c_text", "text", "repeat('ä€😀', (s % 20)::int) || E'\\nline \"q\" ''s'' \\\\ ' || s"),
+    ("c_varchar", "varchar(20)", "CASE WHEN s % 17 = 0 THEN '' ELSE 'v' || s END"),
+    ("c_char", "char(5)", "'c' || (s % 100)"),
+    ("c_bytea", "bytea", "'\\x00ff'::bytea || sha256(s::text::bytea)"),
+    ("c_date", "date", "CASE s % 9 WHEN 0 THEN 'infinity'::date WHEN 1 THEN '0044-03-15 BC'::date ELSE '2000-01-01'::date + (s * 37 % 3000000)::int - 1500000 END"),
+    ("c_time", "time", "CASE WHEN s % 11 = 0 THEN '24:00:00'::time ELSE '00:00:00'::time + s * interval '7919.000013 seconds' END"),
+    ("c_timestamp", "timestamp", "CASE s % 9 WHEN 0 THEN '-infinity'::timestamp ELSE '1900-01-01'::timestamp + s * interval '1000003.000007 seconds' END"),
+    ("c_timestamptz", "timestamptz", "'1970-01-01 00:00:00+00'::timestamptz + s * interval '7919 minutes 0.000001 seconds'"),
+    ("c_json", "json", "json_build_object('s', s, 'b', json_build_array(1, 2.50, null, true), 'big', 18446744073709551616)"),
+    ("c_jsonb", "jsonb", "jsonb_build_object('s', s, 'nested', jsonb_build_object('k', 'v'))"),
+    ("c_uuid", "uuid", "md5(s::text)::uuid"),
+    ("c_int_array", "integer[]", "ARRAY[s::int, NULL, -1]"),
+    ("c_text_array", "text[]", "ARRAY[['a', 'b'], ['c' || s, NULL]]"),
+    ("c_interval", "interval", "s * interval '1 month 2 days 3.000004 seconds'"),
+    ("c_inet", "inet", "('10.0.' || (s % 256) || '.1/24')::inet"),
+    ("c_mood", "mood", "(ARRAY['sad', 'ok', 'happy'])[1 + s % 3]::mood"),
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_to_postgres_every_type_arrays_and_infinity_arrive_exactly() {
+    let job = TestJob::new(1_000, 200).await;
+    let pg = job.pg().await;
+    pg.sql("CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy')")
+        .await;
+    let defs: Vec<String> = PG_NATIVE
+        .iter()
+        .map(|(n, t, _)| format!("{n} {t}"))
+        .collect();
+    for table in ["src", "dst"] {
+        pg.sql(&format!(
+            "CREATE TABLE {table} (id bigint PRIMARY KEY, {})",
+            defs.join(", ")
+        ))
+        .await;
+    }
+    let exprs: Vec<String> = PG_NATIVE
+        .iter()
+        .enumerate()
+        .map(|(k, (_, _, e))| {
+            format!("CASE WHEN s % 101 = 0 OR (s + {k}) % 13 = 0 THEN NULL ELSE {e} END")
+        })
+        .collect();
+    pg.sql(&format!(
+        "INSERT INTO src SELECT s * 3, {} FROM generate_series(1, {ROWS}) AS s",
+        exprs.join(", ")
+    ))
+    .await;
+    job.write_file("job.toml", &job_file(&job, &pg.url, &pg.url, ""));
+
+    job.produce(&[]).await;
+    job.consume_until_idle(2, &[]).await;
+
+    // A row's text form is exact for every type (floats print their shortest exact form).
+    let rows = |table: &str| format!("SELECT id::text, t::text FROM {table} t");
+    let source = by_id(pg.texts(&rows("src")).await);
+    let target = by_id(pg.texts(&rows("dst")).await);
+    assert_eq!(source.len() as u64, ROWS);
+    let diffs = differences(&source, &target, &["row"]);
+    assert!(
+        diffs.is_empty(),
+        "target differs from source:\n{}",
+        diffs.join("\n")
+    );
+    let infinite = pg
+        .count("SELECT count(*) FROM dst WHERE c_date = 'infinity' OR c_timestamp = '-infinity'")
+        .await;
+    assert!(infinite > 0, "infinite dates and timestamps arrived");
+    job.assert_job_complete(ROWS, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn columns_mysql_cannot_hold_stop_the_consumer_and_values_it_cannot_hold_fail_their_row() {
+    let job = TestJob::new(1_000, 100).await;
+    let pg = job.pg().await;
+    pg.sql(
+        "CREATE TABLE src (id bigint PRIMARY KEY, note text, at timestamp, tags text[]); \
+         INSERT INTO src SELECT s, 'n' || s, CASE WHEN s % 50 = 0 THEN 'infinity' ELSE '2024-01-01'::timestamp + s * interval '1 hour' END, \
+         ARRAY['a'] FROM generate_series(1, 300) AS s",
+    )
+    .await;
+    job.sql("CREATE TABLE dst (id BIGINT PRIMARY KEY, note TEXT, at DATETIME(6))")
+        .await;
+
+    // An array column: refused at start, naming the column.
+    job.write_file("job.toml", &job_file(&job, &pg.url, &job.database_url, ""));
+    let done = job
+        .run(
+            Bin::Consumer,
+            &["--job", job.job_arg(), "--exit-when-idle", "1"],
+        )
+        .await;
+    done.expect_code(2);
+    assert!(
+        done.stderr.contains("`tags`") && done.stderr.contains("MySQL cannot hold"),
+        "{}",
+        done.describe()
+    );
+
+    // Without it: every row lands but the infinite timestamps, which fail alone with the column named.
+    job.write_file(
+        "job.toml",
+        &job_file(
+            &job,
+            &pg.url,
+            &job.database_url,
+            "columns = [\"id\", \"note\", \"at\"]",
+        ),
+    );
+    job.produce(&[]).await;
+    job.consume_until_idle(1, &[]).await;
+    let failed = failed(&job).await;
+    let infinite: Vec<u64> = (1..=300).filter(|s| s % 50 == 0).collect();
+    assert_eq!(failed.keys().copied().collect::<Vec<_>>(), infinite);
+    assert!(failed.values().all(|r| r.contains("`at`")), "{failed:?}");
+    assert_eq!(
+        job.sql_u64("SELECT COUNT(*) FROM dst").await,
+        300 - infinite.len() as u64
+    );
+    let wrong = job
+        .sql_u64("SELECT COUNT(*) FROM dst WHERE note <> CONCAT('n', id) OR at <> TIMESTAMP'2024-01-01 00:00:00' + INTERVAL id HOUR")
+        .await;
+    assert_eq!(wrong, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_postgres_a_newer_target_row_survives_an_older_redelivery_and_bad_rows_fail_alone() {
+    let job = TestJob::new(1_000, 100).await;
+    let pg = job.pg().await;
+    job.sql(
+        "CREATE TABLE src (id BIGINT UNSIGNED NOT NULL PRIMARY KEY, note VARCHAR(32) NOT NULL, \
+         t TIME NULL, updated_at DATETIME(6) NULL)",
+    )
+    .await;
+    job.sql(
+        "INSERT INTO src SELECT seq, CONCAT('source ', seq), IF(seq % 40 = 0, TIME'-01:00:00', TIME'01:00:00'), \
+         IF(seq % 10 = 0, NULL, TIMESTAMP'2024-06-01 12:00:00.000001') FROM seq_1_to_500",
+    )
+    .await;
+    pg.sql(
+        "CREATE TABLE dst (id bigint PRIMARY KEY, note text NOT NULL, t time, updated_at timestamp); \
+         INSERT INTO dst SELECT s, 'newer target row', NULL, '2024-06-01 12:00:00.000002' FROM generate_series(1, 100) s; \
+         INSERT INTO dst SELECT s, 'older target row', NULL, '2024-06-01 12:00:00' FROM generate_series(101, 200) s; \
+         INSERT INTO dst SELECT s, 'no version', NULL, NULL FROM generate_series(201, 250) s;",
+    )
+    .await;
+    job.write_file(
+        "job.toml",
+        &job_file(&job, &job.database_url, &pg.url, "version = \"updated_at\""),
+    );
+
+    job.produce(&[]).await;
+    job.consume_until_idle(1, &[]).await;
+
+    assert_eq!(
+        pg.count("SELECT count(*) FROM dst WHERE id <= 100 AND note = 'newer target row'")
+            .await,
+        100,
+        "newer target rows survive older or unversioned source rows"
+    );
+    // Negative TIMEs do not fit a time column: those rows fail alone (ids 40, 80, …).
+    let negative: Vec<u64> = (1..=500).filter(|s| s % 40 == 0).collect();
+    let failed = failed(&job).await;
+    assert_eq!(failed.keys().copied().collect::<Vec<_>>(), negative);
+    assert!(failed.values().all(|r| r.contains("`t`")), "{failed:?}");
+    // Older and unversioned target rows are replaced, except by a NULL source version (ids 110, 120, …).
+    let kept_older = pg
+        .count(
+            "SELECT count(*) FROM dst WHERE id BETWEEN 101 AND 200 AND note = 'older target row'",
+        )
+        .await;
+    let null_versions_over_older =
+        (101..=200).filter(|s| s % 10 == 0 && s % 40 != 0).count() as u64;
+    assert_eq!(
+        kept_older,
+        null_versions_over_older + (101..=200).filter(|s| s % 40 == 0).count() as u64
+    );
+    let replaced = pg
+        .count("SELECT count(*) FROM dst WHERE id > 200 AND note = 'source ' || id")
+        .await;
+    assert_eq!(
+        replaced,
+        300 - (201..=500).filter(|s| s % 40 == 0).count() as u64
+    );
+}
