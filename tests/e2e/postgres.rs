@@ -813,3 +813,196 @@ async fn on_postgres_a_newer_target_row_survives_an_older_redelivery_and_bad_row
         300 - (201..=500).filter(|s| s % 40 == 0).count() as u64
     );
 }
+
+/// The columns of a PostgreSQL table as `name type [not null]`, in order.
+async fn pg_columns(pg: &crate::helpers::pg::PgDb, schema: &str, table: &str) -> Vec<String> {
+    pg.texts(&format!(
+        "SELECT attname || ' ' || format_type(atttypid, atttypmod) || CASE WHEN attnotnull THEN ' not null' ELSE '' END \
+         FROM pg_attribute WHERE attrelid = '{schema}.{table}'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum"
+    ))
+    .await
+    .into_iter()
+    .map(|r| r[0].clone().unwrap())
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_consumers_racing_create_routed_postgres_tables_in_schemas_with_mapped_types() {
+    let job = TestJob::new(1_000, 100).await;
+    let pg = job.pg().await;
+    job.sql(
+        "CREATE TABLE src (id BIGINT UNSIGNED NOT NULL PRIMARY KEY, user_id INT NULL, created_at DATETIME(6) NULL, \
+         amount DECIMAL(12,2) NOT NULL, note VARCHAR(64) NOT NULL, flag TINYINT(1) NULL, n_u INT UNSIGNED NULL, \
+         body JSON NULL, at TIMESTAMP(3) NULL)",
+    )
+    .await;
+    job.sql(&format!(
+        "INSERT INTO src SELECT seq * 3, IF(seq % 50 = 0, NULL, CAST(seq % 16 AS SIGNED) - 7), \
+         TIMESTAMP'2024-01-01 00:00:00' + INTERVAL seq MINUTE + INTERVAL seq MICROSECOND, seq * 1.25 - 999, \
+         CONCAT('n', seq), seq % 2, seq * 1000003, JSON_OBJECT('s', seq), FROM_UNIXTIME(seq * 1000) \
+         FROM seq_1_to_{ROWS}"
+    ))
+    .await;
+    pg.sql("CREATE SCHEMA s0; CREATE SCHEMA s1").await;
+    let toml = job_file(&job, &job.database_url, &pg.url, "").replace(
+        "table = \"dst\"",
+        "table = \"s{user_id % 2}.orders_{user_id % 4}\"\ncreate = true",
+    );
+    job.write_file("job.toml", &toml);
+
+    job.produce(&[]).await;
+    // Both start at once: each creates every table on its first batches.
+    job.consume_until_idle(2, &["--concurrency", "4"]).await;
+
+    let tables = pg
+        .texts("SELECT schemaname || '.' || tablename FROM pg_tables WHERE schemaname IN ('s0', 's1') ORDER BY 1")
+        .await;
+    let tables: Vec<String> = tables.into_iter().map(|r| r[0].clone().unwrap()).collect();
+    assert_eq!(
+        tables,
+        ["s0.orders_0", "s0.orders_2", "s1.orders_1", "s1.orders_3"]
+    );
+    assert_eq!(
+        pg_columns(&pg, "s1", "orders_3").await,
+        [
+            "id numeric(20,0) not null",
+            "user_id integer",
+            "created_at timestamp(6) without time zone",
+            "amount numeric(12,2) not null",
+            "note character varying(64) not null",
+            "flag boolean",
+            "n_u bigint",
+            "body jsonb",
+            "at timestamp(3) with time zone",
+        ],
+        "pgloader's casts, NOT NULL kept"
+    );
+    let pk = pg
+        .count(
+            "SELECT count(*) FROM pg_constraint WHERE conrelid = 's1.orders_3'::regclass AND contype = 'p'",
+        )
+        .await;
+    assert_eq!(pk, 1, "the key is the primary key");
+    for table in &tables {
+        let (schema, name) = table.split_once('.').unwrap();
+        let bucket: i64 = name.trim_start_matches("orders_").parse().unwrap();
+        let want = job
+            .sql_u64(&format!(
+                "SELECT COUNT(*) FROM src WHERE MOD(MOD(user_id, 4) + 4, 4) = {bucket}"
+            ))
+            .await;
+        let got = pg.count(&format!("SELECT count(*) FROM {table}")).await;
+        assert_eq!(got, want, "rows in {table}");
+        let wrong = pg
+            .count(&format!(
+                "SELECT count(*) FROM (SELECT *, (id / 3)::bigint AS s FROM {table}) r \
+                 WHERE note <> 'n' || s OR flag <> (s % 2 = 1) OR amount <> s * 1.25 - 999 \
+                 OR body <> jsonb_build_object('s', s) OR at <> to_timestamp(s * 1000) \
+                 OR n_u <> s * 1000003 OR '{schema}' <> 's' || ((user_id % 2 + 2) % 2)"
+            ))
+            .await;
+        assert_eq!(wrong, 0, "{table}: rows that differ from their source row");
+    }
+    let null_ids = job
+        .sql_ids("SELECT id FROM src WHERE user_id IS NULL")
+        .await;
+    assert_eq!(
+        failed(&job).await.keys().copied().collect::<Vec<_>>(),
+        null_ids
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_tables_are_created_like_their_source_in_the_same_database() {
+    let job = TestJob::new(1_000, 100).await;
+    let pg = job.pg().await;
+    pg.sql(
+        "CREATE TABLE src (id bigint PRIMARY KEY, n numeric(10,3) NOT NULL DEFAULT 0, t text, tags text[], \
+         span interval, u uuid); \
+         INSERT INTO src SELECT s, s / 7.0, 't' || s, ARRAY['a', s::text], s * interval '1 hour', md5(s::text)::uuid \
+         FROM generate_series(1, 500) s",
+    )
+    .await;
+    let toml = job_file(&job, &pg.url, &pg.url, "").replace(
+        "table = \"dst\"",
+        "table = \"copy_{id % 3}\"\ncreate = true",
+    );
+    job.write_file("job.toml", &toml);
+
+    job.produce(&[]).await;
+    job.consume_until_idle(1, &[]).await;
+
+    let source = pg_columns(&pg, "public", "src").await;
+    for t in 0..3 {
+        let table = format!("copy_{t}");
+        assert_eq!(
+            pg_columns(&pg, "public", &table).await,
+            source,
+            "{table} is LIKE src"
+        );
+        let wrong = pg
+            .count(&format!(
+                "SELECT count(*) FROM src s FULL JOIN {table} c USING (id) WHERE s.id % 3 = {t} \
+                 AND (c.id IS NULL OR (s.*)::text <> (c.*)::text) OR c.id % 3 <> {t}"
+            ))
+            .await;
+        assert_eq!(wrong, 0, "{table}: missing, changed or misrouted rows");
+    }
+    job.assert_job_complete(500, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mysql_tables_created_from_a_postgres_source_get_mapped_types() {
+    let job = TestJob::new(1_000, 100).await;
+    let pg = job.pg().await;
+    pg.sql(
+        "CREATE TABLE src (id bigint PRIMARY KEY, n numeric(10,3) NOT NULL, t text, v varchar(20), ok boolean, \
+         at timestamptz, day date, u uuid, j jsonb, b bytea); \
+         INSERT INTO src SELECT s, s / 7.0, 't' || s, 'v' || s, s % 2 = 0, \
+         '2024-01-01 00:00:00+00'::timestamptz + s * interval '1 minute 0.5 seconds', \
+         '2024-01-01'::date + s, md5(s::text)::uuid, jsonb_build_object('s', s), '\\x00ff'::bytea \
+         FROM generate_series(1, 500) s",
+    )
+    .await;
+    let toml = job_file(&job, &pg.url, &job.database_url, "")
+        .replace("table = \"dst\"", "table = \"dst\"\ncreate = true");
+    job.write_file("job.toml", &toml);
+
+    job.produce(&[]).await;
+    job.consume_until_idle(1, &[]).await;
+
+    let columns: Vec<String> = job
+        .conn()
+        .await
+        .query(format!(
+            "SELECT CONCAT_WS(' ', COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE, COLUMN_KEY) FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = '{}' AND TABLE_NAME = 'dst' ORDER BY ORDINAL_POSITION",
+            job.database
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        columns,
+        [
+            "id bigint(20) NO PRI",
+            "n decimal(10,3) NO ",
+            "t longtext YES ",
+            "v varchar(20) YES ",
+            "ok tinyint(1) YES ",
+            "at datetime(6) YES ",
+            "day date YES ",
+            "u char(36) YES ",
+            "j longtext YES ",
+            "b longblob YES ",
+        ]
+    );
+    let wrong = job
+        .sql_u64(
+            "SELECT COUNT(*) FROM dst WHERE t <> CONCAT('t', id) OR ok <> (id % 2 = 0) OR day <> DATE'2024-01-01' + INTERVAL id DAY \
+             OR at <> TIMESTAMP'2024-01-01 00:00:00' + INTERVAL id MINUTE + INTERVAL id * 500000 MICROSECOND \
+             OR JSON_VALUE(j, '$.s') <> id OR b <> X'00FF' OR n <> ROUND(id / 7.0, 3)",
+        )
+        .await;
+    assert_eq!(wrong, 0);
+    job.assert_job_complete(500, 0).await;
+}

@@ -1,6 +1,7 @@
 //! Writing rows to the target. A sink writes one batch idempotently and says, row by row, what landed
 //! and what the target refused for good; the consumer turns that into ledger bits.
 
+mod create;
 pub mod elasticsearch;
 pub mod postgres;
 mod route;

@@ -10,17 +10,27 @@
 //!   and a refused one is bisected until the bad row is isolated in `failed`.
 //! - `source.version`: `DO UPDATE … WHERE t.ver IS NULL OR t.ver <= EXCLUDED.ver`: a late, older row never
 //!   replaces a newer one (and still counts as written); an equal version rewrites the row.
+//! - `create = true`: a table is created when a row is first routed to it: `(LIKE src INCLUDING ALL)` when
+//!   the source table is in the same database and every column is read, otherwise from the source's
+//!   catalog ([`super::create`]: the same types from PostgreSQL, pgloader's casts from MySQL), the key as
+//!   primary key. A missing schema is not created (that is the operator's call).
 //! - The single-table statement stays prepared on its connection across batches; routed tables' statements
 //!   are prepared per batch (one per table and row count would pile up on every connection).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Mutex;
 
 use async_trait::async_trait;
+use tokio::sync::OnceCell;
 use tokio_postgres::Statement;
+use tracing::info;
 
+use super::create::{mysql_source_columns, pg_body, pg_source_columns, server_of, url_database};
 use super::route::Router;
 use super::{OpenError, Sink, SinkError, WriteOutcome};
-use crate::job::{Engine, Ident, JobSpec, TableName, TableRoute, TargetSpec, WriteMode};
+use crate::job::{
+    Engine, Ident, JobSpec, SourceSpec, TableName, TableRoute, TargetSpec, WriteMode,
+};
 use crate::pg::{can_encode, pg_error_text, pg_is_row_error, pg_is_transient, pg_pool, PgParam};
 use crate::sql::{quote, quote_table};
 use crate::value::{Column, Row, RowSet};
@@ -35,6 +45,20 @@ pub struct PgSink {
     /// `source.key`: the conflict target (the target table needs a unique index or primary key on it).
     key: String,
     version: Option<Ident>,
+    /// `create = true`: how to create a missing table, and the tables known to exist.
+    create: Option<Creator>,
+}
+
+/// Creates missing target tables, once per table and process. Consumers racing on one table serialise on a
+/// transaction-scoped advisory lock keyed by its name, so `CREATE TABLE IF NOT EXISTS` never meets the
+/// catalog race PostgreSQL has between two concurrent ones.
+struct Creator {
+    source: SourceSpec,
+    /// The source table is in the target's database: `LIKE` can copy it as it is.
+    same_database: bool,
+    /// What follows `CREATE TABLE IF NOT EXISTS t`, worked out once.
+    tail: OnceCell<String>,
+    created: Mutex<HashSet<TableName>>,
 }
 
 /// Rows of one table, at most one statement's worth.
@@ -54,19 +78,102 @@ impl PgSink {
         let TargetSpec::Sql(t) = &job.target else {
             return Err(OpenError("not a SQL target".into()));
         };
-        if t.create {
-            return Err(OpenError(
-                "target.create on PostgreSQL is not supported by this build yet; create the tables first"
-                    .into(),
-            ));
-        }
         Ok(Self {
             pool: pg_pool(&t.url, max_connections).map_err(OpenError)?,
             route: t.table.clone(),
             write: t.write,
             key: job.source.key.as_str().to_owned(),
             version: job.source.version.clone(),
+            create: t.create.then(|| Creator {
+                same_database: job.source.url.engine == Engine::Postgres
+                    && server_of(job.source.url.expose(), 5432).is_some()
+                    && server_of(job.source.url.expose(), 5432) == server_of(t.url.expose(), 5432)
+                    && url_database(job.source.url.expose()) == url_database(t.url.expose()),
+                source: job.source.clone(),
+                tail: OnceCell::new(),
+                created: Mutex::new(HashSet::new()),
+            }),
         })
+    }
+
+    /// What follows `CREATE TABLE IF NOT EXISTS t`, from the source.
+    async fn create_tail<'c>(&self, creator: &'c Creator) -> Result<&'c String, SinkError> {
+        creator
+            .tail
+            .get_or_try_init(|| async {
+                let source = &creator.source;
+                if creator.same_database && source.columns.is_none() {
+                    return Ok(format!(
+                        " (LIKE {} INCLUDING ALL)",
+                        quote_table(Engine::Postgres, &source.table)
+                    ));
+                }
+                let columns = match source.url.engine {
+                    Engine::Postgres => pg_source_columns(source).await?,
+                    Engine::Mysql => mysql_source_columns(source).await?,
+                };
+                pg_body(&columns, source.url.engine, &source.key)
+                    .map_err(|e| SinkError::Batch(format!("target.create: {e}")))
+            })
+            .await
+    }
+
+    /// Create those of `tables` not known to exist, before the batch's transaction.
+    async fn ensure_tables(
+        &self,
+        client: &mut deadpool_postgres::Object,
+        tables: &[&TableName],
+    ) -> Result<(), SinkError> {
+        let Some(creator) = &self.create else {
+            return Ok(());
+        };
+        let missing: Vec<&TableName> = {
+            let created = creator.created.lock().unwrap_or_else(|e| e.into_inner());
+            tables
+                .iter()
+                .copied()
+                .filter(|t| !created.contains(*t))
+                .collect()
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let tail = self.create_tail(creator).await?;
+        for table in missing {
+            let qualified = quote_table(Engine::Postgres, table);
+            let result = async {
+                let tx = client.transaction().await?;
+                tx.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext($1::text))",
+                    &[&format!("bitmig create {table}")],
+                )
+                .await?;
+                tx.batch_execute(&format!("CREATE TABLE IF NOT EXISTS {qualified}{tail}"))
+                    .await?;
+                tx.commit().await
+            }
+            .await;
+            match result {
+                Ok(()) => {}
+                // Created meanwhile by a session that did not take the lock: it exists.
+                Err(e)
+                    if e.code()
+                        .is_some_and(|c| matches!(c.code(), "42P07" | "23505")) => {}
+                Err(e) => {
+                    return Err(match self.error(&e, Some(table)) {
+                        SinkError::Batch(m) => SinkError::Batch(format!("creating it: {m}")),
+                        other => other,
+                    })
+                }
+            }
+            info!(table = %table, "target table created (or already there)");
+            creator
+                .created
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(table.clone());
+        }
+        Ok(())
     }
 
     fn router(&self, columns: &[Column]) -> Result<Router, SinkError> {
@@ -273,6 +380,11 @@ impl Sink for PgSink {
                 )));
             }
         }
+        if let Some(creator) = &self.create {
+            // The tables are created when rows are first routed to them; check now that they can be.
+            self.create_tail(creator).await?;
+            return Ok(());
+        }
         let Some(tables) = router.known_tables() else {
             return Ok(());
         };
@@ -336,6 +448,8 @@ impl Sink for PgSink {
             return Ok(outcome);
         }
         let mut client = self.client().await?;
+        let tables: Vec<&TableName> = grouped.iter().map(|(t, _)| t).collect();
+        self.ensure_tables(&mut client, &tables).await?;
         let cache = router.fixed().is_some();
         if self.write_together(&mut client, rs, &pieces, cache).await? {
             for piece in &pieces {

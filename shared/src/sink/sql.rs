@@ -12,8 +12,9 @@
 //!   (the row still counts as written: the target holds that id's newest version).
 //! - `create = true`: a table is created when a row is first routed to it, with
 //!   `CREATE TABLE IF NOT EXISTS t LIKE src` when the source is on the same server and every column is read,
-//!   otherwise with the columns read and their source types from `information_schema`, the key as primary
-//!   key. A missing database is not created (that is the operator's call).
+//!   otherwise with the columns read and their source types from `information_schema` (from a PostgreSQL
+//!   source: the mapped types of [`super::create`]), the key as primary key. A missing database is not
+//!   created (that is the operator's call).
 //! - A statement the server refuses for a row's values is rolled back on its own (InnoDB's statement
 //!   rollback), the rest of the transaction commits, and the refused piece is bisected until the bad row is
 //!   isolated in `failed`.
@@ -27,6 +28,7 @@ use mysql_async::TxOpts;
 use tokio::sync::OnceCell;
 use tracing::info;
 
+use super::create::{mysql_body, mysql_source_columns, pg_source_columns, server_of, url_database};
 use super::route::Router;
 use super::{OpenError, Sink, SinkError, WriteOutcome};
 use crate::job::{
@@ -100,29 +102,33 @@ impl MySqlSink {
             .how
             .get_or_try_init(|| async {
                 let source = &creator.source;
-                if source.url.engine != Engine::Mysql {
-                    return Err(SinkError::Batch(
-                        "target.create: creating MySQL tables from a PostgreSQL source is not supported by \
-                         this build yet; create the tables first"
-                            .into(),
-                    ));
+                if source.url.engine == Engine::Postgres {
+                    let columns = pg_source_columns(source).await?;
+                    return mysql_body(&columns, Engine::Postgres, &source.key)
+                        .map(CreateHow::Columns)
+                        .map_err(|e| SinkError::Batch(format!("target.create: {e}")));
                 }
                 let database = source
                     .table
                     .schema
                     .as_ref()
                     .map(|s| s.as_str().to_owned())
-                    .or_else(|| url_database(&source.url));
+                    .or_else(|| url_database(source.url.expose()));
                 if creator.same_server && source.columns.is_none() {
                     let qualified = match &database {
-                        Some(db) => format!("`{}`.{}", db, quote(Engine::Mysql, &source.table.table)),
+                        Some(db) => format!(
+                            "`{}`.{}",
+                            db.replace('`', "``"),
+                            quote(Engine::Mysql, &source.table.table)
+                        ),
                         None => quote_table(Engine::Mysql, &source.table),
                     };
                     return Ok(CreateHow::Like(format!(" LIKE {qualified}")));
                 }
-                mysql_create_body(source, database.as_deref())
-                    .await
+                let columns = mysql_source_columns(source).await?;
+                mysql_body(&columns, Engine::Mysql, &source.key)
                     .map(CreateHow::Columns)
+                    .map_err(|e| SinkError::Batch(format!("target.create: {e}")))
             })
             .await
     }
@@ -369,83 +375,10 @@ fn unmappable(columns: &[Column]) -> Option<String> {
 
 /// Whether two MySQL URLs name the same server (host and port; the user may differ).
 fn same_mysql_server(a: &DbUrl, b: &DbUrl) -> bool {
-    let parts = |u: &DbUrl| {
-        url::Url::parse(u.expose()).ok().map(|u| {
-            (
-                u.host_str().unwrap_or_default().to_ascii_lowercase(),
-                u.port().unwrap_or(3306),
-            )
-        })
-    };
     a.engine == Engine::Mysql
         && b.engine == Engine::Mysql
-        && parts(a).is_some()
-        && parts(a) == parts(b)
-}
-
-/// The database a URL's path names, if any.
-fn url_database(u: &DbUrl) -> Option<String> {
-    let parsed = url::Url::parse(u.expose()).ok()?;
-    let db = parsed.path().trim_start_matches('/');
-    (!db.is_empty()).then(|| db.to_owned())
-}
-
-/// ` (columns…, PRIMARY KEY (key)) DEFAULT CHARSET=utf8mb4`: the columns the source reads, each with its
-/// source type, character set and nullability, read from the source's `information_schema`.
-async fn mysql_create_body(
-    source: &SourceSpec,
-    database: Option<&str>,
-) -> Result<String, SinkError> {
-    let failed = |e: &mysql_async::Error| {
-        SinkError::Transient(format!(
-            "target.create: reading the source table's columns: {}",
-            mysql_error_text(e)
-        ))
-    };
-    let pool = mysql_pool(&source.url, 1).map_err(SinkError::Batch)?;
-    let mut conn = pool.get_conn().await.map_err(|e| failed(&e))?;
-    type ColumnRow = (String, String, String, Option<String>, Option<String>);
-    let rows: Vec<ColumnRow> = conn
-        .exec(
-            "SELECT COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE, CHARACTER_SET_NAME, COLLATION_NAME \
-             FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? \
-             ORDER BY ORDINAL_POSITION",
-            (database, source.table.table.as_str()),
-        )
-        .await
-        .map_err(|e| failed(&e))?;
-    drop(conn);
-    pool.disconnect().await.ok();
-    let wanted = |name: &str| {
-        source
-            .columns
-            .as_ref()
-            .is_none_or(|cols| cols.iter().any(|c| c.as_str() == name))
-    };
-    let mut defs = Vec::new();
-    for (name, ty, nullable, charset, collation) in rows.iter().filter(|r| wanted(&r.0)) {
-        let mut def = format!("`{}` {ty}", name.replace('`', "``"));
-        if let (Some(cs), Some(co)) = (charset, collation) {
-            def.push_str(&format!(" CHARACTER SET {cs} COLLATE {co}"));
-        }
-        def.push_str(if nullable == "YES" {
-            " NULL"
-        } else {
-            " NOT NULL"
-        });
-        defs.push(def);
-    }
-    if defs.is_empty() {
-        return Err(SinkError::Batch(format!(
-            "target.create: the source table {} has no columns to copy (does it exist?)",
-            source.table
-        )));
-    }
-    defs.push(format!(
-        "PRIMARY KEY ({})",
-        quote(Engine::Mysql, &source.key)
-    ));
-    Ok(format!(" ({}) DEFAULT CHARSET=utf8mb4", defs.join(", ")))
+        && server_of(a.expose(), 3306).is_some()
+        && server_of(a.expose(), 3306) == server_of(b.expose(), 3306)
 }
 
 fn params(rows: &[&Row]) -> Vec<mysql_async::Value> {
