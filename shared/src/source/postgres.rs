@@ -69,10 +69,13 @@ impl PgSource {
 
     fn err(&self, e: &tokio_postgres::Error) -> SourceError {
         let message = pg_error_text(e);
-        // undefined table / column / schema, or a filter that does not parse: the job does not fit
-        if e.code()
-            .is_some_and(|c| matches!(c.code(), "42P01" | "42703" | "3F000" | "42601" | "42883"))
-        {
+        // undefined table, column, schema or database, or a filter that does not parse: the job does not fit
+        if e.code().is_some_and(|c| {
+            matches!(
+                c.code(),
+                "42P01" | "42703" | "3F000" | "3D000" | "42601" | "42883"
+            )
+        }) {
             return SourceError::Schema {
                 table: self.table_label.clone(),
                 message,
