@@ -1006,3 +1006,35 @@ async fn mysql_tables_created_from_a_postgres_source_get_mapped_types() {
     assert_eq!(wrong, 0);
     job.assert_job_complete(500, 0).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_over_postgres_bind_limit_is_split_and_lands_in_one_transaction() {
+    // 41 columns × 3 000 rows = 123 000 parameters: three statements of at most 65 535.
+    let job = TestJob::new(5_000, 5_000).await;
+    let pg = job.pg().await;
+    let cols: Vec<String> = (1..=40).map(|i| format!("c{i} integer")).collect();
+    let exprs: Vec<String> = (1..=40).map(|i| format!("s * {i}")).collect();
+    for table in ["src", "dst"] {
+        pg.sql(&format!(
+            "CREATE TABLE {table} (id bigint PRIMARY KEY, {})",
+            cols.join(", ")
+        ))
+        .await;
+    }
+    pg.sql(&format!(
+        "INSERT INTO src SELECT s, {} FROM generate_series(1, 3000) s",
+        exprs.join(", ")
+    ))
+    .await;
+    job.write_file("job.toml", &job_file(&job, &pg.url, &pg.url, ""));
+
+    job.produce(&[]).await;
+    job.consume_until_idle(1, &[]).await;
+
+    let differing = pg
+        .count("SELECT count(*) FROM src s FULL JOIN dst d USING (id) WHERE (s.*)::text IS DISTINCT FROM (d.*)::text")
+        .await;
+    assert_eq!(differing, 0);
+    assert_eq!(pg.count("SELECT count(*) FROM dst").await, 3000);
+    job.assert_job_complete(3000, 0).await;
+}

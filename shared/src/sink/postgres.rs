@@ -180,52 +180,6 @@ impl PgSink {
         Router::new(&self.route, columns).map_err(SinkError::Batch)
     }
 
-    fn insert_sql(&self, table: &TableName, columns: &[Column], rows: usize) -> String {
-        let q = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
-        let cols: Vec<String> = columns.iter().map(|c| q(&c.name)).collect();
-        let mut sql = format!(
-            "INSERT INTO {} AS \"t\" ({}) VALUES ",
-            quote_table(Engine::Postgres, table),
-            cols.join(",")
-        );
-        let n = columns.len();
-        for r in 0..rows {
-            if r > 0 {
-                sql.push(',');
-            }
-            sql.push('(');
-            for c in 0..n {
-                if c > 0 {
-                    sql.push(',');
-                }
-                sql.push('$');
-                sql.push_str(&(r * n + c + 1).to_string());
-            }
-            sql.push(')');
-        }
-        let key_q = q(&self.key);
-        let updates: Vec<String> = cols
-            .iter()
-            .filter(|c| **c != key_q)
-            .map(|c| format!("{c}=EXCLUDED.{c}"))
-            .collect();
-        if self.write == WriteMode::InsertIgnore || updates.is_empty() {
-            sql.push_str(&format!(" ON CONFLICT ({key_q}) DO NOTHING"));
-            return sql;
-        }
-        sql.push_str(&format!(
-            " ON CONFLICT ({key_q}) DO UPDATE SET {}",
-            updates.join(",")
-        ));
-        if let Some(v) = &self.version {
-            let v = quote(Engine::Postgres, v);
-            sql.push_str(&format!(
-                " WHERE \"t\".{v} IS NULL OR \"t\".{v} <= EXCLUDED.{v}"
-            ));
-        }
-        sql
-    }
-
     fn error(&self, e: &tokio_postgres::Error, table: Option<&TableName>) -> SinkError {
         let text = match table {
             Some(t) => format!("table {t}: {}", pg_error_text(e)),
@@ -253,7 +207,14 @@ impl PgSink {
         piece: &Piece<'_>,
         cached: Option<&deadpool_postgres::Object>,
     ) -> Result<Statement, SinkError> {
-        let sql = self.insert_sql(piece.table, &rs.columns, piece.rows.len());
+        let sql = insert_sql(
+            piece.table,
+            &rs.columns,
+            piece.rows.len(),
+            &self.key,
+            self.write,
+            self.version.as_ref(),
+        );
         let stmt = match cached {
             Some(object) => object.prepare_cached(&sql).await,
             None => client.prepare(&sql).await,
@@ -353,6 +314,61 @@ impl PgSink {
         }
         Ok(())
     }
+}
+
+/// The multi-row upsert of `rows` rows into `table`: `$1…` numbered row by row, the key the conflict target,
+/// the version guard a `WHERE` on the update.
+fn insert_sql(
+    table: &TableName,
+    columns: &[Column],
+    rows: usize,
+    key: &str,
+    write: WriteMode,
+    version: Option<&Ident>,
+) -> String {
+    let q = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
+    let cols: Vec<String> = columns.iter().map(|c| q(&c.name)).collect();
+    let mut sql = format!(
+        "INSERT INTO {} AS \"t\" ({}) VALUES ",
+        quote_table(Engine::Postgres, table),
+        cols.join(",")
+    );
+    let n = columns.len();
+    for r in 0..rows {
+        if r > 0 {
+            sql.push(',');
+        }
+        sql.push('(');
+        for c in 0..n {
+            if c > 0 {
+                sql.push(',');
+            }
+            sql.push('$');
+            sql.push_str(&(r * n + c + 1).to_string());
+        }
+        sql.push(')');
+    }
+    let key_q = q(key);
+    let updates: Vec<String> = cols
+        .iter()
+        .filter(|c| **c != key_q)
+        .map(|c| format!("{c}=EXCLUDED.{c}"))
+        .collect();
+    if write == WriteMode::InsertIgnore || updates.is_empty() {
+        sql.push_str(&format!(" ON CONFLICT ({key_q}) DO NOTHING"));
+        return sql;
+    }
+    sql.push_str(&format!(
+        " ON CONFLICT ({key_q}) DO UPDATE SET {}",
+        updates.join(",")
+    ));
+    if let Some(v) = version {
+        let v = quote(Engine::Postgres, v);
+        sql.push_str(&format!(
+            " WHERE \"t\".{v} IS NULL OR \"t\".{v} <= EXCLUDED.{v}"
+        ));
+    }
+    sql
 }
 
 fn params<'a>(rs: &'a RowSet, rows: &[&'a Row]) -> Vec<PgParam<'a>> {
@@ -462,5 +478,42 @@ impl Sink for PgSink {
         }
         outcome.written.sort_unstable();
         Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::ColumnType;
+
+    fn columns() -> Vec<Column> {
+        ["id", "note", "updated_at"]
+            .iter()
+            .map(|n| Column {
+                name: (*n).into(),
+                ty: ColumnType::Text,
+                type_name: "text".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn upserts_number_parameters_row_by_row_and_guard_the_version() {
+        let t = TableName::parse("shard_1.orders").unwrap();
+        assert_eq!(
+            insert_sql(&t, &columns(), 2, "id", WriteMode::Upsert, None),
+            "INSERT INTO \"shard_1\".\"orders\" AS \"t\" (\"id\",\"note\",\"updated_at\") VALUES ($1,$2,$3),($4,$5,$6) \
+             ON CONFLICT (\"id\") DO UPDATE SET \"note\"=EXCLUDED.\"note\",\"updated_at\"=EXCLUDED.\"updated_at\""
+        );
+        let v = Ident::new("updated_at").unwrap();
+        let sql = insert_sql(&t, &columns(), 1, "id", WriteMode::Upsert, Some(&v));
+        assert!(
+            sql.ends_with(
+                " WHERE \"t\".\"updated_at\" IS NULL OR \"t\".\"updated_at\" <= EXCLUDED.\"updated_at\""
+            ),
+            "{sql}"
+        );
+        let sql = insert_sql(&t, &columns(), 1, "id", WriteMode::InsertIgnore, Some(&v));
+        assert!(sql.ends_with("ON CONFLICT (\"id\") DO NOTHING"), "{sql}");
     }
 }
