@@ -235,6 +235,13 @@ pub async fn report(job: &JobSpec, redis_url: &str) -> anyhow::Result<Report> {
             r.producer
         ));
     }
+    let planned: Option<u64> = producer.get("groups").and_then(|g| g.parse().ok());
+    if let Some(planned) = planned.filter(|p| r.producer == "done" && *p > r.groups) {
+        r.reasons.push(format!(
+            "the producer planned {planned} groups but the ledger holds {}: Redis lost data; run the producer again to rebuild it",
+            r.groups
+        ));
+    }
     if r.groups_producing > 0 {
         r.reasons.push(format!(
             "{} groups are not produced yet",

@@ -67,6 +67,8 @@ struct Ctx {
     source: Box<dyn Source>,
     sink: Box<dyn Sink>,
     ledger: Ledger,
+    /// Groups known to be planned (in `groups`); a message for any other group is not the producer's.
+    planned: std::sync::Mutex<std::collections::HashSet<u64>>,
     stats: Stats,
     cancel: CancellationToken,
 }
@@ -113,13 +115,16 @@ pub async fn run(
     let ledger = Ledger::connect(&opts.redis_url, &job.name)
         .await
         .context("connecting to Redis")?;
-    bitmig_shared::cli::check_spec(&ledger, &job, true, &[]).await?;
+    // Only the producer records the spec: a consumer storing it into an emptied Redis would make a lost
+    // ledger look present.
+    bitmig_shared::cli::check_spec(&ledger, &job, false, &[]).await?;
 
     let ctx = Arc::new(Ctx {
         job,
         source,
         sink,
         ledger,
+        planned: Default::default(),
         stats: Stats::default(),
         cancel: cancel.clone(),
     });
@@ -376,6 +381,7 @@ where
 
 /// Read → write → record, for one valid message.
 async fn process(ctx: &Ctx, m: &Message) -> Result<(), Failure> {
+    check_planned(ctx, m.group).await?;
     let rows = quick_retry(&ctx.cancel, SourceError::is_transient, || {
         ctx.source.read_rows(&m.ids)
     })
@@ -425,6 +431,34 @@ async fn process(ctx: &Ctx, m: &Message) -> Result<(), Failure> {
         "batch done"
     );
     Ok(())
+}
+
+/// A message for a group the producer never planned is forged or left over from a lost ledger: its ids
+/// must not become bits (nor rows). One Redis look-up per group and consumer, then remembered.
+async fn check_planned(ctx: &Ctx, group: u64) -> Result<(), Failure> {
+    let known = ctx
+        .planned
+        .lock()
+        .map(|set| set.contains(&group))
+        .unwrap_or(false);
+    if known {
+        return Ok(());
+    }
+    match ctx.ledger.is_planned(group).await {
+        Ok(true) => {
+            if let Ok(mut set) = ctx.planned.lock() {
+                set.insert(group);
+            }
+            Ok(())
+        }
+        Ok(false) => Err(Failure::Dead(format!(
+            "group {group} was never planned by the producer (not in {})",
+            ctx.ledger.job_key("groups")
+        ))),
+        Err(e) => Err(Failure::Retry(format!(
+            "checking group {group} in Redis: {e}"
+        ))),
+    }
 }
 
 /// Ids of the ranges with no row among `rows` (both ascending).

@@ -162,6 +162,13 @@ impl Ledger {
         Ok(v)
     }
 
+    /// Whether the producer planned the group (it is in `groups`).
+    pub async fn is_planned(&self, first: u64) -> Result<bool, LedgerError> {
+        let mut con = self.con.clone();
+        let score: Option<f64> = con.zscore(self.job_key("groups"), first).await?;
+        Ok(score.is_some())
+    }
+
     /// The `meta` hash of each group, in order.
     pub async fn metas(&self, firsts: &[u64]) -> Result<Vec<HashMap<String, String>>, LedgerError> {
         let mut out = Vec::with_capacity(firsts.len());
