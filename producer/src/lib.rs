@@ -58,13 +58,6 @@ pub async fn run(
     let columns = source.describe().await.map_err(source_error)?;
     info!(job = %job.name, table = %job.source.table, columns = columns.len(), "source described");
 
-    let ledger = Ledger::connect(&opts.redis_url, &job.name)
-        .await
-        .context("connecting to Redis")?;
-    bitmig_shared::cli::check_spec(&ledger, job, true, &[]).await?;
-
-    let mut amqp = Some(Amqp::connect(&opts.amqp_url, &job.name).await?);
-
     let bounds = match (opts.from, opts.to) {
         (Some(lo), Some(hi)) => Some((lo, hi)),
         (lo, hi) => source
@@ -73,16 +66,29 @@ pub async fn run(
             .map_err(source_error)?
             .map(|(min, max)| (lo.unwrap_or(min), hi.unwrap_or(max))),
     };
-    let Some((lo, hi)) = bounds.filter(|(lo, hi)| lo <= hi) else {
+    // Whole groups: the ledger's unit. `--from`/`--to` are widened to the groups that hold them.
+    let gs = job.group_size;
+    let bounds = bounds
+        .filter(|(lo, hi)| lo <= hi)
+        .map(|(lo, hi)| (group_of(lo, gs), group_last(group_of(hi, gs), gs)));
+    if let Some((lo, hi)) = bounds {
+        check_ranges_cover(job, &*source, lo, hi).await?;
+    }
+
+    let ledger = Ledger::connect(&opts.redis_url, &job.name)
+        .await
+        .context("connecting to Redis")?;
+    bitmig_shared::cli::check_spec(&ledger, job, true, &[]).await?;
+
+    let mut amqp = Some(Amqp::connect(&opts.amqp_url, &job.name).await?);
+
+    let Some((lo, hi)) = bounds else {
         info!(job = %job.name, "the source has no rows in range: nothing to produce");
         ledger
             .set_producer_state(&[("status", "done".into()), ("finished_at", now_rfc3339())])
             .await?;
         return Ok(Summary::default());
     };
-    let gs = job.group_size;
-    // Whole groups: the ledger's unit. `--from`/`--to` are widened to the groups that hold them.
-    let (lo, hi) = (group_of(lo, gs), group_last(group_of(hi, gs), gs));
 
     let planned = ledger.groups().await?;
     let metas = ledger.metas(&planned).await?;
@@ -187,6 +193,48 @@ pub async fn run(
         let _ = amqp.conn.close(200, "done".into()).await;
     }
     Ok(summary)
+}
+
+/// With `[target.ranges]`, an id of the source outside every range has nowhere to go: refuse the job before
+/// publishing anything, naming the first such id and the stretch it lies in (a few `LIMIT 1` look-ups, one
+/// per gap between ranges).
+async fn check_ranges_cover(
+    job: &JobSpec,
+    source: &dyn source::Source,
+    lo: u64,
+    hi: u64,
+) -> anyhow::Result<()> {
+    let bitmig_shared::job::TargetSpec::Sql(t) = &job.target else {
+        return Ok(());
+    };
+    let bitmig_shared::job::TableRoute::Ranges(map) = &t.table else {
+        return Ok(());
+    };
+    let mut gaps = Vec::new();
+    let mut next = Some(lo);
+    for r in &map.ranges {
+        if let Some(from) = next.filter(|f| *f < r.first && *f <= hi) {
+            gaps.push((from, (r.first - 1).min(hi)));
+        }
+        next = next.map(|n| n.max(r.last.saturating_add(1)));
+        if r.last == u64::MAX {
+            next = None;
+        }
+    }
+    if let Some(from) = next.filter(|f| *f <= hi) {
+        gaps.push((from, hi));
+    }
+    for (from, to) in gaps {
+        if let Some(id) = source.next_key(from, to).await.map_err(source_error)? {
+            return Err(BadInput(format!(
+                "job file {}: `[target.ranges]` has no table for key {id} (no range covers {from}..{to}, \
+                 and the source has rows there)",
+                job.path.display()
+            ))
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// Attempts at one group before the producer gives up; with the delays below they span about 90 s, long
