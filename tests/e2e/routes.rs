@@ -320,13 +320,14 @@ async fn time_routes_put_each_row_in_its_month_table() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn id_ranges_send_each_key_to_its_table_and_fail_keys_outside_every_range() {
+async fn id_ranges_send_each_key_to_its_table_and_a_key_outside_every_range_stops_the_plan() {
     let job = TestJob::new(1_000, 250).await;
     create_orders(&job).await;
     for t in ["r_low", "r_mid", "r_high"] {
         job.sql(&format!("CREATE TABLE {t} LIKE src")).await;
     }
-    // Source ids are 3..=12000; 5001..=5999 are in no range.
+    // Source ids are 3..=12000; 5001..=5999 are in no range: known at plan time, so the producer refuses
+    // the job (the rule) before it stores or publishes anything.
     job.write_file(
         "job.toml",
         &job_file(
@@ -334,13 +335,43 @@ async fn id_ranges_send_each_key_to_its_table_and_fail_keys_outside_every_range(
             "[target.ranges]\n\"6000..99999\" = \"r_high\"\n\"0..2999\" = \"r_low\"\n\"3000..5000\" = \"r_mid\"",
         ),
     );
+    let first_gap_id = job
+        .sql_u64("SELECT MIN(id) FROM src WHERE id BETWEEN 5001 AND 5999")
+        .await;
+    let refused = job
+        .run(crate::helpers::Bin::Producer, &["--job", job.job_arg()])
+        .await;
+    refused.expect_code(2);
+    assert!(
+        refused
+            .stderr
+            .contains(&format!("no table for key {first_gap_id}")),
+        "the error names the first key without a table\n{}",
+        refused.describe()
+    );
+    assert!(job.groups().await.is_empty(), "nothing planned");
+    assert_eq!(
+        job.message_count(&format!("bitmig.{}.work", job.name))
+            .await
+            .unwrap_or(0),
+        0,
+        "nothing published"
+    );
 
+    // The operator closes the gap; the same job name now runs (no spec was stored by the refused run).
+    job.write_file(
+        "job.toml",
+        &job_file(
+            &job,
+            "[target.ranges]\n\"6000..99999\" = \"r_high\"\n\"0..2999\" = \"r_low\"\n\"3000..5999\" = \"r_mid\"",
+        ),
+    );
     job.produce(&[]).await;
     job.consume_until_idle(2, &[]).await;
 
     for (table, lo, hi) in [
         ("r_low", 0, 2999),
-        ("r_mid", 3000, 5000),
+        ("r_mid", 3000, 5999),
         ("r_high", 6000, 99999),
     ] {
         let want = job
@@ -361,24 +392,9 @@ async fn id_ranges_send_each_key_to_its_table_and_fail_keys_outside_every_range(
             "{table}: rows, rows outside its range"
         );
     }
-    let gap: BTreeSet<u64> = job
-        .sql_ids("SELECT id FROM src WHERE id BETWEEN 5001 AND 5999")
-        .await
-        .into_iter()
-        .collect();
-    let failed = failed(&job).await;
-    assert_eq!(failed.keys().copied().collect::<BTreeSet<_>>(), gap);
-    assert!(
-        failed.values().all(|r| r.contains("outside every range")),
-        "{failed:?}"
-    );
-    let landed: BTreeSet<u64> = job
-        .ids_of("src")
-        .await
-        .into_iter()
-        .filter(|id| !gap.contains(id))
-        .collect();
-    assert_eq!(target_bits(&job).await, landed);
+    assert!(failed(&job).await.is_empty());
+    let all: BTreeSet<u64> = job.ids_of("src").await.into_iter().collect();
+    assert_eq!(target_bits(&job).await, all);
 }
 
 #[tokio::test(flavor = "multi_thread")]
