@@ -62,3 +62,23 @@ pub fn open(job: &JobSpec, max_connections: usize) -> Result<Box<dyn Source>, So
         Engine::Postgres => Ok(Box::new(PgSource::new(job, max_connections)?)),
     }
 }
+
+/// Where the key column is among the columns read; it must be there and hold integers.
+pub(crate) fn key_index(table: &str, columns: &[Column], key: &str) -> Result<usize, SourceError> {
+    let schema = |message: String| SourceError::Schema {
+        table: table.to_owned(),
+        message,
+    };
+    let i = columns.iter().position(|c| c.name == key).ok_or_else(|| {
+        schema(format!(
+            "the key column `{key}` is not among the columns read"
+        ))
+    })?;
+    if !matches!(columns[i].ty, crate::value::ColumnType::Int { .. }) {
+        return Err(schema(format!(
+            "the key `{key}` is {}, not an integer",
+            columns[i].type_name
+        )));
+    }
+    Ok(i)
+}

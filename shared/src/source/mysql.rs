@@ -102,25 +102,7 @@ impl MySqlSource {
                     .map_err(|e| self.err(e))?;
                 let columns: Vec<Column> = stmt.columns().iter().map(describe_column).collect();
                 let key_name = self.key.trim_matches('`');
-                let key_index =
-                    columns
-                        .iter()
-                        .position(|c| c.name == key_name)
-                        .ok_or_else(|| SourceError::Schema {
-                            table: self.table_label.clone(),
-                            message: format!(
-                                "the key column `{key_name}` is not among the columns read"
-                            ),
-                        })?;
-                if !matches!(columns[key_index].ty, ColumnType::Int { .. }) {
-                    return Err(SourceError::Schema {
-                        table: self.table_label.clone(),
-                        message: format!(
-                            "the key `{key_name}` is {}, not an integer",
-                            columns[key_index].type_name
-                        ),
-                    });
-                }
+                let key_index = super::key_index(&self.table_label, &columns, key_name)?;
                 let select_list = columns
                     .iter()
                     .map(|c| format!("`{}`", c.name.replace('`', "``")))

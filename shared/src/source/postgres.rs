@@ -14,7 +14,7 @@ use crate::ids::{count_in, ranges_contain, IdRange};
 use crate::job::{Engine, JobSpec};
 use crate::pg::{column_type, decode, pg_error_text, pg_is_transient, pg_pool, RawPg};
 use crate::sql::{quote, quote_table};
-use crate::value::{Column, ColumnType, Row, RowSet};
+use crate::value::{Column, Row, RowSet};
 
 /// As in the MySQL source: a batch whose span is at most this many times its id count is read with one
 /// `BETWEEN`.
@@ -129,25 +129,7 @@ impl PgSource {
                     })
                     .collect();
                 let key_name = self.key.trim_matches('"');
-                let key_index =
-                    columns
-                        .iter()
-                        .position(|c| c.name == key_name)
-                        .ok_or_else(|| SourceError::Schema {
-                            table: self.table_label.clone(),
-                            message: format!(
-                                "the key column `{key_name}` is not among the columns read"
-                            ),
-                        })?;
-                if !matches!(columns[key_index].ty, ColumnType::Int { .. }) {
-                    return Err(SourceError::Schema {
-                        table: self.table_label.clone(),
-                        message: format!(
-                            "the key `{key_name}` is {}, not an integer",
-                            columns[key_index].type_name
-                        ),
-                    });
-                }
+                let key_index = super::key_index(&self.table_label, &columns, key_name)?;
                 let select_list = columns
                     .iter()
                     .map(|c| format!("\"{}\"", c.name.replace('"', "\"\"")))
