@@ -447,3 +447,30 @@ mod tests {
         assert_eq!(body, " (\"c\" integer, PRIMARY KEY (\"id\"))");
     }
 }
+
+/// Target tables known to exist in this process (`create = true`), shared by the consumer's batches: the
+/// per-batch check is a set look-up, and a table is created at most once per process.
+#[derive(Debug, Default)]
+pub(crate) struct KnownTables(std::sync::Mutex<std::collections::HashSet<crate::job::TableName>>);
+
+impl KnownTables {
+    /// Those of `tables` not yet known to exist.
+    pub(crate) fn missing<'t>(
+        &self,
+        tables: &[&'t crate::job::TableName],
+    ) -> Vec<&'t crate::job::TableName> {
+        let known = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        tables
+            .iter()
+            .copied()
+            .filter(|t| !known.contains(*t))
+            .collect()
+    }
+
+    pub(crate) fn insert(&self, table: &crate::job::TableName) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(table.clone());
+    }
+}

@@ -17,8 +17,7 @@
 //! - The single-table statement stays prepared on its connection across batches; routed tables' statements
 //!   are prepared per batch (one per table and row count would pile up on every connection).
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::Mutex;
+use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use tokio::sync::OnceCell;
@@ -58,7 +57,7 @@ struct Creator {
     same_database: bool,
     /// What follows `CREATE TABLE IF NOT EXISTS t`, worked out once.
     tail: OnceCell<String>,
-    created: Mutex<HashSet<TableName>>,
+    created: super::create::KnownTables,
 }
 
 /// Rows of one table, at most one statement's worth.
@@ -91,7 +90,7 @@ impl PgSink {
                     && url_database(job.source.url.expose()) == url_database(t.url.expose()),
                 source: job.source.clone(),
                 tail: OnceCell::new(),
-                created: Mutex::new(HashSet::new()),
+                created: Default::default(),
             }),
         })
     }
@@ -127,14 +126,7 @@ impl PgSink {
         let Some(creator) = &self.create else {
             return Ok(());
         };
-        let missing: Vec<&TableName> = {
-            let created = creator.created.lock().unwrap_or_else(|e| e.into_inner());
-            tables
-                .iter()
-                .copied()
-                .filter(|t| !created.contains(*t))
-                .collect()
-        };
+        let missing = creator.created.missing(tables);
         if missing.is_empty() {
             return Ok(());
         }
@@ -167,11 +159,7 @@ impl PgSink {
                 }
             }
             info!(table = %table, "target table created (or already there)");
-            creator
-                .created
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(table.clone());
+            creator.created.insert(table);
         }
         Ok(())
     }

@@ -19,8 +19,7 @@
 //!   rollback), the rest of the transaction commits, and the refused piece is bisected until the bad row is
 //!   isolated in `failed`.
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::Mutex;
+use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use mysql_async::prelude::Queryable;
@@ -59,7 +58,7 @@ struct Creator {
     /// The source is on the target's server: `LIKE` can copy the table as it is.
     same_server: bool,
     how: OnceCell<CreateHow>,
-    created: Mutex<HashSet<TableName>>,
+    created: super::create::KnownTables,
 }
 
 /// What follows `CREATE TABLE IF NOT EXISTS t`.
@@ -91,7 +90,7 @@ impl MySqlSink {
                 same_server: same_mysql_server(&job.source.url, &t.url),
                 source: job.source.clone(),
                 how: OnceCell::new(),
-                created: Mutex::new(HashSet::new()),
+                created: Default::default(),
             }),
         })
     }
@@ -139,14 +138,7 @@ impl MySqlSink {
         let Some(creator) = &self.create else {
             return Ok(());
         };
-        let missing: Vec<&TableName> = {
-            let created = creator.created.lock().unwrap_or_else(|e| e.into_inner());
-            tables
-                .iter()
-                .copied()
-                .filter(|t| !created.contains(*t))
-                .collect()
-        };
+        let missing = creator.created.missing(tables);
         if missing.is_empty() {
             return Ok(());
         }
@@ -171,11 +163,7 @@ impl MySqlSink {
                 }
             })?;
             info!(table = %table, "target table created (or already there)");
-            creator
-                .created
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(table.clone());
+            creator.created.insert(table);
         }
         Ok(())
     }

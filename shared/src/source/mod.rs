@@ -82,3 +82,36 @@ pub(crate) fn key_index(table: &str, columns: &[Column], key: &str) -> Result<us
     }
     Ok(i)
 }
+
+/// The SQL text a source builds its queries from, quoted for its engine once.
+pub(crate) struct SourceSql {
+    /// The table as the job names it, for messages.
+    pub table_label: String,
+    pub from_table: String,
+    /// The quoted key column.
+    pub key: String,
+    /// ` AND (filter)`, or empty.
+    pub filter: String,
+    /// The job's column list, `None` for every column.
+    pub columns: Option<Vec<String>>,
+}
+
+impl SourceSql {
+    pub fn new(job: &JobSpec, engine: Engine) -> Self {
+        let s = &job.source;
+        Self {
+            table_label: s.table.to_string(),
+            from_table: crate::sql::quote_table(engine, &s.table),
+            key: crate::sql::quote(engine, &s.key),
+            filter: s
+                .filter
+                .as_ref()
+                .map(|f| format!(" AND ({f})"))
+                .unwrap_or_default(),
+            columns: s
+                .columns
+                .as_ref()
+                .map(|cols| cols.iter().map(|c| c.as_str().to_owned()).collect()),
+        }
+    }
+}

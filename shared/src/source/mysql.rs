@@ -10,7 +10,7 @@ use tokio::sync::OnceCell;
 use super::{Source, SourceError};
 use crate::ids::{count_in, ranges_contain, IdRange};
 use crate::job::{Engine, JobSpec};
-use crate::sql::{mysql_error_text, mysql_is_transient, mysql_pool, quote, quote_table};
+use crate::sql::{mysql_error_text, mysql_is_transient, mysql_pool};
 use crate::value::{Column, ColumnType, Row, RowSet, Value};
 
 /// Ranges at most this many, or a span at most this many times the id count, are read with one
@@ -19,11 +19,7 @@ const DENSE_SPAN_FACTOR: u64 = 4;
 
 pub struct MySqlSource {
     pool: mysql_async::Pool,
-    table_label: String,
-    from_table: String,
-    key: String,
-    filter: String,
-    columns: Option<Vec<String>>,
+    sql: super::SourceSql,
     described: OnceCell<Described>,
 }
 
@@ -42,18 +38,7 @@ impl MySqlSource {
         })?;
         Ok(Self {
             pool,
-            table_label: s.table.to_string(),
-            from_table: quote_table(Engine::Mysql, &s.table),
-            key: quote(Engine::Mysql, &s.key),
-            filter: s
-                .filter
-                .as_ref()
-                .map(|f| format!(" AND ({f})"))
-                .unwrap_or_default(),
-            columns: s
-                .columns
-                .as_ref()
-                .map(|cols| cols.iter().map(|c| c.as_str().to_owned()).collect()),
+            sql: super::SourceSql::new(job, Engine::Mysql),
             described: OnceCell::new(),
         })
     }
@@ -65,13 +50,13 @@ impl MySqlSource {
             // no such table / column / database: the job does not fit the schema
             if matches!(s.code, 1146 | 1054 | 1049) {
                 return SourceError::Schema {
-                    table: self.table_label.clone(),
+                    table: self.sql.table_label.clone(),
                     message,
                 };
             }
         }
         SourceError::Query {
-            table: self.table_label.clone(),
+            table: self.sql.table_label.clone(),
             message,
             transient,
         }
@@ -85,7 +70,7 @@ impl MySqlSource {
         self.described
             .get_or_try_init(|| async {
                 let mut conn = self.conn().await?;
-                let list = match &self.columns {
+                let list = match &self.sql.columns {
                     Some(cols) => cols
                         .iter()
                         .map(|c| format!("`{c}`"))
@@ -96,13 +81,13 @@ impl MySqlSource {
                 let stmt = conn
                     .prep(format!(
                         "SELECT {list} FROM {} WHERE 1 = 0",
-                        self.from_table
+                        self.sql.from_table
                     ))
                     .await
                     .map_err(|e| self.err(e))?;
                 let columns: Vec<Column> = stmt.columns().iter().map(describe_column).collect();
-                let key_name = self.key.trim_matches('`');
-                let key_index = super::key_index(&self.table_label, &columns, key_name)?;
+                let key_name = self.sql.key.trim_matches('`');
+                let key_index = super::key_index(&self.sql.table_label, &columns, key_name)?;
                 let select_list = columns
                     .iter()
                     .map(|c| format!("`{}`", c.name.replace('`', "``")))
@@ -191,9 +176,9 @@ impl Source for MySqlSource {
         let mut conn = self.conn().await?;
         let sql = format!(
             "SELECT MIN({k}), MAX({k}) FROM {t} WHERE {k} >= 0{f}",
-            k = self.key,
-            t = self.from_table,
-            f = self.filter
+            k = self.sql.key,
+            t = self.sql.from_table,
+            f = self.sql.filter
         );
         let row: Option<(Option<u64>, Option<u64>)> =
             conn.exec_first(sql, ()).await.map_err(|e| self.err(e))?;
@@ -207,9 +192,9 @@ impl Source for MySqlSource {
         let mut conn = self.conn().await?;
         let sql = format!(
             "SELECT {k} FROM {t} WHERE {k} >= ? AND {k} <= ?{f} ORDER BY {k} LIMIT 1",
-            k = self.key,
-            t = self.from_table,
-            f = self.filter
+            k = self.sql.key,
+            t = self.sql.from_table,
+            f = self.sql.filter
         );
         conn.exec_first(sql, (from, to))
             .await
@@ -220,9 +205,9 @@ impl Source for MySqlSource {
         let mut conn = self.conn().await?;
         let sql = format!(
             "SELECT {k} FROM {t} WHERE {k} >= ? AND {k} <= ?{f} ORDER BY {k}",
-            k = self.key,
-            t = self.from_table,
-            f = self.filter
+            k = self.sql.key,
+            t = self.sql.from_table,
+            f = self.sql.filter
         );
         conn.exec(sql, (first, last)).await.map_err(|e| self.err(e))
     }
@@ -244,20 +229,21 @@ impl Source for MySqlSource {
                 format!(
                     "SELECT {c} FROM {t} WHERE {k} BETWEEN ? AND ?{f}",
                     c = d.select_list,
-                    t = self.from_table,
-                    k = self.key,
-                    f = self.filter
+                    t = self.sql.from_table,
+                    k = self.sql.key,
+                    f = self.sql.filter
                 ),
                 vec![lo.into(), hi.into()],
             )
         } else {
-            let preds = vec![format!("{} BETWEEN ? AND ?", self.key); ranges.len()].join(" OR ");
+            let preds =
+                vec![format!("{} BETWEEN ? AND ?", self.sql.key); ranges.len()].join(" OR ");
             (
                 format!(
                     "SELECT {c} FROM {t} WHERE ({preds}){f}",
                     c = d.select_list,
-                    t = self.from_table,
-                    f = self.filter
+                    t = self.sql.from_table,
+                    f = self.sql.filter
                 ),
                 ranges
                     .iter()

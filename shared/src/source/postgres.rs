@@ -13,7 +13,6 @@ use super::{Source, SourceError};
 use crate::ids::{count_in, ranges_contain, IdRange};
 use crate::job::{Engine, JobSpec};
 use crate::pg::{column_type, decode, pg_error_text, pg_is_transient, pg_pool, RawPg};
-use crate::sql::{quote, quote_table};
 use crate::value::{Column, Row, RowSet};
 
 /// As in the MySQL source: a batch whose span is at most this many times its id count is read with one
@@ -22,11 +21,7 @@ const DENSE_SPAN_FACTOR: u64 = 4;
 
 pub struct PgSource {
     pool: deadpool_postgres::Pool,
-    table_label: String,
-    from_table: String,
-    key: String,
-    filter: String,
-    columns: Option<Vec<String>>,
+    sql: super::SourceSql,
     described: OnceCell<Described>,
 }
 
@@ -51,18 +46,7 @@ impl PgSource {
         })?;
         Ok(Self {
             pool,
-            table_label: s.table.to_string(),
-            from_table: quote_table(Engine::Postgres, &s.table),
-            key: quote(Engine::Postgres, &s.key),
-            filter: s
-                .filter
-                .as_ref()
-                .map(|f| format!(" AND ({f})"))
-                .unwrap_or_default(),
-            columns: s
-                .columns
-                .as_ref()
-                .map(|cols| cols.iter().map(|c| c.as_str().to_owned()).collect()),
+            sql: super::SourceSql::new(job, Engine::Postgres),
             described: OnceCell::new(),
         })
     }
@@ -77,12 +61,12 @@ impl PgSource {
             )
         }) {
             return SourceError::Schema {
-                table: self.table_label.clone(),
+                table: self.sql.table_label.clone(),
                 message,
             };
         }
         SourceError::Query {
-            table: self.table_label.clone(),
+            table: self.sql.table_label.clone(),
             message,
             transient: pg_is_transient(e),
         }
@@ -92,7 +76,7 @@ impl PgSource {
         self.pool.get().await.map_err(|e| match e {
             deadpool_postgres::PoolError::Backend(e) => self.err(&e),
             other => SourceError::Query {
-                table: self.table_label.clone(),
+                table: self.sql.table_label.clone(),
                 message: other.to_string(),
                 transient: true,
             },
@@ -103,7 +87,7 @@ impl PgSource {
         self.described
             .get_or_try_init(|| async {
                 let client = self.client().await?;
-                let list = match &self.columns {
+                let list = match &self.sql.columns {
                     Some(cols) => cols
                         .iter()
                         .map(|c| format!("\"{c}\""))
@@ -114,7 +98,7 @@ impl PgSource {
                 let stmt = client
                     .prepare(&format!(
                         "SELECT {list} FROM {} WHERE false",
-                        self.from_table
+                        self.sql.from_table
                     ))
                     .await
                     .map_err(|e| self.err(&e))?;
@@ -128,8 +112,8 @@ impl PgSource {
                         type_name: format!("{} (PostgreSQL)", c.type_().name()),
                     })
                     .collect();
-                let key_name = self.key.trim_matches('"');
-                let key_index = super::key_index(&self.table_label, &columns, key_name)?;
+                let key_name = self.sql.key.trim_matches('"');
+                let key_index = super::key_index(&self.sql.table_label, &columns, key_name)?;
                 let select_list = columns
                     .iter()
                     .map(|c| format!("\"{}\"", c.name.replace('"', "\"\"")))
@@ -175,9 +159,9 @@ impl Source for PgSource {
         let client = self.client().await?;
         let sql = format!(
             "SELECT MIN({k})::int8, MAX({k})::int8 FROM {t} WHERE {k} >= 0{f}",
-            k = self.key,
-            t = self.from_table,
-            f = self.filter
+            k = self.sql.key,
+            t = self.sql.from_table,
+            f = self.sql.filter
         );
         let row = client
             .query_one(&sql, &[])
@@ -193,9 +177,9 @@ impl Source for PgSource {
     async fn next_key(&self, from: u64, to: u64) -> Result<Option<u64>, SourceError> {
         let sql = format!(
             "SELECT {k}::int8 FROM {t} WHERE {k} >= $1::int8 AND {k} <= $2::int8{f} ORDER BY {k} LIMIT 1",
-            k = self.key,
-            t = self.from_table,
-            f = self.filter
+            k = self.sql.key,
+            t = self.sql.from_table,
+            f = self.sql.filter
         );
         Ok(self
             .keys(&sql, &[key_param(from), key_param(to)])
@@ -207,9 +191,9 @@ impl Source for PgSource {
     async fn keys_between(&self, first: u64, last: u64) -> Result<Vec<u64>, SourceError> {
         let sql = format!(
             "SELECT {k}::int8 FROM {t} WHERE {k} >= $1::int8 AND {k} <= $2::int8{f} ORDER BY {k}",
-            k = self.key,
-            t = self.from_table,
-            f = self.filter
+            k = self.sql.key,
+            t = self.sql.from_table,
+            f = self.sql.filter
         );
         self.keys(&sql, &[key_param(first), key_param(last)]).await
     }
@@ -231,9 +215,9 @@ impl Source for PgSource {
                 format!(
                     "SELECT {c} FROM {t} WHERE {k} BETWEEN $1::int8 AND $2::int8{f}",
                     c = d.select_list,
-                    t = self.from_table,
-                    k = self.key,
-                    f = self.filter
+                    t = self.sql.from_table,
+                    k = self.sql.key,
+                    f = self.sql.filter
                 ),
                 vec![key_param(lo), key_param(hi)],
             )
@@ -244,7 +228,7 @@ impl Source for PgSource {
                         "{k} BETWEEN ${}::int8 AND ${}::int8",
                         2 * i + 1,
                         2 * i + 2,
-                        k = self.key
+                        k = self.sql.key
                     )
                 })
                 .collect();
@@ -253,8 +237,8 @@ impl Source for PgSource {
                     "SELECT {c} FROM {t} WHERE ({}){f}",
                     preds.join(" OR "),
                     c = d.select_list,
-                    t = self.from_table,
-                    f = self.filter
+                    t = self.sql.from_table,
+                    f = self.sql.filter
                 ),
                 ranges
                     .iter()
@@ -283,7 +267,7 @@ impl Source for PgSource {
             for (i, ty) in d.types.iter().enumerate() {
                 let RawPg(bytes) = r.try_get::<_, RawPg<'_>>(i).map_err(|e| self.err(&e))?;
                 values.push(decode(ty, bytes).map_err(|message| SourceError::Query {
-                    table: self.table_label.clone(),
+                    table: self.sql.table_label.clone(),
                     message: format!("column `{}`: {message}", d.columns[i].name),
                     transient: false,
                 })?);
