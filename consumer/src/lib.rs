@@ -304,44 +304,54 @@ async fn handle(ctx: &Ctx, publisher: &Mutex<Publisher>, d: Delivery) {
         Err(_) => tracing::info_span!("batch", job = %ctx.job.name),
     };
     async {
-        let result = match parsed {
-            Ok(m) => process(ctx, &m).await.map_err(|f| (Some(m), f)),
-            Err(reason) => Err((None, Failure::Dead(reason))),
+        let dead = queue::dead_queue(&ctx.job.name);
+        // Where the delivery goes instead, when it did not complete: (queue, body, reason header).
+        let handoff: Option<(String, Vec<u8>, Option<String>)> = match parsed {
+            Err(reason) => Some((dead.clone(), d.data.clone(), Some(reason))),
+            Ok(m) => match process(ctx, &m).await {
+                Ok(()) => None,
+                Err(Failure::Dead(reason)) => Some((dead.clone(), d.data.clone(), Some(reason))),
+                Err(Failure::Retry(reason)) => {
+                    let mut m = m;
+                    m.attempt += 1;
+                    if m.attempt > MAX_ATTEMPTS {
+                        error!(reason = %reason, attempts = m.attempt - 1, "batch failed every attempt: to the dead queue");
+                        let why = format!("failed {} attempts; last error: {reason}", m.attempt - 1);
+                        Some((dead.clone(), m.to_json(), Some(why)))
+                    } else {
+                        warn!(reason = %reason, next_attempt = m.attempt, "batch will be retried");
+                        Some((queue::retry_queue_for(&ctx.job.name, m.attempt), m.to_json(), None))
+                    }
+                }
+            },
         };
-        let settled = match result {
-            Ok(()) => Ok(()),
-            Err((m, Failure::Dead(reason))) => {
-                warn!(reason = %reason, "message to the dead queue");
-                ctx.stats.dead.fetch_add(1, Ordering::Relaxed);
-                publisher
+        let settled = match handoff {
+            None => Ok(()),
+            Some((queue_name, body, why)) => {
+                if queue_name == dead {
+                    warn!(reason = why.as_deref().unwrap_or_default(), "message to the dead queue");
+                }
+                let sent = publisher
                     .lock()
                     .await
-                    .publish_confirmed(&queue::dead_queue(&ctx.job.name), &d.data, Some(&reason))
-                    .await
-                    .map_err(|e| {
-                        error!(error = %e, "could not hand the message to the dead queue");
-                        let _ = m;
-                    })
+                    .publish_confirmed(&queue_name, &body, why.as_deref())
+                    .await;
+                match sent {
+                    Ok(()) if queue_name == dead => {
+                        ctx.stats.dead.fetch_add(1, Ordering::Relaxed);
+                        Ok(())
+                    }
+                    Ok(()) => {
+                        ctx.stats.retried.fetch_add(1, Ordering::Relaxed);
+                        Ok(())
+                    }
+                    // Not handed over: the broker keeps the delivery (nack with requeue below).
+                    Err(e) => {
+                        error!(error = %e, "could not hand the batch to {queue_name}");
+                        Err(())
+                    }
+                }
             }
-            Err((Some(mut m), Failure::Retry(reason))) => {
-                m.attempt += 1;
-                let (queue_name, why) = if m.attempt > MAX_ATTEMPTS {
-                    error!(reason = %reason, attempts = m.attempt - 1, "batch failed every attempt: to the dead queue");
-                    ctx.stats.dead.fetch_add(1, Ordering::Relaxed);
-                    (queue::dead_queue(&ctx.job.name), Some(format!("failed {} attempts; last error: {reason}", m.attempt - 1)))
-                } else {
-                    warn!(reason = %reason, next_attempt = m.attempt, "batch will be retried");
-                    ctx.stats.retried.fetch_add(1, Ordering::Relaxed);
-                    (queue::retry_queue_for(&ctx.job.name, m.attempt), None)
-                };
-                publisher
-                    .lock()
-                    .await
-                    .publish_confirmed(&queue_name, &m.to_json(), why.as_deref())
-                    .await
-                    .map_err(|e| error!(error = %e, "could not hand the batch to {queue_name}"))
-            }
-            Err((None, Failure::Retry(_))) => Err(()),
         };
         let acked = match settled {
             Ok(()) => d.ack(BasicAckOptions::default()).await,
