@@ -51,8 +51,12 @@ pub fn mysql_pool(
             // No COM_RESET_CONNECTION when a connection returns to the pool: it would drop the prepared
             // statements (re-preparing a 7 000-placeholder INSERT per batch costs more than writing it) and
             // the session settings above. Nothing we do leaves other session state behind.
+            // A non-zero idle TTL also keeps up to `max_connections` idle connections between uses: with the
+            // default (zero) the pool keeps one and closes every other connection as it comes back, so a busy
+            // consumer reconnected — and re-prepared its statements — for almost every batch.
             mysql_async::PoolOpts::default()
                 .with_constraints(constraints)
+                .with_inactive_connection_ttl(std::time::Duration::from_secs(60))
                 .with_reset_connection(false),
         );
     Ok(mysql_async::Pool::new(builder))

@@ -8,6 +8,7 @@ mod helpers;
 
 mod bad_job_file;
 mod compensator_redrive;
+mod connections;
 mod consumer_crash;
 mod consumer_sigterm;
 mod copy;
