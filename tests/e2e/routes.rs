@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use mysql_async::prelude::Queryable;
 use redis::AsyncCommands;
 
-use crate::helpers::{Bits, TestJob};
+use crate::helpers::{clean_up, drop_database, Bits, TestJob};
 
 const ROWS: u64 = 4_000;
 
@@ -79,22 +79,11 @@ impl Databases {
 impl Drop for Databases {
     fn drop(&mut self) {
         let (url, names) = (self.url.clone(), self.names.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a cleanup runtime");
-            rt.block_on(async {
-                if let Ok(mut conn) = mysql_async::Conn::from_url(url.as_str()).await {
-                    for name in names {
-                        let _ = conn
-                            .query_drop(format!("DROP DATABASE IF EXISTS `{name}`"))
-                            .await;
-                    }
-                }
-            })
-        })
-        .join();
+        clean_up("the shards' databases", async move {
+            for name in names {
+                drop_database(&url, &name).await;
+            }
+        });
     }
 }
 

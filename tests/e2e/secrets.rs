@@ -5,10 +5,12 @@
 
 use std::process::Command as StdCommand;
 
-use mysql_async::prelude::Queryable;
 use rand::Rng;
 
-use crate::helpers::{gappy_ids, path_str, Bin, Finished, TestJob, COMMAND_DEADLINE};
+use crate::helpers::{
+    clean_up, gappy_ids, path_str, with_credentials, Bin, Finished, MysqlUser, TestJob,
+    COMMAND_DEADLINE,
+};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn passwords_appear_in_no_log_no_ledger_key_and_no_message() {
@@ -219,26 +221,17 @@ async fn run_traced(job: &TestJob, bin: Bin, args: &[&str]) -> Finished {
 /// The MariaDB, RabbitMQ and Redis users of a test, with one password. Dropping the guard deletes them.
 struct Users {
     name: String,
-    mysql_url: String,
     redis_url: String,
+    _mysql: MysqlUser,
 }
 
 impl Users {
     async fn create(job: &TestJob, name: &str, password: &str) -> Self {
         let users = Self {
             name: name.to_owned(),
-            mysql_url: job.services.mysql_url.clone(),
             redis_url: job.services.redis_url.clone(),
+            _mysql: MysqlUser::create(job, name, password, "").await,
         };
-        job.sql(&format!(
-            "CREATE USER '{name}'@'%' IDENTIFIED BY '{password}'"
-        ))
-        .await;
-        job.sql(&format!(
-            "GRANT ALL PRIVILEGES ON `{}`.* TO '{name}'@'%'",
-            job.database
-        ))
-        .await;
         rabbitmqctl(&["add_user", name, password]);
         rabbitmqctl(&["set_permissions", "-p", "/", name, ".*", ".*", ".*"]);
         let mut redis = job.redis.clone();
@@ -261,51 +254,29 @@ impl Users {
     }
 }
 
+/// Deletes the Redis and RabbitMQ users; the MariaDB user goes with its own guard.
 impl Drop for Users {
     fn drop(&mut self) {
-        let (name, mysql_url, redis_url) = (
-            self.name.clone(),
-            self.mysql_url.clone(),
-            self.redis_url.clone(),
-        );
-        let done = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a cleanup runtime");
-            runtime.block_on(async {
-                if let Ok(mut conn) = mysql_async::Conn::from_url(mysql_url.as_str()).await {
-                    let dropped = conn
-                        .query_drop(format!("DROP USER IF EXISTS '{name}'@'%'"))
-                        .await;
-                    if let Err(e) = dropped {
-                        eprintln!("cleanup: MariaDB user {name}: {e}");
-                    }
-                    conn.disconnect().await.ok();
-                }
-                let deleted = async {
-                    let mut redis = redis::Client::open(redis_url.as_str())?
-                        .get_multiplexed_async_connection()
-                        .await?;
-                    redis::cmd("ACL")
-                        .arg(&["DELUSER", name.as_str()][..])
-                        .query_async::<()>(&mut redis)
-                        .await
-                };
-                if let Err(e) = deleted.await {
-                    eprintln!("cleanup: Redis user {name}: {e}");
-                }
-            });
-            let out = StdCommand::new("rabbitmqctl")
-                .args(["delete_user", &name])
-                .output();
-            if !out.is_ok_and(|o| o.status.success()) {
-                eprintln!("cleanup: RabbitMQ user {name} not deleted");
+        let (name, redis_url) = (self.name.clone(), self.redis_url.clone());
+        clean_up(format!("Redis user {name}"), async move {
+            let deleted = async {
+                let mut redis = redis::Client::open(redis_url.as_str())?
+                    .get_multiplexed_async_connection()
+                    .await?;
+                redis::cmd("ACL")
+                    .arg(&["DELUSER", name.as_str()][..])
+                    .query_async::<()>(&mut redis)
+                    .await
+            };
+            if let Err(e) = deleted.await {
+                eprintln!("cleanup: Redis user {name}: {e}");
             }
-        })
-        .join();
-        if done.is_err() {
-            eprintln!("cleanup of user {} panicked", self.name);
+        });
+        let out = StdCommand::new("rabbitmqctl")
+            .args(["delete_user", &self.name])
+            .output();
+        if !out.is_ok_and(|o| o.status.success()) {
+            eprintln!("cleanup: RabbitMQ user {} not deleted", self.name);
         }
     }
 }
@@ -322,15 +293,6 @@ fn rabbitmqctl(args: &[&str]) {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// `url` with this user and password.
-fn with_credentials(url: &str, user: &str, password: &str) -> String {
-    let mut url = url::Url::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
-    url.set_username(user).expect("a URL that takes a user");
-    url.set_password(Some(password))
-        .expect("a URL that takes a password");
-    url.to_string()
 }
 
 fn random_word(len: usize) -> String {

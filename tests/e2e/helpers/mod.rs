@@ -24,7 +24,7 @@ pub use process::{wait_while_running, Bin, Finished};
 #[allow(unused_imports)]
 pub use process::Proc;
 pub use queue::{assert_messages_cover, header_text, Message, ERROR_HEADER};
-pub use sql::{gappy_ids, TWO_POW_40};
+pub use sql::{drop_database, gappy_ids, MysqlUser, TWO_POW_40};
 
 use std::{
     future::Future,
@@ -288,8 +288,44 @@ where
     }
 }
 
-/// Deletes what a test leaves behind, from a thread of its own (Drop runs also while a panic unwinds, when the
-/// test's runtime may be unusable).
+/// Runs `work` (at most 30 s) on a runtime of its own, in a thread of its own, and waits for it: for `Drop`,
+/// which runs also while a panic unwinds, when the test's runtime may be unusable, and from inside that
+/// runtime, which cannot block on itself. `what` names the work in what it reports.
+pub fn clean_up(what: impl Into<String>, work: impl Future<Output = ()> + Send + 'static) {
+    let what = what.into();
+    let outcome = std::thread::spawn({
+        let what = what.clone();
+        move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a cleanup runtime");
+            runtime.block_on(async {
+                if tokio::time::timeout(Duration::from_secs(30), work)
+                    .await
+                    .is_err()
+                {
+                    eprintln!("cleanup of {what} timed out");
+                }
+            });
+        }
+    })
+    .join();
+    if outcome.is_err() {
+        eprintln!("cleanup of {what} panicked");
+    }
+}
+
+/// `url` with this user and password.
+pub fn with_credentials(url: &str, user: &str, password: &str) -> String {
+    let mut url = url::Url::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+    url.set_username(user).expect("a URL that takes a user");
+    url.set_password(Some(password))
+        .expect("a URL that takes a password");
+    url.to_string()
+}
+
+/// Deletes what a test leaves behind (see [`clean_up`]).
 struct Cleanup {
     job: String,
     database: String,
@@ -304,29 +340,11 @@ impl Drop for Cleanup {
             self.database.clone(),
             self.services.clone(),
         );
-        let outcome = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a cleanup runtime");
-            runtime.block_on(async {
-                let work = async {
-                    queue::delete_job_queues(&services.amqp_url, &job).await;
-                    ledger::delete_job_keys(&services.redis_url, &job).await;
-                    sql::drop_database(&services.mysql_url, &database).await;
-                };
-                if tokio::time::timeout(Duration::from_secs(30), work)
-                    .await
-                    .is_err()
-                {
-                    eprintln!("cleanup of {job} timed out");
-                }
-            });
-        })
-        .join();
-        if outcome.is_err() {
-            eprintln!("cleanup of {} panicked", self.job);
-        }
+        clean_up(self.job.clone(), async move {
+            queue::delete_job_queues(&services.amqp_url, &job).await;
+            ledger::delete_job_keys(&services.redis_url, &job).await;
+            sql::drop_database(&services.mysql_url, &database).await;
+        });
         if std::thread::panicking() {
             eprintln!("job file and program logs kept in {}", self.dir.display());
         } else {

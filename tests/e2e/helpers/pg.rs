@@ -1,8 +1,6 @@
 //! PostgreSQL for the tests: a database of the test's own (`bmt_<suffix>`, the same name as its MariaDB
 //! database), created empty and dropped when the test ends, whatever its outcome.
 
-use std::time::Duration;
-
 use super::TestJob;
 
 pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/";
@@ -103,29 +101,14 @@ struct DropDatabase {
 impl Drop for DropDatabase {
     fn drop(&mut self) {
         let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a cleanup runtime");
-            rt.block_on(async {
-                let work = async {
-                    let server = connect(&url_for("postgres")).await;
-                    if let Err(e) = server
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                        .await
-                    {
-                        eprintln!("cleanup: PostgreSQL database {name}: {e}");
-                    }
-                };
-                if tokio::time::timeout(Duration::from_secs(30), work)
-                    .await
-                    .is_err()
-                {
-                    eprintln!("cleanup of PostgreSQL database {name} timed out");
-                }
-            })
-        })
-        .join();
+        super::clean_up(format!("PostgreSQL database {name}"), async move {
+            let server = connect(&url_for("postgres")).await;
+            if let Err(e) = server
+                .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                .await
+            {
+                eprintln!("cleanup: PostgreSQL database {name}: {e}");
+            }
+        });
     }
 }

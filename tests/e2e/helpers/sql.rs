@@ -367,16 +367,63 @@ impl TestJob {
     }
 }
 
-/// Cleanup: drops the test's database, reporting (not failing on) errors.
-pub(super) async fn drop_database(server_url: &str, database: &str) {
-    let result = async {
-        let mut conn = mysql_async::Conn::from_url(server_url).await?;
-        conn.query_drop(format!("DROP DATABASE IF EXISTS `{database}`"))
-            .await?;
-        conn.disconnect().await
-    }
-    .await;
-    if let Err(e) = result {
+/// Runs one statement on the server at `server_url` over a connection of its own (for cleanups).
+async fn on_server(server_url: &str, query: String) -> Result<(), mysql_async::Error> {
+    let mut conn = mysql_async::Conn::from_url(server_url).await?;
+    conn.query_drop(query).await?;
+    conn.disconnect().await
+}
+
+/// Cleanup: drops a database, reporting (not failing on) errors.
+pub async fn drop_database(server_url: &str, database: &str) {
+    let dropped = on_server(server_url, format!("DROP DATABASE IF EXISTS `{database}`")).await;
+    if let Err(e) = dropped {
         eprintln!("cleanup: database {database}: {e}");
+    }
+}
+
+/// A MariaDB user with every privilege on the test's database, dropped with the guard.
+pub struct MysqlUser {
+    name: String,
+    password: String,
+    server_url: String,
+}
+
+impl MysqlUser {
+    /// `CREATE USER name IDENTIFIED BY password {with}`: `with` is empty or resource limits
+    /// (`WITH MAX_CONNECTIONS_PER_HOUR 24`).
+    pub async fn create(job: &TestJob, name: &str, password: &str, with: &str) -> Self {
+        let user = Self {
+            name: name.to_owned(),
+            password: password.to_owned(),
+            server_url: job.services.mysql_url.clone(),
+        };
+        job.sql(&format!(
+            "CREATE USER '{name}'@'%' IDENTIFIED BY '{password}' {with}"
+        ))
+        .await;
+        job.sql(&format!(
+            "GRANT ALL PRIVILEGES ON `{}`.* TO '{name}'@'%'",
+            job.database
+        ))
+        .await;
+        user
+    }
+
+    /// `url` as this user.
+    pub fn url(&self, url: &str) -> String {
+        super::with_credentials(url, &self.name, &self.password)
+    }
+}
+
+impl Drop for MysqlUser {
+    fn drop(&mut self) {
+        let (name, server_url) = (self.name.clone(), self.server_url.clone());
+        super::clean_up(format!("MariaDB user {name}"), async move {
+            let dropped = on_server(&server_url, format!("DROP USER IF EXISTS '{name}'@'%'")).await;
+            if let Err(e) = dropped {
+                eprintln!("cleanup: MariaDB user {name}: {e}");
+            }
+        });
     }
 }
