@@ -11,8 +11,9 @@ struct Args {
     #[command(flatten)]
     common: Common,
     /// Batches processed at once; scale out with more consumers.
-    // Two keeps a database busy without crowding it: on the benchmark's 2-core machine, 2 consumers × 4
-    // made MariaDB spend a fifth more CPU per row than 2 × 2 (scripts/bench, 116k against 143k rows/s).
+    // Two keeps a database busy without crowding it: on the benchmark's 2-core machine (scripts/bench's
+    // bitmig phase alone, three runs each), 2 consumers × 4 made MariaDB spend a fifth more CPU per row
+    // than 2 × 2, and moved 116k rows/s against 143k.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
     concurrency: u16,
     /// Unacked deliveries the broker may push ahead (default: 2 × concurrency).
