@@ -311,7 +311,10 @@ async fn broken_forged_and_replayed_messages_never_crash_loop_or_set_a_wrong_bit
     )
     .await;
 
-    // A replayed message, twice: it rewrites the same rows and sets the bits they already have.
+    // A replayed message, twice: it rewrites the same rows and sets the bits they already have. Before each
+    // replay the target rows are altered, so "the replay was processed" is the rows being equal again: an
+    // empty work queue only says the message was delivered, and a delivery not yet started when the
+    // consumer stops is rightly handed back.
     let replayed: Vec<u64> = job
         .source_ids_in_group(first)
         .await
@@ -320,21 +323,32 @@ async fn broken_forged_and_replayed_messages_never_crash_loop_or_set_a_wrong_bit
         .collect();
     let replay = json!({"job": name, "group": first, "ids": ranges(&replayed), "cause": "produce", "attempt": 0})
         .to_string();
-    job.publish_raw(replay.as_bytes()).await;
-    job.publish_raw(replay.as_bytes()).await;
-    wait_while_running(
-        &mut consumer,
-        "the replayed messages to be taken",
-        Duration::from_secs(30),
-        Duration::from_millis(100),
-        || async {
-            match job.existing_message_count(&work).await {
-                0 => Ok(()),
-                n => Err(format!("{n} ready in {work}")),
-            }
-        },
-    )
-    .await;
+    let listed: Vec<String> = replayed.iter().map(u64::to_string).collect();
+    let alter = format!(
+        "UPDATE dst SET c_bigint = IF(c_bigint <=> 7, 8, 7) WHERE id IN ({})",
+        listed.join(", ")
+    );
+    for round in 1..=2 {
+        assert_eq!(
+            job.sql_affected(&alter).await,
+            replayed.len() as u64,
+            "altering the target rows before replay {round}"
+        );
+        job.publish_raw(replay.as_bytes()).await;
+        wait_while_running(
+            &mut consumer,
+            &format!("replay {round} to rewrite its rows"),
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || async {
+                match job.target_differences().await {
+                    None => Ok(()),
+                    Some(differences) => Err(differences),
+                }
+            },
+        )
+        .await;
+    }
     let stopped = consumer.terminate(Duration::from_secs(30)).await;
     stopped.expect_code(0);
     assert_eq!(
