@@ -1,7 +1,9 @@
+//! `bitmig-compensator`: parses the command line and dispatches each subcommand to its module of
+//! `bitmig_compensator` (`run` → `redrive`, `report` → `report`); exit codes per DESIGN.md §3.
+
 use std::time::Duration;
 
 use bitmig_shared::cli::{self, exit, Common};
-use bitmig_shared::job::JobSpec;
 use clap::{Parser, Subcommand};
 
 /// Re-drive missing ids and report on a job's ledger.
@@ -41,19 +43,16 @@ enum Command {
     },
 }
 
-fn load(common: &Common) -> JobSpec {
-    match JobSpec::load(&common.job) {
-        Ok(job) => job,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(exit::BAD_INPUT);
-        }
+/// One pass's summary on stdout: one JSON object with `--json`, one line otherwise.
+fn print_pass(s: &bitmig_compensator::PassSummary, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(s).unwrap_or_default());
+    } else {
+        println!(
+            "job {}: checked {} groups ({} too young, {} complete): republished {} ids in {} groups",
+            s.job, s.groups_checked, s.groups_too_young, s.groups_complete, s.republished_ids, s.groups_redriven
+        );
     }
-}
-
-fn fail(e: anyhow::Error) -> ! {
-    cli::print_error(&e);
-    std::process::exit(cli::exit_code_for(&e));
 }
 
 #[tokio::main]
@@ -68,35 +67,31 @@ async fn main() {
             retry_failed,
             json,
         } => {
-            let job = load(&common);
+            let job = cli::load_job(&common);
             let opts = bitmig_compensator::RunOptions {
                 amqp_url: common.amqp_url.clone(),
                 redis_url: common.redis_url.clone(),
                 min_age,
                 retry_failed,
             };
-            let cancel = cli::shutdown_token();
-            loop {
-                match bitmig_compensator::run_once(&job, &opts).await {
-                    Ok(s) if json => println!("{}", serde_json::to_string(&s).unwrap_or_default()),
-                    Ok(s) => println!(
-                        "job {}: checked {} groups ({} too young, {} complete): republished {} ids in {} groups",
-                        s.job, s.groups_checked, s.groups_too_young, s.groups_complete, s.republished_ids, s.groups_redriven
-                    ),
-                    Err(e) if every.is_some() && cli::exit_code_for(&e) == exit::FAILED => {
-                        tracing::error!(error = %format!("{e:#}"), "compensator pass failed; next pass as scheduled");
-                    }
-                    Err(e) => fail(e),
+            let done = match every {
+                None => bitmig_compensator::run_once(&job, &opts)
+                    .await
+                    .map(|s| print_pass(&s, json)),
+                Some(every) => {
+                    let cancel = cli::shutdown_token();
+                    bitmig_compensator::run_every(&job, &opts, every, cancel, |s| {
+                        print_pass(s, json)
+                    })
+                    .await
                 }
-                let Some(every) = every else { break };
-                tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
-                    _ = cancel.cancelled() => break,
-                }
+            };
+            if let Err(e) = done {
+                cli::exit_with(&e);
             }
         }
         Command::Report { common, json } => {
-            let job = load(&common);
+            let job = cli::load_job(&common);
             match bitmig_compensator::report(&job, &common.redis_url).await {
                 Ok(r) => {
                     if json {
@@ -108,7 +103,7 @@ async fn main() {
                         std::process::exit(exit::INCOMPLETE);
                     }
                 }
-                Err(e) => fail(e),
+                Err(e) => cli::exit_with(&e),
             }
         }
     }

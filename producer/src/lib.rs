@@ -8,13 +8,13 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use bitmig_shared::cli::BadInput;
+use bitmig_shared::cli::{source_error, BadInput};
 use bitmig_shared::ids::{batches, group_last, group_of};
 use bitmig_shared::job::JobSpec;
 use bitmig_shared::ledger::{now_rfc3339, GroupStatus, Ledger};
 use bitmig_shared::progress::Progress;
 use bitmig_shared::queue::{self, Cause, Message, Publisher};
-use bitmig_shared::source::{self, SourceError};
+use bitmig_shared::source;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -38,13 +38,6 @@ pub struct Summary {
     pub groups_skipped: u64,
     pub ids_published: u64,
     pub messages: u64,
-}
-
-pub(crate) fn source_error(e: SourceError) -> anyhow::Error {
-    match e {
-        SourceError::Schema { .. } | SourceError::Unsupported(_) => BadInput(e.to_string()).into(),
-        other => other.into(),
-    }
 }
 
 /// Plan and publish. Returns when every group in the range is produced, or with an error; a cancelled

@@ -1,5 +1,4 @@
-use bitmig_shared::cli::{self, exit, Common};
-use bitmig_shared::job::JobSpec;
+use bitmig_shared::cli::{self, BadInput, Common};
 use clap::Parser;
 
 /// Plan the job's groups and publish their ids to RabbitMQ; resumes groups not yet produced.
@@ -23,17 +22,10 @@ struct Args {
 async fn main() {
     let args = Args::parse();
     bitmig_shared::telemetry::init();
-    let job = match JobSpec::load(&args.common.job) {
-        Ok(job) => job,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(exit::BAD_INPUT);
-        }
-    };
+    let job = cli::load_job(&args.common);
     if let (Some(from), Some(to)) = (args.from, args.to) {
         if from > to {
-            eprintln!("error: --from {from} is greater than --to {to}");
-            std::process::exit(exit::BAD_INPUT);
+            cli::exit_with(&BadInput(format!("--from {from} is greater than --to {to}")).into());
         }
     }
     let opts = bitmig_producer::Options {
@@ -51,9 +43,6 @@ async fn main() {
                 s.groups_produced, s.groups_skipped, s.ids_published, s.messages
             );
         }
-        Err(e) => {
-            cli::print_error(&e);
-            std::process::exit(cli::exit_code_for(&e));
-        }
+        Err(e) => cli::exit_with(&e),
     }
 }

@@ -1,4 +1,9 @@
 //! What every binary shares on its command line, its exit codes, and shutdown on signals.
+//!
+//! The one place that decides "bad input → exit 2" (DESIGN.md §3): [`load_job`] for the job file,
+//! [`BadInput`] (and [`JobError`](crate::job::JobError)) for errors a program's `run` returns,
+//! [`source_error`] for a source that does not fit the job, and [`exit_with`] to end a binary with the
+//! code [`exit_code_for`] gives.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -65,6 +70,38 @@ pub fn shutdown_token() -> CancellationToken {
     token
 }
 
+/// The job file named by `--job`, read, expanded and validated. A bad one ends the process: its error
+/// (which names the file and the key) on stderr, exit code [`exit::BAD_INPUT`]. Call it before anything
+/// is connected to, so a bad job file loses nothing.
+pub fn load_job(common: &Common) -> crate::job::JobSpec {
+    match crate::job::JobSpec::load(&common.job) {
+        Ok(job) => job,
+        Err(e) => {
+            // One line: the error's own text already holds its cause (the I/O error of a read).
+            eprintln!("error: {e}");
+            std::process::exit(exit::BAD_INPUT);
+        }
+    }
+}
+
+/// End a binary on an error its `run` returned: the error and its causes on stderr
+/// ([`print_error`]), then the exit code [`exit_code_for`] gives (2 for bad input, 1 otherwise).
+pub fn exit_with(e: &anyhow::Error) -> ! {
+    print_error(e);
+    std::process::exit(exit_code_for(e));
+}
+
+/// A source error as a program's `run` returns it: a source that does not fit the job (no such table
+/// or column, a key that is not an integer, a column type that cannot be carried) is [`BadInput`],
+/// anything else (the server away, a query failing) a run-time failure.
+pub fn source_error(e: crate::source::SourceError) -> anyhow::Error {
+    use crate::source::SourceError;
+    match e {
+        SourceError::Schema { .. } | SourceError::Unsupported(_) => BadInput(e.to_string()).into(),
+        other => other.into(),
+    }
+}
+
 /// Print an error and its causes the way the binaries do, on stderr.
 pub fn print_error(e: &anyhow::Error) {
     eprintln!("error: {e}");
@@ -109,5 +146,32 @@ pub async fn check_spec(
             fields.join("; ")
         ))
         .into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::SourceError;
+
+    #[test]
+    fn input_errors_exit_2_and_the_rest_1() {
+        let schema = source_error(SourceError::Schema {
+            table: "orders".into(),
+            message: "no column `id`".into(),
+        });
+        let unsupported = source_error(SourceError::Unsupported("arrays".into()));
+        let query = source_error(SourceError::Query {
+            table: "orders".into(),
+            message: "server has gone away".into(),
+            transient: true,
+        });
+        let wrapped = anyhow::Error::from(BadInput("--from 9 is greater than --to 1".into()))
+            .context("starting");
+        assert_eq!(exit_code_for(&schema), exit::BAD_INPUT, "{schema:#}");
+        assert_eq!(exit_code_for(&unsupported), exit::BAD_INPUT);
+        assert_eq!(exit_code_for(&wrapped), exit::BAD_INPUT, "a cause counts");
+        assert_eq!(exit_code_for(&query), exit::FAILED);
+        assert!(schema.to_string().contains("no column `id`"), "{schema}");
     }
 }

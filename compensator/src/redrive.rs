@@ -1,0 +1,320 @@
+//! `bitmig-compensator run`: re-publish what the ledger says is missing (DESIGN.md §6 step 4).
+//!
+//! A pass looks at every group `produced` and last driven longer ago than `--min-age` (younger groups may
+//! still have batches in flight), re-publishes `src ∧ ¬tgt ∧ ¬gone` minus the ids in `failed` (unless
+//! `--retry-failed`) as `redrive` messages with publisher confirms, records the re-drive in the group's
+//! meta, and marks a group with nothing missing `complete`. [`run_every`] repeats passes until cancelled:
+//! a pass that fails at run time is logged and the next one runs as scheduled; bad input stops the loop.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use anyhow::Context;
+use bitmig_shared::cli::{self, exit};
+use bitmig_shared::ids::{and_not, batches, group_last, ids_of, popcount};
+use bitmig_shared::job::JobSpec;
+use bitmig_shared::ledger::{GroupStatus, Ledger};
+use bitmig_shared::queue::{self, Cause, Message, Publisher};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+/// What a `run` pass needs besides the job: where the services are and which groups it may touch.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub amqp_url: String,
+    pub redis_url: String,
+    pub min_age: Duration,
+    /// Re-drive ids recorded in `failed` too (they are removed from `failed` first).
+    pub retry_failed: bool,
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct PassSummary {
+    pub job: String,
+    pub groups: u64,
+    pub groups_checked: u64,
+    pub groups_too_young: u64,
+    pub groups_complete: u64,
+    pub groups_redriven: u64,
+    pub republished_ids: u64,
+    pub messages: u64,
+}
+
+fn parse_time(s: Option<&String>) -> Option<chrono::DateTime<chrono::Utc>> {
+    s.and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
+/// One pass over every group.
+pub async fn run_once(job: &JobSpec, opts: &RunOptions) -> anyhow::Result<PassSummary> {
+    let ledger = Ledger::connect(&opts.redis_url, &job.name)
+        .await
+        .context("connecting to Redis")?;
+    bitmig_shared::cli::check_spec(&ledger, job, false, crate::SPEC_FIELDS_IGNORED).await?;
+    let firsts = ledger.groups().await?;
+    let metas = ledger.metas(&firsts).await?;
+    let now = chrono::Utc::now();
+    let min_age = chrono::Duration::from_std(opts.min_age).unwrap_or(chrono::Duration::MAX);
+
+    let mut summary = PassSummary {
+        job: job.name.clone(),
+        groups: firsts.len() as u64,
+        ..Default::default()
+    };
+    let mut due = Vec::new();
+    for (first, meta) in firsts.iter().zip(&metas) {
+        match meta.get("status").and_then(|s| GroupStatus::parse(s)) {
+            Some(GroupStatus::Complete) => summary.groups_complete += 1,
+            Some(GroupStatus::Produced) => {
+                let driven = parse_time(meta.get("driven_at").or(meta.get("produced_at")));
+                if driven.is_some_and(|t| now - t >= min_age) {
+                    due.push(*first);
+                } else {
+                    summary.groups_too_young += 1;
+                }
+            }
+            // `producing` (or no meta): the producer owns it until it is produced.
+            _ => {}
+        }
+    }
+    if due.is_empty() {
+        return Ok(summary);
+    }
+
+    let failed: HashSet<u64> = ledger.failed_ids().await?.into_iter().collect();
+    let bits = ledger.bits(&due).await?;
+    let conn = queue::connect(&opts.amqp_url, "bitmig-compensator")
+        .await
+        .context("connecting to RabbitMQ")?;
+    let mut publisher = Publisher::new(&conn).await?;
+    queue::declare_topology(publisher.channel(), &job.name).await?;
+
+    for (first, b) in due.iter().copied().zip(bits) {
+        summary.groups_checked += 1;
+        let missing_bits = and_not(&b.src, &[&b.tgt, &b.gone]);
+        let last = group_last(first, job.group_size);
+        let mut missing: Vec<u64> = ids_of(first, &missing_bits)
+            .into_iter()
+            .filter(|id| *id <= last)
+            .collect();
+        if opts.retry_failed {
+            let retry: Vec<u64> = missing
+                .iter()
+                .copied()
+                .filter(|id| failed.contains(id))
+                .collect();
+            ledger.forget_failed(&retry).await?;
+        } else {
+            missing.retain(|id| !failed.contains(id));
+        }
+        if missing.is_empty() {
+            // Only a group whose failed ids are all settled may be complete; failed ones keep it open.
+            if popcount(&missing_bits) == 0 {
+                ledger.mark_complete(first).await?;
+                summary.groups_complete += 1;
+            }
+            continue;
+        }
+        for ranges in batches(&missing, job.batch_size as usize) {
+            let m = Message {
+                job: job.name.clone(),
+                group: first,
+                ids: ranges,
+                cause: Cause::Redrive,
+                attempt: 0,
+            };
+            publisher.publish_message(&job.name, &m).await?;
+            summary.messages += 1;
+        }
+        publisher
+            .wait()
+            .await
+            .with_context(|| format!("re-publishing group {first}"))?;
+        ledger.mark_redriven(first, missing.len() as u64).await?;
+        info!(job = %job.name, group = first, cause = "redrive", ids = missing.len(), "re-published missing ids");
+        summary.groups_redriven += 1;
+        summary.republished_ids += missing.len() as u64;
+    }
+    let _ = conn.close(200, "done".into()).await;
+    Ok(summary)
+}
+
+/// One pass every `every` until `cancel` fires, each pass's summary handed to `on_pass`.
+///
+/// The first pass runs at once; the token is checked between passes, so a pass in progress finishes
+/// (its publishes confirmed) before this returns `Ok`. A pass that fails at run time (Redis or RabbitMQ
+/// away: exit code [`exit::FAILED`]) is logged and the loop carries on; any other error — a job that
+/// differs from the ledger's, bad input — is returned, since the next pass would fail the same way.
+pub async fn run_every(
+    job: &JobSpec,
+    opts: &RunOptions,
+    every: Duration,
+    cancel: CancellationToken,
+    mut on_pass: impl FnMut(&PassSummary),
+) -> anyhow::Result<()> {
+    while !cancel.is_cancelled() {
+        match run_once(job, opts).await {
+            Ok(summary) => on_pass(&summary),
+            Err(e) if cli::exit_code_for(&e) == exit::FAILED => {
+                tracing::error!(job = %job.name, error = %format!("{e:#}"), "compensator pass failed; next pass as scheduled");
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = cancel.cancelled() => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! [`run_every`] against the real Redis of the tests (`BITMIG_REDIS_URL`, default loopback), on a job
+    //! of its own whose keys are deleted at the end. With no ledger a pass touches neither RabbitMQ nor
+    //! any group, so these tests check the loop alone: when it stops and what it stops on.
+
+    use std::path::Path;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    fn redis_url() -> String {
+        std::env::var("BITMIG_REDIS_URL")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| cli::DEFAULT_REDIS_URL.to_owned())
+    }
+
+    /// A job name of this test run's own.
+    fn unique_name(tag: &str) -> String {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("the clock is after 1970")
+            .subsec_nanos();
+        format!(
+            "t_{tag}_{}_{nanos}_{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// Job `name` reading `table`.
+    fn job(name: &str, table: &str) -> JobSpec {
+        let text = format!(
+            "name = \"{name}\"\n[source]\nurl = \"mysql://root@127.0.0.1:3306/none\"\ntable = \"{table}\"\n\
+             key = \"id\"\n[target]\nkind = \"sql\"\nurl = \"mysql://root@127.0.0.1:3306/none\"\n\
+             table = \"dst\"\n"
+        );
+        JobSpec::parse_str(&text, Path::new("job.toml"), &|_| None).expect("a valid job")
+    }
+
+    fn opts() -> RunOptions {
+        RunOptions {
+            // Never connected to: a job without a ledger has no group to re-drive.
+            amqp_url: "amqp://127.0.0.1:1/%2f".into(),
+            redis_url: redis_url(),
+            min_age: Duration::ZERO,
+            retry_failed: false,
+        }
+    }
+
+    /// Deletes the job's spec key.
+    async fn forget(job: &JobSpec) {
+        let client = redis::Client::open(redis_url()).expect("a Redis URL");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("Redis is up");
+        let key = Ledger::connect(&redis_url(), &job.name)
+            .await
+            .expect("Redis is up")
+            .job_key("spec");
+        let _: () = redis::AsyncCommands::del(&mut conn, key)
+            .await
+            .expect("DEL");
+    }
+
+    #[tokio::test]
+    async fn passes_run_until_the_token_is_cancelled() {
+        let job = job(&unique_name("every"), "src");
+        let cancel = CancellationToken::new();
+        let mut passes = Vec::new();
+        let done = tokio::time::timeout(
+            Duration::from_secs(60),
+            run_every(
+                &job,
+                &opts(),
+                Duration::from_millis(5),
+                cancel.clone(),
+                |s| {
+                    passes.push(s.clone());
+                    if passes.len() == 3 {
+                        cancel.cancel();
+                    }
+                },
+            ),
+        )
+        .await
+        .expect("run_every returns once its token is cancelled");
+        assert!(done.is_ok(), "a cancelled loop ends with Ok: {done:?}");
+        assert_eq!(passes.len(), 3, "no pass after the cancel: {passes:?}");
+        for pass in &passes {
+            assert_eq!((pass.job.as_str(), pass.groups), (job.name.as_str(), 0));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_token_runs_no_pass() {
+        let job = job(&unique_name("cancelled"), "src");
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let mut passes = 0;
+        let done = run_every(&job, &opts(), Duration::from_secs(3600), cancel, |_| {
+            passes += 1
+        })
+        .await;
+        assert!(done.is_ok(), "{done:?}");
+        assert_eq!(passes, 0);
+    }
+
+    #[tokio::test]
+    async fn a_job_that_differs_from_the_ledger_stops_the_loop_with_bad_input() {
+        let name = unique_name("differs");
+        let recorded = job(&name, "src");
+        let ledger = Ledger::connect(&redis_url(), &recorded.name)
+            .await
+            .expect("Redis is up");
+        ledger
+            .check_spec(&recorded.ledger_spec(), true, &[])
+            .await
+            .expect("the spec is stored");
+        let changed = job(&name, "other");
+        let mut passes = 0;
+        let done = tokio::time::timeout(
+            Duration::from_secs(60),
+            run_every(
+                &changed,
+                &opts(),
+                Duration::from_millis(5),
+                CancellationToken::new(),
+                |_| passes += 1,
+            ),
+        )
+        .await;
+        forget(&recorded).await;
+        let err = done
+            .expect("a job that differs ends the loop at once")
+            .expect_err("a job that differs is an error");
+        assert_eq!(
+            cli::exit_code_for(&err),
+            exit::BAD_INPUT,
+            "a job that differs is bad input: {err:#}"
+        );
+        assert!(format!("{err:#}").contains("differs"), "{err:#}");
+        assert_eq!(passes, 0);
+    }
+}
