@@ -1,6 +1,7 @@
 //! Hostile input: job files that try to smuggle SQL or absurd sizes in, and messages that are broken, forged
-//! or replayed. Job files are refused before anything is read; messages go to the dead queue with their
-//! reason. Nothing crashes the consumer, nothing loops, and no bit is set that a real row does not back.
+//! or replayed. Job files are refused before anything is read; messages a consumer cannot process go to the
+//! dead queue, once, unchanged, with their reason. Nothing crashes the consumer, nothing loops, nothing stops
+//! it from doing real work, and no bit is set that a real row does not back.
 
 use std::{path::Path, time::Duration};
 
@@ -198,8 +199,12 @@ async fn broken_forged_and_replayed_messages_never_crash_loop_or_set_a_wrong_bit
         m[field] = value;
         m.to_string().into_bytes()
     };
+    // A range outside the group: its reason must name the group and the range's first id.
+    let past = (last + 1).to_string();
+    let outside_naming_the_id = ["outside", "group", past.as_str()];
     // (what is wrong, body, words its x-bitmig-error must contain, lower case)
     let garbage: Vec<(&str, Vec<u8>, &[&str])> = vec![
+        ("not JSON", b"{\"job\": not json at all".to_vec(), &["json"]),
         (
             "truncated JSON",
             valid.as_bytes()[..valid.len() / 2].to_vec(),
@@ -245,7 +250,7 @@ async fn broken_forged_and_replayed_messages_never_crash_loop_or_set_a_wrong_bit
         (
             "a range outside its group",
             with("ids", json!([[last + 1, last + 10]])),
-            &["outside"],
+            &outside_naming_the_id,
         ),
         (
             "a group that is not a group's first id",
@@ -255,7 +260,7 @@ async fn broken_forged_and_replayed_messages_never_crash_loop_or_set_a_wrong_bit
         (
             "a reversed range",
             with("ids", json!([[first + 9, first]])),
-            &["reversed"],
+            &["range", "reversed"],
         ),
         (
             "overlapping ranges",
@@ -271,7 +276,7 @@ async fn broken_forged_and_replayed_messages_never_crash_loop_or_set_a_wrong_bit
         (
             "another job's message",
             with("job", json!("t_someone_else")),
-            &["t_someone_else"],
+            &["job", "t_someone_else"],
         ),
     ];
     for (_, body, _) in &garbage {
@@ -349,6 +354,11 @@ async fn broken_forged_and_replayed_messages_never_crash_loop_or_set_a_wrong_bit
         )
         .await;
     }
+    assert!(
+        consumer.is_running(),
+        "the consumer stopped\n{}",
+        consumer.output_so_far()
+    );
     let stopped = consumer.terminate(Duration::from_secs(30)).await;
     stopped.expect_code(0);
     assert_eq!(
@@ -378,7 +388,10 @@ async fn broken_forged_and_replayed_messages_never_crash_loop_or_set_a_wrong_bit
             .iter()
             .find(|d| &d.data == body)
             .unwrap_or_else(|| {
-                panic!("the message with {what} is not in {dead} unchanged; there: {bodies:#?}")
+                panic!(
+                    "the message with {what} is not in {dead} with its body unchanged: {}\nthere: {bodies:#?}",
+                    String::from_utf8_lossy(body)
+                )
             });
         let reason = header_text(letter, ERROR_HEADER).unwrap_or_default();
         let lower = reason.to_lowercase();
@@ -422,6 +435,25 @@ async fn a_message_for_a_group_never_planned_sets_no_bit() {
     let consumer = job.spawn_consumer(&["--exit-when-idle", "3"]);
     let done = consumer.wait(COMMAND_DEADLINE).await;
     done.expect_code(0);
+
+    // The forged message is in the dead queue, unchanged, saying the group was never planned.
+    let dead = job.dead_queue();
+    let dead_letters = job.take_all(&dead).await;
+    let bodies: Vec<String> = dead_letters
+        .iter()
+        .map(|d| String::from_utf8_lossy(&d.data).into_owned())
+        .collect();
+    assert_eq!(
+        bodies,
+        vec![forged.to_string()],
+        "{dead} must hold the forged message, once and unchanged\n{}",
+        done.describe()
+    );
+    let reason = header_text(&dead_letters[0], ERROR_HEADER).unwrap_or_default();
+    assert!(
+        reason.contains("never planned") && reason.contains(&top.to_string()),
+        "the {ERROR_HEADER} of the forged message must say group {top} was never planned: {reason:?}"
+    );
 
     assert_only_planned_groups_have_keys(&job).await;
     job.assert_target_equals_source().await;

@@ -1,10 +1,11 @@
 //! End-to-end tests of bitmig: the real `bitmig-producer`, `bitmig-consumer` and `bitmig-compensator` run as
-//! subprocesses against real MariaDB, Redis and RabbitMQ (loopback by default; see `helpers::Services`).
+//! subprocesses against real MariaDB, Redis and RabbitMQ (loopback by default; see `bitmig_tests::Services`).
 //! Build the binaries first: `cargo build --workspace --bins`.
 //!
 //! One file per topic; each test has its own job, database, queues and ledger keys, so they run in parallel.
 
-mod helpers;
+// The helpers are the `bitmig-tests` library; test files reach them as `crate::helpers::…`.
+use bitmig_tests as helpers;
 
 mod bad_job_file;
 mod compensator_redrive;
@@ -12,7 +13,6 @@ mod connections;
 mod consumer_crash;
 mod consumer_sigterm;
 mod copy;
-mod dead_letters;
 mod deleted_rows;
 mod elasticsearch;
 mod hostile;

@@ -68,12 +68,3 @@ async fn a_consumer_with_a_job_file_that_differs_from_the_recorded_one_exits_2_n
     job.assert_target_equals_source().await;
     job.assert_job_complete(rows, 0).await;
 }
-
-impl TestJob {
-    /// `GET bitmig:{JOB}:spec`.
-    async fn recorded_spec(&self) -> Option<String> {
-        use redis::AsyncCommands;
-        let mut redis = self.redis.clone();
-        redis.get(self.job_key("spec")).await.expect("GET spec")
-    }
-}

@@ -12,9 +12,8 @@
 //! They control the services of this machine (`scripts/services`, as root): a test that stopped one starts
 //! it again when it ends, pass or fail ([`services::RestoreServices`]).
 
-#[allow(dead_code, unused_imports)]
-#[path = "../e2e/helpers/mod.rs"]
-mod helpers;
+// The helpers are the `bitmig-tests` library, as in the e2e tests.
+use bitmig_tests as helpers;
 mod services;
 
 mod database_outage;

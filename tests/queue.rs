@@ -13,7 +13,7 @@ use lapin::{
 };
 use serde::Deserialize;
 
-use super::{wait_for, TestJob};
+use crate::{wait_for, TestJob};
 
 pub const EXCHANGE: &str = "bitmig";
 /// The header a dead message carries its reason in.

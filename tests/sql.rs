@@ -3,7 +3,7 @@
 
 use mysql_async::prelude::Queryable;
 
-use super::TestJob;
+use crate::TestJob;
 
 /// 2⁴⁰: ids above it must survive every conversion (they do not fit in 32 bits, nor in an f32).
 pub const TWO_POW_40: u64 = 1 << 40;
@@ -412,14 +412,14 @@ impl MysqlUser {
 
     /// `url` as this user.
     pub fn url(&self, url: &str) -> String {
-        super::with_credentials(url, &self.name, &self.password)
+        crate::with_credentials(url, &self.name, &self.password)
     }
 }
 
 impl Drop for MysqlUser {
     fn drop(&mut self) {
         let (name, server_url) = (self.name.clone(), self.server_url.clone());
-        super::clean_up(format!("MariaDB user {name}"), async move {
+        crate::clean_up(format!("MariaDB user {name}"), async move {
             let dropped = on_server(&server_url, format!("DROP USER IF EXISTS '{name}'@'%'")).await;
             if let Err(e) = dropped {
                 eprintln!("cleanup: MariaDB user {name}: {e}");

@@ -1,7 +1,7 @@
 //! PostgreSQL for the tests: a database of the test's own (`bmt_<suffix>`, the same name as its MariaDB
 //! database), created empty and dropped when the test ends, whatever its outcome.
 
-use super::TestJob;
+use crate::TestJob;
 
 pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/";
 
@@ -101,7 +101,7 @@ struct DropDatabase {
 impl Drop for DropDatabase {
     fn drop(&mut self) {
         let name = self.name.clone();
-        super::clean_up(format!("PostgreSQL database {name}"), async move {
+        crate::clean_up(format!("PostgreSQL database {name}"), async move {
             let server = connect(&url_for("postgres")).await;
             if let Err(e) = server
                 .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))

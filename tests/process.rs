@@ -12,7 +12,7 @@ use std::{
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
-use super::{path_str, wait_for, TestJob, COMMAND_DEADLINE};
+use crate::{path_str, wait_for, TestJob, COMMAND_DEADLINE};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bin {

@@ -191,7 +191,7 @@ impl Drop for Es {
     }
 }
 
-impl super::TestJob {
+impl crate::TestJob {
     /// Replaces the default job file with one that indexes `src` into Elasticsearch at `es_url` under
     /// `index` (a route); `source_extra` and `target_extra` are TOML lines added to those tables.
     pub fn write_es_job(&self, es_url: &str, index: &str, source_extra: &str, target_extra: &str) {

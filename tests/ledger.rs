@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use redis::AsyncCommands;
 
-use super::TestJob;
+use crate::TestJob;
 
 /// The three bitmaps of a group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,6 +104,12 @@ impl TestJob {
     pub async fn redis_keys(&self) -> Vec<String> {
         let mut redis = self.redis.clone();
         job_keys(&mut redis, &self.name).await.expect("SCAN")
+    }
+
+    /// `GET bitmig:{JOB}:spec`: the job as the ledger recorded it, if any.
+    pub async fn recorded_spec(&self) -> Option<String> {
+        let mut redis = self.redis.clone();
+        redis.get(self.job_key("spec")).await.expect("GET spec")
     }
 }
 
