@@ -232,6 +232,11 @@ impl Proc {
         self.wait(deadline).await
     }
 
+    /// The file the process's stdout goes to: read it while the process runs to see what it has said.
+    pub fn stdout_path(&self) -> PathBuf {
+        self.stdout.clone()
+    }
+
     /// What the process has printed so far, for messages about a process that is still running.
     pub fn output_so_far(&self) -> String {
         format!(

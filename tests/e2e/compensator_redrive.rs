@@ -1,7 +1,9 @@
 //! The compensator finds what never landed (src ∧ ¬tgt ∧ ¬gone) and publishes it again — but leaves groups
 //! younger than `--min-age` alone, since their batches may still be in flight.
 
-use crate::helpers::{assert_messages_cover, Bin, Message, TestJob};
+use std::time::Duration;
+
+use crate::helpers::{assert_messages_cover, wait_while_running, Bin, Message, TestJob};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn purged_messages_are_redriven_by_the_compensator() {
@@ -62,5 +64,77 @@ async fn purged_messages_are_redriven_by_the_compensator() {
 
     job.consume_until_idle(1, &[]).await;
     job.assert_target_equals_source().await;
+    job.assert_job_complete(rows, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_every_the_compensator_runs_pass_after_pass_until_sigterm() {
+    let job = TestJob::new(1_000, 200).await;
+    let rows = job.create_source(2_000).await;
+    job.produce(&[]).await;
+    job.consume_until_idle(1, &[]).await;
+    let groups = job.groups().await.len() as u64;
+
+    let mut compensator = job.spawn(
+        Bin::Compensator,
+        &[
+            "run",
+            "--job",
+            job.job_arg(),
+            "--min-age",
+            "0s",
+            "--every",
+            "1s",
+            "--json",
+        ],
+    );
+    let stdout = compensator.stdout_path();
+    let passes = |text: &str| -> Vec<serde_json::Value> {
+        text.lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    };
+    wait_while_running(
+        &mut compensator,
+        "the compensator to print two passes",
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || async {
+            let text = std::fs::read_to_string(&stdout).unwrap_or_default();
+            match passes(&text).len() {
+                n if n >= 2 => Ok(()),
+                n => Err(format!("{n} passes: {text}")),
+            }
+        },
+    )
+    .await;
+    let stopped = compensator.terminate(Duration::from_secs(30)).await;
+    stopped.expect_code(0);
+
+    let passes = passes(&stopped.stdout);
+    assert!(passes.len() >= 2, "{}", stopped.describe());
+    // The first pass finds every group landed and marks it complete; later passes find nothing to check.
+    assert_eq!(
+        (
+            passes[0]["groups_checked"].as_u64(),
+            passes[0]["groups_complete"].as_u64()
+        ),
+        (Some(groups), Some(groups)),
+        "first pass: {}",
+        passes[0]
+    );
+    for pass in &passes {
+        assert_eq!(
+            (
+                pass["republished_ids"].as_u64(),
+                pass["groups_complete"].as_u64()
+            ),
+            (Some(0), Some(groups)),
+            "nothing is missing, so no pass re-drives anything: {pass}"
+        );
+    }
+    for pass in &passes[1..] {
+        assert_eq!(pass["groups_checked"].as_u64(), Some(0), "{pass}");
+    }
     job.assert_job_complete(rows, 0).await;
 }
