@@ -282,7 +282,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_job_that_differs_from_the_ledger_stops_the_loop_with_bad_input() {
+    async fn a_job_that_differs_from_the_ledger_stops_the_loop_and_report_with_bad_input() {
         let name = unique_name("differs");
         let recorded = job(&name, "src");
         let ledger = Ledger::connect(&redis_url(), &recorded.name)
@@ -305,7 +305,14 @@ mod tests {
             ),
         )
         .await;
+        let reported = crate::report(&changed, &redis_url()).await;
         forget(&recorded).await;
+        let refused = reported.expect_err("report refuses a job that differs too");
+        assert_eq!(cli::exit_code_for(&refused), exit::BAD_INPUT, "{refused:#}");
+        assert!(
+            format!("{refused:#}").contains("source.table"),
+            "report names the field that differs: {refused:#}"
+        );
         let err = done
             .expect("a job that differs ends the loop at once")
             .expect_err("a job that differs is an error");

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use anyhow::Context;
-use bitmig_shared::cli::BadInput;
+use bitmig_shared::cli;
 use bitmig_shared::ids::{and_not, ids_of, popcount};
 use bitmig_shared::job::JobSpec;
 use bitmig_shared::ledger::{GroupStatus, Ledger, SpecCheck};
@@ -40,7 +40,7 @@ pub struct Report {
 }
 
 /// Add up the ledger of `job` (read only): counts per kind of bit, groups per status, and the reasons
-/// the job is not complete. A job that differs from the recorded spec is [`BadInput`].
+/// the job is not complete. A job that differs from the recorded spec is [`cli::BadInput`].
 pub async fn report(job: &JobSpec, redis_url: &str) -> anyhow::Result<Report> {
     let ledger = Ledger::connect(redis_url, &job.name)
         .await
@@ -49,21 +49,8 @@ pub async fn report(job: &JobSpec, redis_url: &str) -> anyhow::Result<Report> {
         job: job.name.clone(),
         ..Default::default()
     };
-    r.ledger_present = match ledger
-        .check_spec(&job.ledger_spec(), false, crate::SPEC_FIELDS_IGNORED)
-        .await?
-    {
-        SpecCheck::Absent => false,
-        SpecCheck::Differs(fields) => {
-            return Err(BadInput(format!(
-                "job `{}` differs from the job recorded in Redis: {}",
-                job.name,
-                fields.join("; ")
-            ))
-            .into())
-        }
-        _ => true,
-    };
+    let found = cli::check_spec(&ledger, job, false, crate::SPEC_FIELDS_IGNORED).await?;
+    r.ledger_present = !matches!(found, SpecCheck::Absent);
     let producer = ledger.producer_state().await?;
     r.producer = producer
         .get("status")

@@ -127,16 +127,18 @@ pub fn exit_code_for(e: &anyhow::Error) -> i32 {
     }
 }
 
-/// Refuse to run a job that differs from the one recorded in Redis.
+/// Refuse to run a job that differs from the one recorded in Redis: [`BadInput`] naming the fields.
+/// Otherwise says what was found ([`SpecCheck::Absent`](crate::ledger::SpecCheck) when there is no
+/// ledger, `Stored` when `store` recorded it now, `Same`).
 pub async fn check_spec(
     ledger: &crate::ledger::Ledger,
     job: &crate::job::JobSpec,
     store: bool,
     ignore: &[&str],
-) -> anyhow::Result<()> {
+) -> anyhow::Result<crate::ledger::SpecCheck> {
     use crate::ledger::SpecCheck;
     match ledger.check_spec(&job.ledger_spec(), store, ignore).await? {
-        SpecCheck::Stored | SpecCheck::Same | SpecCheck::Absent => Ok(()),
+        found @ (SpecCheck::Stored | SpecCheck::Same | SpecCheck::Absent) => Ok(found),
         SpecCheck::Differs(fields) => Err(BadInput(format!(
             "job `{}` in {} differs from the job recorded in Redis (key {}): {}; \
              use the same job file, or a new `name` for a new migration",
