@@ -35,7 +35,8 @@ enum Command {
         /// Run a pass every DUR until SIGTERM/SIGINT, instead of once.
         #[arg(long, value_parser = cli::parse_duration)]
         every: Option<Duration>,
-        /// With --every: stop once no task is pending or running, with the exit code of `status`.
+        /// With --every: stop once nothing is running and every pending task is blocked (or none is), with the
+        /// exit code of `status`.
         #[arg(long, requires = "every")]
         until_done: bool,
         /// Print each pass's summary as one JSON object.
@@ -148,7 +149,7 @@ async fn main() {
                 let Some(every) = every else { break };
                 if until_done {
                     match status::status(&table).await {
-                        Ok(st) if st.pending + st.running == 0 => {
+                        Ok(st) if st.settled() => {
                             code = st.exit_code();
                             break;
                         }

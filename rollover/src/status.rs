@@ -16,6 +16,8 @@ pub struct Status {
     pub running: u64,
     pub done: u64,
     pub failed: u64,
+    /// Pending deletes whose month's reindex failed: they never start (an operator re-plans or fixes it).
+    pub blocked: u64,
     pub tasks: Vec<TaskStatus>,
 }
 
@@ -28,6 +30,11 @@ pub struct TaskStatus {
 }
 
 impl Status {
+    /// Whether nothing is left that a runner could move: nothing running, and every pending task blocked.
+    pub fn settled(&self) -> bool {
+        self.running == 0 && self.pending == self.blocked
+    }
+
     /// 1 when a task failed, else 3 while any is pending or running, else 0.
     pub fn exit_code(&self) -> i32 {
         if self.failed > 0 {
@@ -43,12 +50,24 @@ impl Status {
 pub async fn status(table: &TaskTable) -> anyhow::Result<Status> {
     let tasks = table.all().await?;
     let count = |s: &str| tasks.iter().filter(|t| t.status == s).count() as u64;
+    let failed: std::collections::HashSet<&str> = tasks
+        .iter()
+        .filter(|t| t.status == "failed")
+        .map(|t| t.id.as_str())
+        .collect();
+    let blocked = tasks
+        .iter()
+        .filter(|t| {
+            t.status == "pending" && t.requires.as_deref().is_some_and(|r| failed.contains(r))
+        })
+        .count() as u64;
     Ok(Status {
         table: table.name().to_owned(),
         pending: count("pending"),
         running: count("running"),
         done: count("done"),
         failed: count("failed"),
+        blocked,
         tasks: tasks
             .into_iter()
             .map(|task| TaskStatus {
@@ -80,6 +99,17 @@ impl fmt::Display for Status {
             if let (Some(s), Some(d)) = (task.source_count, task.dest_count) {
                 write!(f, " counted {s}/{d}")?;
             }
+            if task.status == "pending" && task.requires.is_some() && self.blocked > 0 {
+                if let Some(r) = self
+                    .tasks
+                    .iter()
+                    .find(|o| Some(&o.task.id) == task.requires.as_ref())
+                {
+                    if r.task.status == "failed" {
+                        write!(f, " — blocked: {} failed", r.task.id)?;
+                    }
+                }
+            }
             if let Some(e) = &task.error {
                 write!(f, " — {e}")?;
             }
@@ -87,8 +117,8 @@ impl fmt::Display for Status {
         }
         writeln!(
             f,
-            "table {}: {} pending, {} running, {} done, {} failed",
-            self.table, self.pending, self.running, self.done, self.failed
+            "table {}: {} pending ({} blocked by a failed reindex), {} running, {} done, {} failed",
+            self.table, self.pending, self.blocked, self.running, self.done, self.failed
         )
     }
 }
