@@ -14,6 +14,7 @@
 use std::time::Duration;
 
 use bitmig_shared::es::{error_text, EsClient, EsError};
+use futures::stream::{self, StreamExt, TryStreamExt};
 use reqwest::Method;
 use serde::Serialize;
 use serde_json::Value as J;
@@ -63,8 +64,20 @@ impl Runner<'_> {
     pub async fn pass(&self) -> anyhow::Result<PassSummary> {
         let mut s = PassSummary::default();
         for kind in [Kind::Reindex, Kind::Delete] {
-            for task in self.table.running(kind).await? {
-                self.poll(&task, kind, &mut s).await?;
+            let tasks = self.table.running(kind).await?;
+            let polled: Vec<PassSummary> = stream::iter(tasks)
+                .map(|task| async move {
+                    let mut one = PassSummary::default();
+                    self.poll(&task, kind, &mut one).await.map(|()| one)
+                })
+                .buffer_unordered(POLL_CONCURRENCY)
+                .try_collect()
+                .await?;
+            for one in polled {
+                s.done += one.done;
+                s.failed += one.failed;
+                s.forgotten += one.forgotten;
+                s.poll_errors += one.poll_errors;
             }
         }
         self.start(&mut s).await?;
@@ -313,6 +326,9 @@ impl Runner<'_> {
         Ok(())
     }
 }
+
+/// How many started tasks a pass polls at once.
+pub const POLL_CONCURRENCY: usize = 16;
 
 /// How long a pass waits for the lock before it leaves starting to the runner that holds it.
 pub const LOCK_WAIT: Duration = Duration::from_secs(10);
