@@ -226,6 +226,13 @@ impl Config {
         if tasks_url.engine != Engine::Mysql {
             return Err("`tasks.url`: the task table lives on MySQL/MariaDB (mysql://)".into());
         }
+        let names_database = url::Url::parse(tasks_url.expose())
+            .is_ok_and(|u| !u.path().trim_matches('/').is_empty());
+        if !names_database {
+            return Err(format!(
+                "`tasks.url`: {tasks_url} names no database (mysql://host:3306/DATABASE)"
+            ));
+        }
         let table = Ident::new(raw.tasks.table.as_deref().unwrap_or(DEFAULT_TABLE))
             .map_err(|e| format!("`tasks.table`: {e}"))?;
         let max_running = raw.tasks.max_running.unwrap_or(DEFAULT_MAX_RUNNING as i64);
@@ -401,5 +408,32 @@ keep_months = 1
             "move[0].dest",
         );
         bad(&GOOD.replace("${DB}", "${NOPE}"), "NOPE");
+        bad(
+            &GOOD.replace("${DB}", "mysql://root@127.0.0.1:3306/"),
+            "tasks.url",
+        );
+    }
+}
+
+#[cfg(test)]
+mod example {
+    use super::*;
+
+    #[test]
+    fn the_example_config_loads() {
+        let text = include_str!("../../examples/rollover.toml");
+        let env = |name: &str| match name {
+            "TASKS_DATABASE_URL" => Some("mysql://rollover:pw@db:3306/ops".to_owned()),
+            "ES_URL" => Some("https://elastic:pw@es:9200".to_owned()),
+            _ => None,
+        };
+        let c = Config::parse_str(text, Path::new("examples/rollover.toml"), &env).unwrap();
+        assert_eq!((c.max_running, c.table.as_str()), (30, "es_word_task"));
+        let m = &c.moves[0];
+        assert_eq!(m.keep_months, Some(1));
+        assert_eq!(
+            m.dest_index("google_us", Month::parse("2021-09").unwrap()),
+            "google_us_202109"
+        );
     }
 }

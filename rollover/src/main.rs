@@ -121,7 +121,16 @@ async fn main() {
                 cfg: &cfg,
                 es: &es,
                 table: &table,
-                name: format!("{host}:{}", std::process::id()),
+                // Host and pid tell an operator whose claim a row is; the clock's nanoseconds keep two
+                // containers that are both pid 1 on one node apart.
+                name: format!(
+                    "{host}:{}:{}",
+                    std::process::id(),
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.subsec_nanos())
+                        .unwrap_or_default()
+                ),
             };
             let cancel = cli::shutdown_token();
             let mut code = exit::OK;

@@ -58,7 +58,7 @@ pub async fn source_indices(es: &EsClient, mv: &Move) -> anyhow::Result<Vec<Stri
 
 fn reindex_task(mv: &Move, index: &str, month: Month) -> anyhow::Result<NewTask> {
     let dest = mv.dest_index(index, month);
-    let query = mv.query(month).map_err(|e| BadInput(e))?;
+    let query = mv.query(month).map_err(BadInput)?;
     Ok(NewTask {
         id: format!("{index}_{}_reindex", month.compact()),
         month: month.to_string(),
@@ -73,7 +73,7 @@ fn reindex_task(mv: &Move, index: &str, month: Month) -> anyhow::Result<NewTask>
 }
 
 fn delete_task(mv: &Move, index: &str, month: Month) -> anyhow::Result<NewTask> {
-    let query = mv.query(month).map_err(|e| BadInput(e))?;
+    let query = mv.query(month).map_err(BadInput)?;
     Ok(NewTask {
         id: format!("{index}_{}_delete", month.compact()),
         month: month.to_string(),

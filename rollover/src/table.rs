@@ -355,7 +355,7 @@ impl Locked<'_> {
             .split(", ")
             .map(|c| {
                 if c.starts_with("CAST(") {
-                    format!("CAST(d.updated_at AS CHAR)")
+                    "CAST(d.updated_at AS CHAR)".to_owned()
                 } else {
                     format!("d.{c}")
                 }

@@ -176,52 +176,53 @@ async fn forty_indices_never_more_than_thirty_running_and_no_month_deleted_befor
     .await
     .expect_code(0);
 
-    let cluster = double.state();
-    for (kind, limit) in [(TaskKind::Reindex, 30), (TaskKind::Delete, 30)] {
-        let over: Vec<_> = cluster
-            .running_at_polls
-            .iter()
-            .filter(|m| m.get(&kind).copied().unwrap_or(0) > limit)
-            .collect();
+    {
+        let cluster = double.state();
+        for (kind, limit) in [(TaskKind::Reindex, 30), (TaskKind::Delete, 30)] {
+            let over: Vec<_> = cluster
+                .running_at_polls
+                .iter()
+                .filter(|m| m.get(&kind).copied().unwrap_or(0) > limit)
+                .collect();
+            assert!(
+                over.is_empty(),
+                "more than {limit} {kind:?} tasks running at some polls: {over:?}"
+            );
+        }
+        assert_eq!(
+            cluster.max_running(TaskKind::Reindex),
+            30,
+            "the limit was never reached: the test proves nothing"
+        );
         assert!(
-            over.is_empty(),
-            "more than {limit} {kind:?} tasks running at some polls: {over:?}"
+            cluster.unproven_deletes.is_empty(),
+            "deletes before their copy: {:?}",
+            cluster.unproven_deletes
         );
-    }
-    assert_eq!(
-        cluster.max_running(TaskKind::Reindex),
-        30,
-        "the limit was never reached: the test proves nothing"
-    );
-    assert!(
-        cluster.unproven_deletes.is_empty(),
-        "deletes before their copy: {:?}",
-        cluster.unproven_deletes
-    );
-    for name in &names {
-        assert_eq!(cluster.starts(TaskKind::Reindex, name), 2, "{name}");
-        assert_eq!(cluster.starts(TaskKind::Delete, name), 1, "{name}");
-        assert_eq!(
-            cluster.count(name, &month_query("2021-08")),
-            0,
-            "{name} still holds 2021-08"
-        );
-        assert_eq!(
-            cluster.count(name, &month_query("2021-09")),
-            2,
-            "{name} lost 2021-09"
-        );
-        assert_eq!(
-            cluster.count(name, &month_query("2021-10")),
-            2,
-            "{name} lost 2021-10"
-        );
-        for month in ["2021-08", "2021-09"] {
-            let dest = format!("{name}_{}", month.replace('-', ""));
-            assert_eq!(cluster.count(&dest, &month_query(month)), 2, "{dest}");
+        for name in &names {
+            assert_eq!(cluster.starts(TaskKind::Reindex, name), 2, "{name}");
+            assert_eq!(cluster.starts(TaskKind::Delete, name), 1, "{name}");
+            assert_eq!(
+                cluster.count(name, &month_query("2021-08")),
+                0,
+                "{name} still holds 2021-08"
+            );
+            assert_eq!(
+                cluster.count(name, &month_query("2021-09")),
+                2,
+                "{name} lost 2021-09"
+            );
+            assert_eq!(
+                cluster.count(name, &month_query("2021-10")),
+                2,
+                "{name} lost 2021-10"
+            );
+            for month in ["2021-08", "2021-09"] {
+                let dest = format!("{name}_{}", month.replace('-', ""));
+                assert_eq!(cluster.count(&dest, &month_query(month)), 2, "{dest}");
+            }
         }
     }
-    drop(cluster);
     let st = rollover(&job, &["status", "--config", &cfg, "--json"]).await;
     st.expect_code(0);
     assert_eq!(st.json()["done"], 120);
@@ -381,21 +382,22 @@ async fn two_runners_racing_never_start_a_task_twice_nor_exceed_the_limit() {
     let b = job.spawn_with_env(Bin::Rollover, &args, &env);
     a.wait(COMMAND_DEADLINE).await.expect_code(0);
     b.wait(COMMAND_DEADLINE).await.expect_code(0);
-    let cluster = double.state();
-    for name in &names {
-        assert_eq!(
-            cluster.starts(TaskKind::Reindex, name),
-            1,
-            "{name} started {} times",
-            cluster.starts(TaskKind::Reindex, name)
+    {
+        let cluster = double.state();
+        for name in &names {
+            assert_eq!(
+                cluster.starts(TaskKind::Reindex, name),
+                1,
+                "{name} started {} times",
+                cluster.starts(TaskKind::Reindex, name)
+            );
+        }
+        assert!(
+            cluster.max_running(TaskKind::Reindex) <= 8,
+            "{} running at once",
+            cluster.max_running(TaskKind::Reindex)
         );
     }
-    assert!(
-        cluster.max_running(TaskKind::Reindex) <= 8,
-        "{} running at once",
-        cluster.max_running(TaskKind::Reindex)
-    );
-    drop(cluster);
     assert!(rows(&job).await.iter().all(|r| r.1 == "done"));
 }
 
@@ -454,17 +456,18 @@ async fn a_runner_killed_mid_way_is_restarted_and_finishes_without_starting_task
     )
     .await
     .expect_code(0);
-    let cluster = double.state();
-    for name in &names {
-        assert_eq!(cluster.starts(TaskKind::Reindex, name), 1, "{name}");
-        assert_eq!(
-            cluster.count(&format!("{name}_202109"), &month_query("2021-09")),
-            2,
-            "{name}"
-        );
+    {
+        let cluster = double.state();
+        for name in &names {
+            assert_eq!(cluster.starts(TaskKind::Reindex, name), 1, "{name}");
+            assert_eq!(
+                cluster.count(&format!("{name}_202109"), &month_query("2021-09")),
+                2,
+                "{name}"
+            );
+        }
+        assert!(cluster.max_running(TaskKind::Reindex) <= 4);
     }
-    assert!(cluster.max_running(TaskKind::Reindex) <= 4);
-    drop(cluster);
     assert!(rows(&job).await.iter().all(|r| r.1 == "done"));
 }
 
