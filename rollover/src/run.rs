@@ -6,7 +6,8 @@
 //!   (`created + updated + noops = total`, no version conflicts), its destination was refreshed, and `_count`
 //!   of the month's query gives the same number on the hot index and the monthly one; otherwise `failed`
 //!   with the reason, and its month's delete never starts;
-//! - a delete starts only after its month's reindex is `done`;
+//! - a delete starts only after its month's reindex is `done`, and only if the month still counts the same
+//!   on both indices right before it starts (else it is `failed`: documents arrived after the copy);
 //! - a task the cluster forgot (`_tasks` answers 404) goes back to `pending` and starts again (a reindex
 //!   with the same ids is idempotent, so is a delete);
 //! - 429, 5xx and no answer while polling leave the task running for the next pass.
@@ -261,6 +262,34 @@ impl Runner<'_> {
             .ok_or_else(|| EsError::Transient(format!("_count answered without a count: {answer}")))
     }
 
+    /// Right before a delete starts, the month is counted again on both indices: documents that reached the
+    /// hot index after its copy was proven would be deleted without a copy. `Some(reason)` when the counts
+    /// differ. (What arrives between this count and the delete's own snapshot is not covered.)
+    async fn still_proven(&self, task: &Task) -> Result<Option<String>, EsError> {
+        let Some(query) = self.body(task, &["query"]) else {
+            return Ok(Some("the stored request body has no query".into()));
+        };
+        self.es
+            .json(
+                Method::POST,
+                &format!("/{}/_refresh", task.source_index),
+                None,
+            )
+            .await?;
+        let hot = self.count(&task.source_index, &query).await?;
+        let cold = self.count(&task.dest_index, &query).await?;
+        Ok((hot != cold).then(|| {
+            format!(
+                "{} now holds {hot} documents of {} but {} holds {cold}: documents arrived or changed after the \
+                 copy was proven; nothing deleted (set {} back to pending to copy again, then this task)",
+                task.source_index,
+                task.month,
+                task.dest_index,
+                task.requires.as_deref().unwrap_or("its reindex")
+            )
+        }))
+    }
+
     async fn start(&self, s: &mut PassSummary) -> anyhow::Result<()> {
         let Some(mut lock) = self.table.lock(LOCK_WAIT.as_secs() as u32).await? else {
             tracing::info!("another runner is starting tasks; none started in this pass");
@@ -286,6 +315,23 @@ impl Runner<'_> {
             for task in lock.startable(kind, free).await? {
                 if !lock.claim(&task.id, &self.name).await? {
                     continue;
+                }
+                if kind == Kind::Delete {
+                    match self.still_proven(&task).await {
+                        Ok(None) => {}
+                        Ok(Some(why)) => {
+                            tracing::error!(id = %task.id, reason = %why, "not deleting");
+                            lock.refused(&task.id, &self.name, &why).await?;
+                            s.failed += 1;
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!(id = %task.id, error = %e, "could not recount the month; trying again next pass");
+                            lock.unclaim(&task.id, &self.name, &format!("recounting: {e}"))
+                                .await?;
+                            break 'kinds;
+                        }
+                    }
                 }
                 let body: J = serde_json::from_str(&task.body).unwrap_or(J::Null);
                 let path = match kind {

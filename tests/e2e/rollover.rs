@@ -297,6 +297,44 @@ async fn a_failed_reindex_or_a_count_mismatch_blocks_the_months_delete() {
 }
 
 #[tokio::test]
+async fn a_document_arriving_after_the_copy_was_proven_stops_the_delete() {
+    let job = TestJob::new(1000, 100).await;
+    let double = TasksDouble::start(1).await;
+    seed(&double, "hot_a", 2);
+    // Right after the copy of 2021-08 is counted, one more August document reaches the hot index.
+    double.state().late_write = Some((
+        "hot_a_202108".into(),
+        "hot_a".into(),
+        "late".into(),
+        json!({"start_date": "2021-08-20"}),
+    ));
+    let cfg = config(&job, &double.url, 30, "hot_a", Some(1));
+    rollover(&job, &["plan", "--config", &cfg, "--month", "2021-09"])
+        .await
+        .expect_code(0);
+    rollover(
+        &job,
+        &["run", "--config", &cfg, "--every", "10ms", "--until-done"],
+    )
+    .await
+    .expect_code(1);
+    assert_eq!(status_of(&job, "hot_a_202108_reindex").await.0, "done");
+    let (s, error, _) = status_of(&job, "hot_a_202108_delete").await;
+    let error = error.unwrap_or_default();
+    assert!(
+        s == "failed" && error.contains("holds 3 documents") && error.contains("holds 2"),
+        "{s}: {error}"
+    );
+    let cluster = double.state();
+    assert!(
+        cluster.late_write.is_none(),
+        "the late write never happened: the test proves nothing"
+    );
+    assert_eq!(cluster.starts(TaskKind::Delete, "hot_a"), 0);
+    assert_eq!(cluster.count("hot_a", &month_query("2021-08")), 3);
+}
+
+#[tokio::test]
 async fn a_forgotten_task_starts_again_and_busy_polls_are_asked_again() {
     let job = TestJob::new(1000, 100).await;
     let double = TasksDouble::start(2).await;

@@ -47,6 +47,9 @@ pub struct Cluster {
     /// The first task of each of these hot indices is forgotten at its first poll (404).
     pub forget_once: HashSet<String>,
     forgotten: HashSet<String>,
+    /// A late write: at the first `_count` of the first index, the document (`_id`, `_source`) lands in the
+    /// second (a hot index receiving a document of a month whose copy is being proven).
+    pub late_write: Option<(String, String, String, Value)>,
     /// The next polls answer with these statuses instead (429, 503, …).
     pub poll_faults: VecDeque<u16>,
     /// Running tasks of each kind, at every poll.
@@ -287,10 +290,13 @@ impl Cluster {
                     .get("query")
                     .cloned()
                     .unwrap_or(json!({"match_all": {}}));
-                Reply::json(
-                    200,
-                    json!({"count": self.count(index, &q), "_shards": {"total": 1, "successful": 1}}),
-                )
+                let answer = json!({"count": self.count(index, &q), "_shards": {"total": 1, "successful": 1}});
+                if self.late_write.as_ref().is_some_and(|(at, ..)| at == index) {
+                    if let Some((_, hot, id, doc)) = self.late_write.take() {
+                        self.seed(&hot, [(id, doc)]);
+                    }
+                }
+                Reply::json(200, answer)
             }
             ("PUT" | "POST", [index, "_doc", id]) => {
                 self.seed(index, [((*id).to_owned(), body)]);
