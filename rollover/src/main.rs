@@ -156,23 +156,27 @@ async fn main() {
                     Err(e) => fail(e),
                 }
                 let Some(every) = every else { break };
-                if until_done {
-                    match status::status(&table).await {
-                        Ok(st) if st.settled() => {
-                            code = st.exit_code();
-                            break;
-                        }
-                        Ok(st) => tracing::info!(
+                // Every pass says where the table stands: a log line an operator can follow.
+                match status::status(&table).await {
+                    Ok(st) => {
+                        let progress: i64 = st.tasks.iter().map(|t| t.progress).sum();
+                        let total: i64 = st.tasks.iter().filter_map(|t| t.task.total).sum();
+                        tracing::info!(
                             pending = st.pending,
+                            blocked = st.blocked,
                             running = st.running,
                             done = st.done,
                             failed = st.failed,
+                            documents = progress,
+                            of = total,
                             "tasks"
-                        ),
-                        Err(e) => {
-                            tracing::error!(error = %format!("{e:#}"), "reading the task table")
+                        );
+                        if until_done && st.settled() {
+                            code = st.exit_code();
+                            break;
                         }
                     }
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "reading the task table"),
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(every) => {}
