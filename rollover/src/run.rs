@@ -204,11 +204,7 @@ impl Runner<'_> {
             Kind::Reindex => (&task.dest_index, self.body(task, &["source", "query"])),
             Kind::Delete => (&task.source_index, self.body(task, &["query"])),
         };
-        if let Err(e) = self
-            .es
-            .json(Method::POST, &format!("/{index_to_refresh}/_refresh"), None)
-            .await
-        {
+        if let Err(e) = self.refresh(index_to_refresh).await {
             return Verdict::Later(format!("refreshing {index_to_refresh}: {e}"));
         }
         if kind == Kind::Delete {
@@ -248,15 +244,32 @@ impl Runner<'_> {
         Some(j)
     }
 
+    /// `_refresh`; a missing index has nothing to refresh (a reindex that copied nothing creates no index).
+    async fn refresh(&self, index: &str) -> Result<(), EsError> {
+        match self
+            .es
+            .json(Method::POST, &format!("/{index}/_refresh"), None)
+            .await
+        {
+            Ok(_) | Err(EsError::Permanent { status: 404, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `_count` of the month's query; a missing index holds no documents.
     async fn count(&self, index: &str, query: &J) -> Result<i64, EsError> {
-        let answer = self
+        let answer = match self
             .es
             .json(
                 Method::POST,
                 &format!("/{index}/_count"),
                 Some(&serde_json::json!({ "query": query })),
             )
-            .await?;
+            .await
+        {
+            Err(EsError::Permanent { status: 404, .. }) => return Ok(0),
+            other => other?,
+        };
         answer["count"]
             .as_i64()
             .ok_or_else(|| EsError::Transient(format!("_count answered without a count: {answer}")))
@@ -269,13 +282,7 @@ impl Runner<'_> {
         let Some(query) = self.body(task, &["query"]) else {
             return Ok(Some("the stored request body has no query".into()));
         };
-        self.es
-            .json(
-                Method::POST,
-                &format!("/{}/_refresh", task.source_index),
-                None,
-            )
-            .await?;
+        self.refresh(&task.source_index).await?;
         let hot = self.count(&task.source_index, &query).await?;
         let cold = self.count(&task.dest_index, &query).await?;
         Ok((hot != cold).then(|| {

@@ -340,6 +340,11 @@ async fn a_forgotten_task_starts_again_and_busy_polls_are_asked_again() {
     let double = TasksDouble::start(2).await;
     seed(&double, "hot_a", 2);
     seed(&double, "hot_b", 2);
+    // A month without documents: its reindex copies nothing and creates no monthly index.
+    double.state().seed(
+        "hot_c",
+        [("x".to_owned(), json!({"start_date": "2021-10-05"}))],
+    );
     {
         let mut c = double.state();
         c.forget_once.insert("hot_a".into());
@@ -382,6 +387,7 @@ async fn a_forgotten_task_starts_again_and_busy_polls_are_asked_again() {
         "the forgotten task started twice"
     );
     assert_eq!(status_of(&job, "hot_b_202108_reindex").await.2, 1);
+    assert_eq!(status_of(&job, "hot_c_202108_reindex").await.0, "done");
     let cluster = double.state();
     assert_eq!(cluster.starts(TaskKind::Reindex, "hot_a"), 2);
     assert_eq!(cluster.starts(TaskKind::Reindex, "hot_b"), 1);

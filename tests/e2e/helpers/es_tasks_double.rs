@@ -129,6 +129,11 @@ impl Cluster {
                 let copied: Vec<(String, Value)> =
                     source.into_iter().skip(usize::from(lose)).collect();
                 let (mut created, mut updated) = (0u64, 0u64);
+                if copied.is_empty() {
+                    // Like Elasticsearch: nothing to copy, no destination index created.
+                    return self.completed(id, json!({"took": 1, "timed_out": false, "total": 0, "created": 0,
+                        "updated": 0, "deleted": 0, "batches": 0, "version_conflicts": 0, "noops": 0, "failures": []}));
+                }
                 let dest = self.indices.entry(task.dest.clone()).or_default();
                 for (k, v) in copied {
                     if dest.insert(k, v).is_some() {
@@ -158,6 +163,10 @@ impl Cluster {
                        "version_conflicts": 0, "noops": 0, "failures": []})
             }
         };
+        self.completed(id, response)
+    }
+
+    fn completed(&mut self, id: &str, response: Value) -> Value {
         if let Some(t) = self.tasks.get_mut(id) {
             t.completed = Some(response.clone());
         }
