@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# The three bitmig programs in one image; docker-compose.yml picks the command for each service.
+# The bitmig programs in one image; docker-compose.yml picks the command for each service.
 
 FROM rust:1-bookworm AS build
 WORKDIR /src
@@ -10,7 +10,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bins \
  && mkdir -p /out \
- && cp target/release/bitmig-producer target/release/bitmig-consumer target/release/bitmig-compensator /out/
+ && cp target/release/bitmig-producer target/release/bitmig-consumer target/release/bitmig-compensator target/release/bitmig-rollover /out/
 
 FROM debian:bookworm-slim
 RUN apt-get update \

@@ -19,6 +19,7 @@ pub enum Bin {
     Producer,
     Consumer,
     Compensator,
+    Rollover,
 }
 
 impl Bin {
@@ -27,6 +28,7 @@ impl Bin {
             Bin::Producer => "bitmig-producer",
             Bin::Consumer => "bitmig-consumer",
             Bin::Compensator => "bitmig-compensator",
+            Bin::Rollover => "bitmig-rollover",
         }
     }
 }
@@ -88,7 +90,7 @@ impl TestJob {
         let stdout = self.dir.join(format!("{n:02}-{}.stdout", bin.file_name()));
         let stderr = self.dir.join(format!("{n:02}-{}.stderr", bin.file_name()));
         let mut all_args: Vec<&str> = args.to_vec();
-        if bin != Bin::Compensator {
+        if matches!(bin, Bin::Producer | Bin::Consumer) {
             all_args.extend(["--amqp-url", &self.services.amqp_url]);
             all_args.extend(["--redis-url", &self.services.redis_url]);
         }

@@ -766,8 +766,9 @@ pub fn spec_differences(stored: &serde_json::Value, ours: &serde_json::Value) ->
     out
 }
 
-/// Replace `${VAR}` in every string value. An unset variable is an error naming it and the key.
-fn expand_env(
+/// Replace `${VAR}` in every string value. An unset variable is an error naming it and the key (`at`: the
+/// key path of `v`, "" for a whole document). Public for the other TOML files (bitmig-rollover's config).
+pub fn expand_env(
     v: &mut toml::Value,
     at: &str,
     env: &dyn Fn(&str) -> Option<String>,

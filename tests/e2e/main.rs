@@ -19,6 +19,7 @@ mod hostile;
 mod postgres;
 mod producer_resume;
 mod rejected_rows;
+mod rollover;
 mod routes;
 mod secrets;
 mod spec_mismatch;
