@@ -167,6 +167,19 @@ impl RowPlan {
         Self::new(&names, &sides)
     }
 
+    /// Compares column `name` as JSON whatever the readers said: MariaDB's JSON is a LONGTEXT with a
+    /// `json_valid` check, read as text (find such columns with
+    /// [`super::pushdown::mariadb_json_columns`]). `false` if the plan has no such column.
+    pub fn compare_as_json(&mut self, name: &str) -> bool {
+        match self.names.iter().position(|n| n.eq_ignore_ascii_case(name)) {
+            Some(i) => {
+                self.canons[i] = Canon::Json;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The compared columns' names, in encoding order.
     pub fn names(&self) -> &[String] {
         &self.names

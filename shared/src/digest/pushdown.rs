@@ -60,6 +60,25 @@ pub fn types_match(
     Ok(())
 }
 
+/// MariaDB's JSON columns of a table (a JSON column there is a LONGTEXT whose check constraint, named
+/// after the column, is `json_valid(col)`), to mark with [`super::RowPlan::compare_as_json`]. Empty on
+/// MySQL, whose JSON is a type of its own that the readers see (its catalog has no such table column).
+pub async fn mariadb_json_columns(
+    conn: &mut mysql_async::Conn,
+    schema: Option<&str>,
+    table: &str,
+) -> Result<Vec<String>, DigestError> {
+    let sql = "SELECT CONSTRAINT_NAME FROM information_schema.CHECK_CONSTRAINTS \
+               WHERE CONSTRAINT_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? \
+               AND CHECK_CLAUSE = CONCAT('json_valid(`', CONSTRAINT_NAME, '`)')";
+    match conn.exec(sql, (schema, table)).await {
+        Ok(names) => Ok(names),
+        // MySQL: no TABLE_NAME in CHECK_CONSTRAINTS, and no need for it
+        Err(mysql_async::Error::Server(e)) if e.code == 1054 => Ok(Vec::new()),
+        Err(e) => Err(query_error(e)),
+    }
+}
+
 /// A query failed.
 fn query_error(e: mysql_async::Error) -> DigestError {
     DigestError::Query {
