@@ -72,22 +72,22 @@ async fn mariadb_and_postgres_rows_digest_equal_and_every_damage_is_found() {
     my.query_drop(
         "CREATE TABLE src (id BIGINT PRIMARY KEY, d DECIMAL(10,2), u BIGINT UNSIGNED, f FLOAT, \
          dt DATETIME(6), ts TIMESTAMP(6) NULL DEFAULT NULL, zd DATE, b TINYINT(1), j JSON, \
-         s VARCHAR(20), n VARCHAR(20), bin VARBINARY(10), tm TIME(6))",
+         s VARCHAR(20), n VARCHAR(20), bin VARBINARY(10), tm TIME(6), g CHAR(36), bt BIT(12))",
     )
     .await
     .unwrap();
     pg.sql(
         "CREATE TABLE dst (id bigint PRIMARY KEY, d numeric, u numeric, f real, dt timestamp(6), \
-         ts timestamptz, zd date, b boolean, j jsonb, s text, n text, bin bytea, tm time)",
+         ts timestamptz, zd date, b boolean, j jsonb, s text, n text, bin bytea, tm time, g uuid, bt bigint)",
     )
     .await;
     // Row 1 and rows 3..=6 start as the same logical row on both sides; 7 only in MariaDB, 8 only in PG.
     let my_base = "'1.50', 18446744073709551615, 0.1, '2024-01-02 03:04:05.123456', \
                    '2024-06-30 23:59:59.5', '0000-00-00', 1, '{\"b\": 1, \"a\": [1, 2.0]}', 'abc', 'x', \
-                   X'00FF', '12:34:56.5'";
+                   X'00FF', '12:34:56.5', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', b'111111111111'";
     let pg_base = "1.5, 18446744073709551615, 0.1, '2024-01-02 03:04:05.123456', \
                    '2024-06-30 23:59:59.5+00', NULL, true, '{\"a\":[1,2],\"b\":1}', 'abc', 'x', \
-                   '\\x00ff', '12:34:56.5'";
+                   '\\x00ff', '12:34:56.5', 'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11', 4095";
     for id in [1, 3, 4, 5, 6, 7] {
         my.query_drop(format!("INSERT INTO src VALUES ({id}, {my_base})"))
             .await
@@ -98,16 +98,16 @@ async fn mariadb_and_postgres_rows_digest_equal_and_every_damage_is_found() {
             .await;
     }
     // Row 2: other values that must compare equal (negative decimal with another scale, zero, midnight, a
-    // real date, false, empty JSON array, empty strings, NULLs).
+    // real date, false, empty JSON array, empty strings, NULLs, a zero BIT).
     my.query_drop(
         "INSERT INTO src VALUES (2, '-12.30', 0, -2.5, '2000-01-01 00:00:00', NULL, '2024-02-29', 0, \
-         '[]', '', NULL, '', '00:00:00')",
+         '[]', '', NULL, '', '00:00:00', NULL, b'0')",
     )
     .await
     .unwrap();
     pg.sql(
         "INSERT INTO dst VALUES (2, -12.3, 0, -2.5, '2000-01-01', NULL, '2024-02-29', false, '[]', '', \
-         NULL, '', '00:00')",
+         NULL, '', '00:00', NULL, 0)",
     )
     .await;
     // The damage: one changed column, NULL vs '', 1 µs of a DATETIME(6), a trailing space.

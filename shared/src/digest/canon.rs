@@ -202,9 +202,19 @@ impl RowPlan {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // A BIT column compared as a number arrives as big-endian bytes: read it as bits on this side.
+        let canons = self
+            .canons
+            .iter()
+            .zip(&at)
+            .map(|(canon, i)| match (canon, columns[*i].ty) {
+                (Canon::Number, ColumnType::Bit) => Canon::Bits,
+                (c, _) => *c,
+            })
+            .collect();
         Ok(RowEncoder {
             at,
-            canons: self.canons.clone(),
+            canons,
             buf: Vec::with_capacity(256),
             col_a: Vec::new(),
             col_b: Vec::new(),
@@ -831,6 +841,20 @@ mod tests {
         assert_eq!(
             plan.differing_columns(&mut s, &srow, &mut t, &trow2),
             ["flag", "name"]
+        );
+        // BIT(12) in the source, bigint in the target (the PostgreSQL sink's mapping)
+        let bits = [col("b", ColumnType::Bit)];
+        let big = [col("b", ColumnType::Int { unsigned: false })];
+        let plan2 = RowPlan::all_columns(&bits, &[&big]).unwrap();
+        let mut b1 = plan2.encoder(&bits).unwrap();
+        let mut b2 = plan2.encoder(&big).unwrap();
+        assert_eq!(
+            b1.hash(1, &[Value::Bytes(vec![0x0f, 0xff])]),
+            b2.hash(1, &[Value::Int(4095)])
+        );
+        assert_ne!(
+            b1.hash(1, &[Value::Bytes(vec![0x0f, 0xfe])]),
+            b2.hash(1, &[Value::Int(4095)])
         );
         let missing = RowPlan::new(&["id", "nope"], &[&src, &tgt]).unwrap_err();
         assert!(missing.to_string().contains("`nope`"), "{missing}");
