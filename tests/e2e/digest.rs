@@ -1,19 +1,25 @@
 //! The row digest of DESIGN.md §9 against the real servers: the same logical rows stored in MariaDB and in
 //! PostgreSQL with the mapped types, read back through bitmig's own readers, digest equal; every kind of
 //! damage is found with the right id, kind and column. The MariaDB checksum pushdown finds the same damage
-//! from digests computed by the server.
+//! from digests computed by the server. Elasticsearch: the `_source` the cluster returns digests equal to
+//! the document the sink's encoder made of the source row.
 
 use std::path::Path;
 
 use bitmig_shared::digest::diff::compare_rows;
+use bitmig_shared::digest::es::{bulk_document, differing_fields, DocHasher};
 use bitmig_shared::digest::pushdown::{mariadb_json_columns, MysqlChecksum};
 use bitmig_shared::digest::{merge_keyed, ChunkDigests, DiffKind, GroupDigest, RowPlan};
 use bitmig_shared::ids::to_ranges;
 use bitmig_shared::job::{Ident, JobSpec, TableName};
+use bitmig_shared::sink::elasticsearch::{EsOptions, EsSink};
+use bitmig_shared::sink::Sink;
 use bitmig_shared::source::{MySqlSource, PgSource, Source};
 use bitmig_shared::value::RowSet;
 use mysql_async::prelude::Queryable;
 
+use crate::helpers::es::Es;
+use crate::helpers::es_double::{EsDouble, Reply};
 use crate::helpers::TestJob;
 
 /// A job whose source is `table` at `url` (the target is irrelevant: only the source reader is used).
@@ -323,4 +329,136 @@ async fn mariadb_checksum_pushdown_finds_the_damage_from_server_digests() {
     assert_eq!(sum, da.total());
     drop(conn);
     pool.disconnect().await.ok();
+}
+
+/// An Elasticsearch job reading `src` from the test's MariaDB into `index` at `es_url`, without `secret`.
+fn es_job(job: &TestJob, es_url: &str, index: &str) -> JobSpec {
+    let text = format!(
+        r#"name = "{name}"
+group_size = 100000
+batch_size = 1000
+
+[source]
+url = "{url}"
+table = "src"
+key = "id"
+
+[target]
+kind = "elasticsearch"
+url = "{es_url}"
+index = "{index}"
+exclude = ["secret"]
+"#,
+        name = job.name,
+        url = job.database_url,
+    );
+    JobSpec::parse_str(&text, Path::new("digest_es.toml"), &|_| None).expect("a valid job")
+}
+
+#[tokio::test]
+async fn elasticsearch_sources_digest_equal_to_the_encoders_documents() {
+    let job = TestJob::new(100_000, 1000).await;
+    let es = Es::connect(&job.name).await;
+    let mut my = job.conn().await;
+    my.query_drop("SET time_zone = '+00:00'").await.unwrap();
+    my.query_drop(
+        "CREATE TABLE src (id BIGINT UNSIGNED PRIMARY KEY, price DECIMAL(10,2), f FLOAT, dt DATETIME(6), \
+         ts TIMESTAMP(6) NULL DEFAULT NULL, j JSON, s VARCHAR(20), n VARCHAR(20), secret VARCHAR(20))",
+    )
+    .await
+    .unwrap();
+    my.query_drop(
+        "INSERT INTO src VALUES \
+         (1, '1.50', 0.1, '2024-01-02 03:04:05.123456', '2024-06-30 23:59:59.5', '{\"b\": 1, \"a\": [1, 2.0]}', 'abc', NULL, 'p1'), \
+         (2, '-12.30', -2.5, '2000-01-01 00:00:00', NULL, '[]', '', '', 'p2'), \
+         (3, '0.00', 3.25, '1999-12-31 23:59:59.999999', '2038-01-19 03:14:07', '{}', 'x y ', 'n', 'p3'), \
+         (4, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL), \
+         (5, '99999999.99', 1e30, '2024-02-29 12:00:00', '1970-01-01 00:00:01', '{\"k\": {\"z\": 1, \"y\": [true, null]}}', 'é', 'ü', 'p5')",
+    )
+    .await
+    .unwrap();
+    let index = format!("{}_docs", job.name);
+    let source = MySqlSource::new(&es_job(&job, &es.url, &index), 2).unwrap();
+    let rows = read_all(&source, 1, 100).await;
+    assert_eq!(rows.rows.len(), 5);
+
+    // The real cluster holds what the sink wrote…
+    let sink = EsSink::new(&es_job(&job, &es.url, &index), EsOptions::from_env(), 2).unwrap();
+    sink.prepare(&rows.columns).await.unwrap();
+    let outcome = sink.write(&rows).await.unwrap();
+    assert_eq!(outcome.written, [1, 2, 3, 4, 5]);
+    es.refresh().await;
+    // …and a stand-in records the encoder's documents for the same rows: the source side of the digest.
+    let double = EsDouble::start(|req, _| {
+        let items: Vec<(u64, u16)> = req.bulk_ids().into_iter().map(|id| (id, 201)).collect();
+        Reply::bulk(&items)
+    })
+    .await;
+    let recorder =
+        EsSink::new(&es_job(&job, &double.url, &index), EsOptions::from_env(), 2).unwrap();
+    recorder.prepare(&rows.columns).await.unwrap();
+    recorder.write(&rows).await.unwrap();
+    let mut hasher = DocHasher::new();
+    let mut encoded: Vec<(u64, u128, serde_json::Value)> = Vec::new();
+    for bulk in double.bulks() {
+        let lines: Vec<&[u8]> = bulk.body.split(|&c| c == b'\n').collect();
+        for pair in lines.chunks(2).filter(|p| p.len() == 2 && !p[0].is_empty()) {
+            let action: serde_json::Value = serde_json::from_slice(pair[0]).unwrap();
+            let id: u64 = action["index"]["_id"].as_str().unwrap().parse().unwrap();
+            let mut both = pair[0].to_vec();
+            both.push(b'\n');
+            both.extend_from_slice(pair[1]);
+            both.push(b'\n');
+            let doc = bulk_document(&both).unwrap();
+            let parsed: serde_json::Value = serde_json::from_slice(doc).unwrap();
+            assert!(parsed.get("secret").is_none(), "excluded: {parsed}");
+            encoded.push((id, hasher.hash_text(id, doc).unwrap(), parsed));
+        }
+    }
+    encoded.sort_by_key(|e| e.0);
+    assert_eq!(encoded.len(), 5);
+
+    let wanted: Vec<(String, u64)> = (1..=5).map(|id| (index.clone(), id)).collect();
+    let target_side = |sources: &[Option<serde_json::Value>], hasher: &mut DocHasher| {
+        sources
+            .iter()
+            .zip(1u64..)
+            .filter_map(|(s, id)| s.as_ref().map(|doc| (id, hasher.hash(id, doc))))
+            .collect::<Vec<(u64, u128)>>()
+    };
+    let sources = es.sources(&wanted).await;
+    let tgt = target_side(&sources, &mut hasher);
+    let src: Vec<(u64, u128)> = encoded.iter().map(|e| (e.0, e.1)).collect();
+    assert_eq!(src, tgt, "every _source equals the encoder's document");
+    let digest = |pairs: &[(u64, u128)]| {
+        let mut d = GroupDigest::default();
+        pairs.iter().for_each(|p| d.add(p.1));
+        d
+    };
+    assert_eq!(digest(&src), digest(&tgt));
+
+    // Damage in the cluster: one field changed, one document gone.
+    let mut changed = sources[2].clone().unwrap();
+    changed["s"] = serde_json::json!("x y");
+    es.ok(
+        "PUT",
+        &format!("/{index}/_doc/3?refresh=true"),
+        Some(&changed),
+    )
+    .await;
+    es.ok("DELETE", &format!("/{index}/_doc/4?refresh=true"), None)
+        .await;
+    let sources = es.sources(&wanted).await;
+    let tgt = target_side(&sources, &mut hasher);
+    assert_ne!(digest(&src), digest(&tgt));
+    let mut diffs = Vec::new();
+    merge_keyed(src.iter().copied(), tgt.iter().copied(), |k, kind| {
+        diffs.push((k, kind))
+    })
+    .unwrap();
+    assert_eq!(diffs, [(3, DiffKind::Differs), (4, DiffKind::Missing)]);
+    assert_eq!(
+        differing_fields(&encoded[2].2, sources[2].as_ref().unwrap()),
+        ["s"]
+    );
 }
