@@ -9,7 +9,9 @@ use std::path::Path;
 use bitmig_shared::digest::diff::compare_rows;
 use bitmig_shared::digest::es::{bulk_document, differing_fields, DocHasher};
 use bitmig_shared::digest::pushdown::{mariadb_json_columns, MysqlChecksum};
-use bitmig_shared::digest::{merge_keyed, ChunkDigests, DiffKind, GroupDigest, RowPlan};
+use bitmig_shared::digest::{
+    merge_keyed, proven_equal, ChunkDigests, DiffKind, GroupDigest, RowPlan,
+};
 use bitmig_shared::ids::to_ranges;
 use bitmig_shared::job::{Ident, JobSpec, TableName};
 use bitmig_shared::sink::elasticsearch::{EsOptions, EsSink};
@@ -154,15 +156,18 @@ async fn mariadb_and_postgres_rows_digest_equal_and_every_damage_is_found() {
     // …the whole range's digests differ, and the merge names exactly the damage.
     let digest = |rows: &RowSet, enc: &mut bitmig_shared::digest::RowEncoder| {
         let mut d = ChunkDigests::new(1, 100, 10);
-        for r in &rows.rows {
-            assert!(d.add(r.key, enc.hash(r.key, &r.values)));
-        }
+        assert_eq!(enc.digest_rows(&rows.rows, &mut d), 0, "every key in range");
         d
     };
     let (sd, td) = (digest(&s, &mut se), digest(&t, &mut te));
     assert_ne!(sd.total(), td.total());
     assert_eq!(sd.differing_ranges(&td), [[1, 10]]);
     let diffs = compare_rows(&plan, (&mut se, &s.rows), (&mut te, &t.rows)).unwrap();
+    // what purge could delete: the equal rows only
+    assert_eq!(
+        proven_equal(&se.key_hashes(&s.rows), &te.key_hashes(&t.rows)).unwrap(),
+        [1, 2]
+    );
     assert_eq!(
         found(&diffs),
         [

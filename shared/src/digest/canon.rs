@@ -30,8 +30,8 @@
 use xxhash_rust::xxh3::xxh3_128;
 
 use super::json::write_canonical_json;
-use super::DigestError;
-use crate::value::{parse_uuid, Column, ColumnType, Value};
+use super::{ChunkDigests, DigestError};
+use crate::value::{parse_uuid, Column, ColumnType, Row, Value};
 
 /// How one compared column is encoded; chosen once per column from its types on every side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -283,6 +283,27 @@ impl RowEncoder {
     /// The row's 128-bit hash: xxh3-128 of its canonical encoding.
     pub fn hash(&mut self, key: u64, values: &[Value]) -> u128 {
         xxh3_128(self.encode(key, values))
+    }
+
+    /// Adds every row's hash to its chunk of `digests`; returns how many rows fell outside its range (not
+    /// added: a reader asked for the wrong keys).
+    pub fn digest_rows(&mut self, rows: &[Row], digests: &mut ChunkDigests) -> usize {
+        let mut outside = 0;
+        for r in rows {
+            let h = self.hash(r.key, &r.values);
+            if !digests.add(r.key, h) {
+                outside += 1;
+            }
+        }
+        outside
+    }
+
+    /// `(key, hash)` of every row, in the rows' order (readers return rows ascending by key; rows from
+    /// several target tables must be sorted by key before a merge).
+    pub fn key_hashes(&mut self, rows: &[Row]) -> Vec<(u64, u128)> {
+        rows.iter()
+            .map(|r| (r.key, self.hash(r.key, &r.values)))
+            .collect()
     }
 }
 

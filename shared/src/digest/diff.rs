@@ -121,6 +121,25 @@ where
     }
 }
 
+/// The source keys proven equal in the target: a target row with the same hash, and no second target row
+/// with that key. This is what `purge` may delete; anything else (missing, differing, duplicated in the
+/// target, or a key the merge could not place) is left alone. Both sides ascending by key.
+pub fn proven_equal(
+    source: &[(u64, u128)],
+    target: &[(u64, u128)],
+) -> Result<Vec<u64>, DigestError> {
+    let mut bad = Vec::new();
+    merge_keyed(source.iter().copied(), target.iter().copied(), |k, _| {
+        bad.push(k)
+    })?;
+    // `found` is called in ascending key order, so `bad` is sorted
+    Ok(source
+        .iter()
+        .map(|(k, _)| *k)
+        .filter(|k| bad.binary_search(k).is_err())
+        .collect())
+}
+
 /// Compares full rows of both sides (each ascending by key, e.g. the rows of the keys a merge found
 /// `Differs`, or every row of a small chunk) and returns every differing id with its kind and, for
 /// `Differs`, the differing columns' names.
@@ -131,14 +150,8 @@ pub fn compare_rows(
 ) -> Result<Vec<KeyDiff>, DigestError> {
     let (s_enc, s_rows) = source;
     let (t_enc, t_rows) = target;
-    let s_hashes: Vec<(u64, u128)> = s_rows
-        .iter()
-        .map(|r| (r.key, s_enc.hash(r.key, &r.values)))
-        .collect();
-    let t_hashes: Vec<(u64, u128)> = t_rows
-        .iter()
-        .map(|r| (r.key, t_enc.hash(r.key, &r.values)))
-        .collect();
+    let s_hashes = s_enc.key_hashes(s_rows);
+    let t_hashes = t_enc.key_hashes(t_rows);
     let mut diffs = Vec::new();
     merge_keyed(s_hashes, t_hashes, |key, kind| {
         diffs.push(KeyDiff {
@@ -193,6 +206,15 @@ mod tests {
         assert_eq!(equal, 2);
         assert_eq!(merged(&[], &[]), (vec![], 0));
         assert_eq!(merged(&[(3, 1)], &[]), (vec![(3, DiffKind::Missing)], 0));
+    }
+
+    #[test]
+    fn only_a_single_equal_target_row_proves_a_key() {
+        let s = [(1, 10), (2, 20), (3, 30), (4, 40), (6, 60)];
+        let t = [(1, 10), (2, 21), (4, 40), (4, 40), (5, 50), (6, 60)];
+        assert_eq!(proven_equal(&s, &t).unwrap(), [1, 6]);
+        assert_eq!(proven_equal(&s, &[]).unwrap(), Vec::<u64>::new());
+        assert!(proven_equal(&[(2, 0), (1, 0)], &[]).is_err());
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub mod json;
 pub mod pushdown;
 
 pub use canon::{Canon, RowEncoder, RowPlan};
-pub use diff::{merge_keyed, DiffKind, KeyDiff};
+pub use diff::{compare_rows, merge_keyed, proven_equal, DiffKind, KeyDiff};
 
 /// What a digest cannot be built from.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
