@@ -195,12 +195,7 @@ impl RowPlan {
         let at = self
             .names
             .iter()
-            .map(|n| {
-                position(columns, n).ok_or_else(|| DigestError::NoColumn {
-                    column: n.clone(),
-                    side: usize::MAX,
-                })
-            })
+            .map(|n| position(columns, n).ok_or_else(|| DigestError::NotInLayout(n.clone())))
             .collect::<Result<Vec<_>, _>>()?;
         // A BIT column compared as a number arrives as big-endian bytes: read it as bits on this side.
         let canons = self
@@ -879,5 +874,18 @@ mod tests {
         );
         let missing = RowPlan::new(&["id", "nope"], &[&src, &tgt]).unwrap_err();
         assert!(missing.to_string().contains("`nope`"), "{missing}");
+        // Elasticsearch: the job's columns without `exclude`; the excluded column is not hashed
+        let plan3 = RowPlan::new(&["id", "name"], &[&src]).unwrap();
+        let mut e3 = plan3.encoder(&src).unwrap();
+        let h = e3.hash(7, &srow);
+        let mut other = srow.clone();
+        other[2] = text("999");
+        assert_eq!(e3.hash(7, &other), h, "price is not compared");
+        assert_eq!(
+            plan3
+                .encoder(&[col("id", ColumnType::Int { unsigned: false })])
+                .unwrap_err(),
+            DigestError::NotInLayout("name".into())
+        );
     }
 }

@@ -38,9 +38,12 @@ pub use diff::{compare_rows, merge_keyed, proven_equal, DiffKind, KeyDiff};
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DigestError {
     /// A compared column is missing on one side (`side` 0 is the source, then each target table in the
-    /// order given; `usize::MAX` when an encoder was asked for a layout that lacks it).
+    /// order given to [`RowPlan::new`]).
     #[error("column `{column}` is not among the columns of side {side}")]
     NoColumn { column: String, side: usize },
+    /// An encoder was asked for a layout that lacks a compared column.
+    #[error("column `{0}` is not among the columns read")]
+    NotInLayout(String),
     /// Keys given to a merge out of ascending order.
     #[error("keys must be ascending: {after} came after {before}")]
     Unsorted { before: u64, after: u64 },
