@@ -7,7 +7,6 @@
 //! - [`value`]: column descriptions and the engine-neutral row values that travel from source to sink.
 //! - [`source`]: reading ids and current rows from the source database (MySQL/MariaDB, PostgreSQL).
 //! - [`pg`]: the PostgreSQL pool, error classes and binary codec the PostgreSQL source and sink share.
-//! - [`digest`]: row digests for verify and purge — canonical encoding, group digests, diff, SQL pushdown.
 //! - [`sink`]: writing rows to the target (SQL tables); one small trait, one module per target kind.
 //! - [`telemetry`], [`cli`]: logging set-up, the options and exit codes every binary shares, progress output.
 

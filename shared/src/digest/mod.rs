@@ -18,9 +18,11 @@
 //! 1. `RowPlan::new(names, &[source_columns, target_table_columns…])`, one `RowEncoder` per side.
 //! 2. Per group, per side: `ChunkDigests::new(first, last, chunk)`, `add(key, encoder.hash(key, values))`
 //!    for each row read. Equal `ChunkDigests` → the group is equal.
-//! 3. For each differing chunk: both sides' `(key, hash)` ascending by key (`KeyHashes`), merged with
-//!    [`diff::merge_keyed`] into missing / extra / changed keys; read the changed keys' full rows and name
-//!    their columns with [`RowPlan::differing_columns`].
+//! 3. For each differing chunk: both sides' `(key, hash)` ascending by key ([`RowEncoder::key_hashes`], or
+//!    [`pushdown::MysqlChecksum::key_hashes`]), merged with [`diff::merge_keyed`] into missing / extra /
+//!    changed keys; read the changed keys' full rows and classify them canonically with
+//!    [`diff::compare_rows`] (which names the differing columns). Purge deletes only
+//!    [`diff::proven_equal`] keys.
 //!
 //! Memory stays bounded by the chunk, not the group: a group of 4 M rows in chunks of 65 536 keys holds at
 //! most 64 chunk digests, and per-key hashes (24 bytes a row) for one differing chunk at a time.
