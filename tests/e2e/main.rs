@@ -14,6 +14,7 @@ mod consumer_sigterm;
 mod copy;
 mod dead_letters;
 mod deleted_rows;
+mod deletes;
 mod elasticsearch;
 mod hostile;
 mod postgres;

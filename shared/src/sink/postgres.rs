@@ -26,7 +26,9 @@ use tracing::info;
 
 use super::create::{mysql_source_columns, pg_body, pg_source_columns, server_of, url_database};
 use super::route::Router;
-use super::{OpenError, Sink, SinkError, WriteOutcome};
+use super::{
+    deletions, sql_tables_to_visit, Changes, OpenError, Sink, SinkError, Tables, WriteOutcome,
+};
 use crate::job::{
     Engine, Ident, JobSpec, SourceSpec, TableName, TableRoute, TargetSpec, WriteMode,
 };
@@ -46,6 +48,16 @@ pub struct PgSink {
     version: Option<Ident>,
     /// `create = true`: how to create a missing table, and the tables known to exist.
     create: Option<Creator>,
+    /// Records each table before the first write to it; lists every table for deletes.
+    tables: Tables,
+}
+
+/// What a batch deletes: the tables to visit, the keys gone everywhere, whether written keys leave every
+/// other table.
+struct Deletes<'a> {
+    every: Vec<TableName>,
+    delete: &'a [u64],
+    exclusive: bool,
 }
 
 /// Creates missing target tables, once per table and process. Consumers racing on one table serialise on a
@@ -92,7 +104,57 @@ impl PgSink {
                 tail: OnceCell::new(),
                 created: Default::default(),
             }),
+            tables: Tables::default(),
         })
+    }
+
+    /// Record tables in, and list them from, `tables` (the consumer's ledger).
+    pub(crate) fn with_tables(mut self, tables: Tables) -> Self {
+        self.tables = tables;
+        self
+    }
+
+    /// Run `d`'s deletes in `tx`, the written keys being `placed` (table → keys). Listed tables that do not
+    /// exist hold no row and are skipped (checked first: an error would abort the transaction).
+    async fn delete_in(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        key: &str,
+        d: &Deletes<'_>,
+        placed: &[(TableName, Vec<u64>)],
+    ) -> Result<(), SinkError> {
+        let todo = deletions(&d.every, d.delete, placed, d.exclusive);
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = todo
+            .iter()
+            .map(|(t, _)| quote_table(Engine::Postgres, t))
+            .collect();
+        let present = tx
+            .query(
+                "SELECT n FROM unnest($1::text[]) AS n WHERE to_regclass(n) IS NOT NULL",
+                &[&names],
+            )
+            .await
+            .map_err(|e| self.error(&e, None))?;
+        let present: std::collections::HashSet<String> =
+            present.iter().map(|r| r.get::<_, String>(0)).collect();
+        let key = format!("\"{}\"", key.replace('"', "\"\""));
+        for ((table, keys), name) in todo.iter().zip(&names) {
+            if !present.contains(name) {
+                continue;
+            }
+            // Keys as bigint: a key above i64::MAX cannot be in a PostgreSQL integer column anyway.
+            let keys: Vec<i64> = keys.iter().filter_map(|k| i64::try_from(*k).ok()).collect();
+            tx.execute(
+                &format!("DELETE FROM {name} WHERE {key} = ANY($1::bigint[])"),
+                &[&keys],
+            )
+            .await
+            .map_err(|e| self.error(&e, Some(table)))?;
+        }
+        Ok(())
     }
 
     /// What follows `CREATE TABLE IF NOT EXISTS t`, from the source.
@@ -227,8 +289,9 @@ impl PgSink {
         rs: &RowSet,
         pieces: &[Piece<'_>],
         cache: bool,
+        deletes: Option<&Deletes<'_>>,
     ) -> Result<bool, SinkError> {
-        if let [piece] = pieces {
+        if let ([piece], None) = (pieces, deletes) {
             let stmt = self
                 .statement(client, rs, piece, cache.then_some(&*client))
                 .await?;
@@ -259,6 +322,9 @@ impl PgSink {
                 }
                 Err(e) => return Err(self.error(&e, Some(piece.table))),
             }
+        }
+        if let Some(d) = deletes {
+            self.delete_in(&tx, &self.key, d, &placed(pieces)).await?;
         }
         tx.commit().await.map_err(|e| self.error(&e, None))?;
         Ok(true)
@@ -302,6 +368,18 @@ impl PgSink {
         }
         Ok(())
     }
+}
+
+/// Keys per table of `pieces`.
+fn placed(pieces: &[Piece<'_>]) -> Vec<(TableName, Vec<u64>)> {
+    let mut by_table: BTreeMap<TableName, Vec<u64>> = BTreeMap::new();
+    for piece in pieces {
+        by_table
+            .entry(piece.table.clone())
+            .or_default()
+            .extend(piece.rows.iter().map(|r| r.key));
+    }
+    by_table.into_iter().collect()
 }
 
 /// The multi-row upsert of `rows` rows into `table`: `$1…` numbered row by row, the key the conflict target,
@@ -413,7 +491,8 @@ impl Sink for PgSink {
         Ok(())
     }
 
-    async fn write(&self, rs: &RowSet) -> Result<WriteOutcome, SinkError> {
+    async fn apply(&self, changes: &Changes<'_>) -> Result<WriteOutcome, SinkError> {
+        let rs = changes.rows;
         let router = self.router(&rs.columns)?;
         let mut outcome = WriteOutcome::default();
         let per_stmt = (MAX_PARAMS / rs.columns.len().max(1)).max(1);
@@ -448,20 +527,53 @@ impl Sink for PgSink {
             })
             .filter(|p| !p.rows.is_empty())
             .collect();
-        if pieces.is_empty() {
+        let deletes = sql_tables_to_visit(&self.tables, changes, &router)
+            .await?
+            .map(|every| Deletes {
+                every,
+                delete: changes.delete,
+                exclusive: changes.exclusive,
+            });
+        if pieces.is_empty() && deletes.is_none() {
             return Ok(outcome);
         }
         let mut client = self.client().await?;
-        let tables: Vec<&TableName> = grouped.iter().map(|(t, _)| t).collect();
+        let tables: Vec<&TableName> = grouped
+            .iter()
+            .filter(|(_, rows)| !rows.is_empty())
+            .map(|(t, _)| t)
+            .collect();
+        let names: Vec<String> = tables.iter().map(ToString::to_string).collect();
+        self.tables.before_write(&names).await?;
         self.ensure_tables(&mut client, &tables).await?;
         let cache = router.fixed().is_some();
-        if self.write_together(&mut client, rs, &pieces, cache).await? {
+        if self
+            .write_together(&mut client, rs, &pieces, cache, deletes.as_ref())
+            .await?
+        {
             for piece in &pieces {
                 outcome.written.extend(piece.rows.iter().map(|r| r.key));
             }
         } else {
+            // A row was refused and nothing is committed: write piece by piece, then the deletes of what
+            // landed in one transaction of their own.
+            let before = outcome.written.len();
             for piece in &pieces {
                 self.bisect(&client, rs, piece, &mut outcome).await?;
+            }
+            if let Some(d) = &deletes {
+                let landed: std::collections::HashSet<u64> =
+                    outcome.written[before..].iter().copied().collect();
+                let placed: Vec<(TableName, Vec<u64>)> = placed(&pieces)
+                    .into_iter()
+                    .map(|(t, keys)| (t, keys.into_iter().filter(|k| landed.contains(k)).collect()))
+                    .collect();
+                let tx = client
+                    .transaction()
+                    .await
+                    .map_err(|e| self.error(&e, None))?;
+                self.delete_in(&tx, &self.key, d, &placed).await?;
+                tx.commit().await.map_err(|e| self.error(&e, None))?;
             }
         }
         outcome.written.sort_unstable();

@@ -29,7 +29,9 @@ use tracing::info;
 
 use super::create::{mysql_body, mysql_source_columns, pg_source_columns, server_of, url_database};
 use super::route::Router;
-use super::{OpenError, Sink, SinkError, WriteOutcome};
+use super::{
+    deletions, sql_tables_to_visit, Changes, OpenError, Sink, SinkError, Tables, WriteOutcome,
+};
 use crate::job::{
     DbUrl, Engine, Ident, JobSpec, SourceSpec, TableName, TableRoute, TargetSpec, WriteMode,
 };
@@ -49,6 +51,16 @@ pub struct MySqlSink {
     version: Option<Ident>,
     /// `create = true`: how to create a missing table, and the tables known to exist.
     create: Option<Creator>,
+    /// Records each table before the first write to it; lists every table for deletes.
+    tables: Tables,
+}
+
+/// What a batch deletes: the tables to visit, the keys gone everywhere, whether written keys leave every
+/// other table.
+struct Deletes<'a> {
+    every: Vec<TableName>,
+    delete: &'a [u64],
+    exclusive: bool,
 }
 
 /// Creates missing target tables (`[target] create = true`), once per table and process; many consumers
@@ -92,7 +104,14 @@ impl MySqlSink {
                 how: OnceCell::new(),
                 created: Default::default(),
             }),
+            tables: Tables::default(),
         })
+    }
+
+    /// Record tables in, and list them from, `tables` (the consumer's ledger).
+    pub(crate) fn with_tables(mut self, tables: Tables) -> Self {
+        self.tables = tables;
+        self
     }
 
     /// How to create a missing table, worked out once from the source.
@@ -199,12 +218,14 @@ impl MySqlSink {
         self.insert_sql(piece.table, &rs.columns, key, piece.rows.len())
     }
 
-    /// Write every piece, all in one transaction (one statement needs none). Returns the pieces the server
-    /// refused for a row's values; the others are committed when this returns `Ok`.
+    /// Write every piece and run the batch's deletes, all in one transaction (one statement alone needs
+    /// none). Returns the pieces written and those the server refused for a row's values; the others and
+    /// the deletes (of the written keys only) are committed when this returns `Ok`.
     async fn write_pieces<'a>(
         &self,
         rs: &RowSet,
         pieces: Vec<Piece<'a>>,
+        deletes: Option<&Deletes<'_>>,
     ) -> Result<(Vec<Piece<'a>>, Vec<Piece<'a>>), SinkError> {
         let mut conn = self
             .pool
@@ -212,7 +233,7 @@ impl MySqlSink {
             .await
             .map_err(|e| self.error(&e, None))?;
         let (mut ok, mut refused) = (Vec::new(), Vec::new());
-        if pieces.len() == 1 {
+        if pieces.len() == 1 && deletes.is_none() {
             let piece = pieces.into_iter().next().expect("one piece");
             match conn
                 .exec_drop(self.piece_sql(rs, &piece), params(&piece.rows))
@@ -239,16 +260,84 @@ impl MySqlSink {
                 Err(e) => return Err(self.error(&e, Some(piece.table))),
             }
         }
+        if let Some(d) = deletes {
+            self.delete_in(&mut tx, rs, d, &ok).await?;
+        }
         tx.commit().await.map_err(|e| self.error(&e, None))?;
         Ok((ok, refused))
     }
 
-    /// Write a refused piece by halves until every row is written or isolated with its error.
-    async fn bisect(
+    /// Run `d`'s deletes in `tx`, the written keys being those of `written`.
+    async fn delete_in(
+        &self,
+        tx: &mut mysql_async::Transaction<'_>,
+        rs: &RowSet,
+        d: &Deletes<'_>,
+        written: &[Piece<'_>],
+    ) -> Result<(), SinkError> {
+        let mut placed: BTreeMap<TableName, Vec<u64>> = BTreeMap::new();
+        for piece in written {
+            placed
+                .entry(piece.table.clone())
+                .or_default()
+                .extend(piece.rows.iter().map(|r| r.key));
+        }
+        let placed: Vec<(TableName, Vec<u64>)> = placed.into_iter().collect();
+        let key = quote(
+            Engine::Mysql,
+            &Ident::new(&rs.columns[rs.key_index].name).map_err(SinkError::Batch)?,
+        );
+        for (table, keys) in deletions(&d.every, d.delete, &placed, d.exclusive) {
+            for chunk in keys.chunks(MAX_PLACEHOLDERS) {
+                let sql = format!(
+                    "DELETE FROM {} WHERE {key} IN ({})",
+                    quote_table(Engine::Mysql, &table),
+                    vec!["?"; chunk.len()].join(",")
+                );
+                match tx.exec_drop(sql, chunk.to_vec()).await {
+                    Ok(()) => {}
+                    // A listed table that does not exist holds no row: nothing to delete there.
+                    Err(mysql_async::Error::Server(e)) if e.code == 1146 => break,
+                    Err(e) => return Err(self.error(&e, Some(&table))),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// After bisection wrote `written` outside the batch's transaction: remove those keys from every other
+    /// table, in a transaction of its own.
+    async fn delete_moved(
         &self,
         rs: &RowSet,
-        piece: Piece<'_>,
+        d: &Deletes<'_>,
+        written: &[Piece<'_>],
+    ) -> Result<(), SinkError> {
+        let mut conn = self
+            .pool
+            .get_conn()
+            .await
+            .map_err(|e| self.error(&e, None))?;
+        let mut tx = conn
+            .start_transaction(TxOpts::default())
+            .await
+            .map_err(|e| self.error(&e, None))?;
+        let moved = Deletes {
+            every: d.every.clone(),
+            delete: &[],
+            exclusive: true,
+        };
+        self.delete_in(&mut tx, rs, &moved, written).await?;
+        tx.commit().await.map_err(|e| self.error(&e, None))
+    }
+
+    /// Write a refused piece by halves until every row is written or isolated with its error.
+    async fn bisect<'a>(
+        &self,
+        rs: &RowSet,
+        piece: Piece<'a>,
         outcome: &mut WriteOutcome,
+        landed: &mut Vec<Piece<'a>>,
     ) -> Result<(), SinkError> {
         let mut conn = self
             .pool
@@ -274,7 +363,10 @@ impl MySqlSink {
                 .exec_drop(self.piece_sql(rs, &piece), params(&piece.rows))
                 .await
             {
-                Ok(()) => outcome.written.extend(piece.rows.iter().map(|r| r.key)),
+                Ok(()) => {
+                    outcome.written.extend(piece.rows.iter().map(|r| r.key));
+                    landed.push(piece);
+                }
                 Err(e) if mysql_is_row_error(&e) => {
                     let mut left = piece.rows;
                     if left.len() == 1 {
@@ -439,7 +531,8 @@ impl Sink for MySqlSink {
         Ok(())
     }
 
-    async fn write(&self, rs: &RowSet) -> Result<WriteOutcome, SinkError> {
+    async fn apply(&self, changes: &Changes<'_>) -> Result<WriteOutcome, SinkError> {
+        let rs = changes.rows;
         let router = self.router(&rs.columns)?;
         let mut outcome = WriteOutcome::default();
         let pg_free: Vec<Row>;
@@ -489,17 +582,37 @@ impl Sink for MySqlSink {
             })
             .filter(|p| !p.rows.is_empty())
             .collect();
-        if pieces.is_empty() {
+        let deletes = sql_tables_to_visit(&self.tables, changes, &router)
+            .await?
+            .map(|every| Deletes {
+                every,
+                delete: changes.delete,
+                exclusive: changes.exclusive,
+            });
+        if pieces.is_empty() && deletes.is_none() {
             return Ok(outcome);
         }
-        let tables: Vec<&TableName> = grouped.iter().map(|(t, _)| t).collect();
+        let tables: Vec<&TableName> = grouped
+            .iter()
+            .filter(|(_, rows)| !rows.is_empty())
+            .map(|(t, _)| t)
+            .collect();
+        let names: Vec<String> = tables.iter().map(ToString::to_string).collect();
+        self.tables.before_write(&names).await?;
         self.ensure_tables(&tables).await?;
-        let (ok, refused) = self.write_pieces(rs, pieces).await?;
-        for piece in ok {
+        let (ok, refused) = self.write_pieces(rs, pieces, deletes.as_ref()).await?;
+        for piece in &ok {
             outcome.written.extend(piece.rows.iter().map(|r| r.key));
         }
+        let mut landed = Vec::new();
         for piece in refused {
-            self.bisect(rs, piece, &mut outcome).await?;
+            self.bisect(rs, piece, &mut outcome, &mut landed).await?;
+        }
+        if let Some(d) = deletes
+            .as_ref()
+            .filter(|d| d.exclusive && !landed.is_empty())
+        {
+            self.delete_moved(rs, d, &landed).await?;
         }
         outcome.written.sort_unstable();
         Ok(outcome)

@@ -31,6 +31,25 @@ pub(crate) struct EncodedDoc {
     pub key: u64,
     pub index: String,
     pub lines: Vec<u8>,
+    /// A `delete` action (one line, no document) rather than an `index` action.
+    pub delete: bool,
+}
+
+/// A `delete` action for `key` in `index`: done once the item says 200 or 404 (no such document or index).
+pub(crate) fn delete_action(index: &str, key: u64) -> Result<EncodedDoc, String> {
+    let mut lines = Vec::with_capacity(48 + index.len());
+    let mut out = Json(&mut lines);
+    out.raw(b"{\"delete\":{\"_index\":");
+    out.str(index)?;
+    out.raw(b",\"_id\":\"");
+    out.raw(key.to_string().as_bytes());
+    out.raw(b"\"}}\n");
+    Ok(EncodedDoc {
+        key,
+        index: index.to_owned(),
+        lines,
+        delete: true,
+    })
 }
 
 impl Plan {
@@ -169,6 +188,7 @@ impl Plan {
             key: row.key,
             index,
             lines,
+            delete: false,
         })
     }
 }
@@ -734,6 +754,16 @@ mod tests {
     }
 
     #[test]
+    fn a_delete_is_one_action_line() {
+        let d = delete_action("orders_1", 42).unwrap();
+        assert_eq!(
+            String::from_utf8(d.lines).unwrap(),
+            "{\"delete\":{\"_index\":\"orders_1\",\"_id\":\"42\"}}\n"
+        );
+        assert!(d.delete);
+    }
+
+    #[test]
     fn index_names_follow_elasticsearch_rules() {
         assert!(check_index_name("orders_202401").is_ok());
         assert!(check_index_name("Orders").is_err());
@@ -748,6 +778,7 @@ mod tests {
             key: n as u64,
             index: "i".into(),
             lines: vec![b'x'; n],
+            delete: false,
         };
         let docs = vec![doc(4), doc(4), doc(4), doc(20), doc(1), doc(9)];
         assert_eq!(chunks(&docs, 10), vec![0..2, 2..3, 3..4, 4..6]);
