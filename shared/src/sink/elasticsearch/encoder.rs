@@ -381,7 +381,7 @@ mod tests {
 
     fn target(index: &str, exclude: &[&str]) -> EsTarget {
         EsTarget {
-            url: "http://127.0.0.1:9200".into(),
+            url: crate::job::EsUrl::parse("http://127.0.0.1:9200").unwrap(),
             index: Route::parse(index).unwrap(),
             exclude: exclude.iter().map(|c| Ident::new(c).unwrap()).collect(),
         }

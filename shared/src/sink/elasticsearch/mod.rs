@@ -129,7 +129,7 @@ impl EsSink {
         };
         check_route(target).map_err(OpenError)?;
         let service = EsService::new(
-            &target.url,
+            target.url.expose(),
             options.api_key.as_deref(),
             options.timeout,
             options.connect_timeout,
