@@ -9,7 +9,6 @@
 
 mod create;
 pub mod elasticsearch;
-pub mod postgres;
 mod route;
 pub mod sql;
 
@@ -22,8 +21,8 @@ use crate::job::{Engine, JobSpec, TableName, TargetSpec};
 use crate::value::{Column, RowSet};
 
 pub use elasticsearch::EsSink;
-pub use postgres::PgSink;
-pub use sql::MySqlSink;
+pub use sql::mysql::MySqlSink;
+pub use sql::postgres::PgSink;
 
 /// What became of a batch once the sink returns `Ok`.
 #[derive(Debug, Default, Clone, PartialEq)]

@@ -4,7 +4,7 @@
 //! - One table, one statement: the batch is written by that one statement (its own transaction), the
 //!   statement staying prepared across batches.
 //! - Routed tables (`orders_{user_id % 16}`, `[target.ranges]`, a database part): the batch's rows are
-//!   grouped by table ([`super::route`]) and every table's statements run in **one transaction** on one
+//!   grouped by table ([`crate::sink::route`]) and every table's statements run in **one transaction** on one
 //!   connection — a transaction spans databases on one server. A row whose route cannot be computed is
 //!   `failed` with the reason; the others still land.
 //! - `source.version`: `ON DUPLICATE KEY UPDATE c = IF(<stored version is not newer>, VALUES(c), c), …`,
@@ -13,13 +13,11 @@
 //! - `create = true`: a table is created when a row is first routed to it, with
 //!   `CREATE TABLE IF NOT EXISTS t LIKE src` when the source is on the same server and every column is read,
 //!   otherwise with the columns read and their source types from `information_schema` (from a PostgreSQL
-//!   source: the mapped types of [`super::create`]), the key as primary key. A missing database is not
+//!   source: the mapped types of [`crate::sink::create`]), the key as primary key. A missing database is not
 //!   created (that is the operator's call).
 //! - A statement the server refuses for a row's values is rolled back on its own (InnoDB's statement
 //!   rollback), the rest of the transaction commits, and the refused piece is bisected until the bad row is
 //!   isolated in `failed`.
-
-use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use mysql_async::prelude::Queryable;
@@ -27,13 +25,16 @@ use mysql_async::TxOpts;
 use tokio::sync::OnceCell;
 use tracing::info;
 
-use super::create::{mysql_body, mysql_source_columns, pg_source_columns, server_of, url_database};
-use super::route::Router;
-use super::{
-    deletions, sql_tables_to_visit, Changes, OpenError, Sink, SinkError, Tables, WriteOutcome,
-};
+use super::{bisect, check_version, group, pieces, placed, tables_of, Deletes, Piece, WriteAlone};
 use crate::job::{
     DbUrl, Engine, Ident, JobSpec, SourceSpec, TableName, TableRoute, TargetSpec, WriteMode,
+};
+use crate::sink::create::{
+    mysql_body, mysql_source_columns, pg_source_columns, server_of, url_database, KnownTables,
+};
+use crate::sink::route::Router;
+use crate::sink::{
+    deletions, sql_tables_to_visit, Changes, OpenError, Sink, SinkError, Tables, WriteOutcome,
 };
 use crate::sql::{
     mysql_error_text, mysql_is_row_error, mysql_is_transient, mysql_pool, quote, quote_table,
@@ -55,14 +56,6 @@ pub struct MySqlSink {
     tables: Tables,
 }
 
-/// What a batch deletes: the tables to visit, the keys gone everywhere, whether written keys leave every
-/// other table.
-struct Deletes<'a> {
-    every: Vec<TableName>,
-    delete: &'a [u64],
-    exclusive: bool,
-}
-
 /// Creates missing target tables (`[target] create = true`), once per table and process; many consumers
 /// racing on one table are safe because the statement is `CREATE TABLE IF NOT EXISTS`.
 struct Creator {
@@ -70,7 +63,7 @@ struct Creator {
     /// The source is on the target's server: `LIKE` can copy the table as it is.
     same_server: bool,
     how: OnceCell<CreateHow>,
-    created: super::create::KnownTables,
+    created: KnownTables,
 }
 
 /// What follows `CREATE TABLE IF NOT EXISTS t`.
@@ -79,12 +72,6 @@ enum CreateHow {
     Like(String),
     /// ` (cols…, PRIMARY KEY (key)) …`: the columns read, with the source's own column types.
     Columns(String),
-}
-
-/// Rows of one table, at most one statement's worth.
-struct Piece<'a> {
-    table: &'a TableName,
-    rows: Vec<&'a Row>,
 }
 
 impl MySqlSink {
@@ -275,14 +262,7 @@ impl MySqlSink {
         d: &Deletes<'_>,
         written: &[Piece<'_>],
     ) -> Result<(), SinkError> {
-        let mut placed: BTreeMap<TableName, Vec<u64>> = BTreeMap::new();
-        for piece in written {
-            placed
-                .entry(piece.table.clone())
-                .or_default()
-                .extend(piece.rows.iter().map(|r| r.key));
-        }
-        let placed: Vec<(TableName, Vec<u64>)> = placed.into_iter().collect();
+        let placed = placed(written);
         let key = quote(
             Engine::Mysql,
             &Ident::new(&rs.columns[rs.key_index].name).map_err(SinkError::Batch)?,
@@ -331,58 +311,6 @@ impl MySqlSink {
         tx.commit().await.map_err(|e| self.error(&e, None))
     }
 
-    /// Write a refused piece by halves until every row is written or isolated with its error.
-    async fn bisect<'a>(
-        &self,
-        rs: &RowSet,
-        piece: Piece<'a>,
-        outcome: &mut WriteOutcome,
-        landed: &mut Vec<Piece<'a>>,
-    ) -> Result<(), SinkError> {
-        let mut conn = self
-            .pool
-            .get_conn()
-            .await
-            .map_err(|e| self.error(&e, None))?;
-        let table = piece.table;
-        let mut pending: Vec<Vec<&Row>> = Vec::new();
-        let mut left = piece.rows;
-        if left.len() > 1 {
-            let right = left.split_off(left.len() / 2);
-            pending.push(right);
-            pending.push(left);
-        } else {
-            pending.push(left);
-        }
-        while let Some(rows) = pending.pop() {
-            if rows.is_empty() {
-                continue;
-            }
-            let piece = Piece { table, rows };
-            match conn
-                .exec_drop(self.piece_sql(rs, &piece), params(&piece.rows))
-                .await
-            {
-                Ok(()) => {
-                    outcome.written.extend(piece.rows.iter().map(|r| r.key));
-                    landed.push(piece);
-                }
-                Err(e) if mysql_is_row_error(&e) => {
-                    let mut left = piece.rows;
-                    if left.len() == 1 {
-                        outcome.failed.push((left[0].key, mysql_error_text(&e)));
-                    } else {
-                        let right = left.split_off(left.len() / 2);
-                        pending.push(right);
-                        pending.push(left);
-                    }
-                }
-                Err(e) => return Err(self.error(&e, Some(table))),
-            }
-        }
-        Ok(())
-    }
-
     fn error(&self, e: &mysql_async::Error, table: Option<&TableName>) -> SinkError {
         let text = match table {
             Some(t) => format!("table {t}: {}", mysql_error_text(e)),
@@ -392,6 +320,32 @@ impl MySqlSink {
             SinkError::Transient(text)
         } else {
             SinkError::Batch(text)
+        }
+    }
+}
+
+/// Writes pieces on their own connection, one autocommitted statement each, for [`bisect`].
+struct Alone<'s> {
+    sink: &'s MySqlSink,
+    conn: mysql_async::Conn,
+    rs: &'s RowSet,
+}
+
+#[async_trait]
+impl WriteAlone for Alone<'_> {
+    async fn write_alone(
+        &mut self,
+        table: &TableName,
+        rows: &[&Row],
+    ) -> Result<Result<(), String>, SinkError> {
+        let key = &self.rs.columns[self.rs.key_index].name;
+        let sql = self
+            .sink
+            .insert_sql(table, &self.rs.columns, key, rows.len());
+        match self.conn.exec_drop(sql, params(rows)).await {
+            Ok(()) => Ok(Ok(())),
+            Err(e) if mysql_is_row_error(&e) => Ok(Err(mysql_error_text(&e))),
+            Err(e) => Err(self.sink.error(&e, Some(table))),
         }
     }
 }
@@ -493,13 +447,7 @@ impl Sink for MySqlSink {
         if let Some(why) = unmappable(columns) {
             return Err(SinkError::Batch(why));
         }
-        if let Some(version) = &self.version {
-            if !columns.iter().any(|c| c.name == version.as_str()) {
-                return Err(SinkError::Batch(format!(
-                    "source.version `{version}` is not among the columns the source reads"
-                )));
-            }
-        }
+        check_version(self.version.as_ref(), columns)?;
         if let Some(creator) = &self.create {
             // The tables are created when rows are first routed to them; check now that they can be.
             self.create_how(creator).await?;
@@ -558,30 +506,8 @@ impl Sink for MySqlSink {
             rs
         };
         let per_stmt = (MAX_PLACEHOLDERS / rs.columns.len().max(1)).max(1);
-        // Rows by table; one table keeps the batch's order and makes no copy of the route.
-        let grouped: Vec<(TableName, Vec<&Row>)> = match router.fixed() {
-            Some(table) => vec![(table.clone(), rs.rows.iter().collect())],
-            None => {
-                let mut by_table: BTreeMap<TableName, Vec<&Row>> = BTreeMap::new();
-                for row in &rs.rows {
-                    match router.resolve(row) {
-                        Ok(table) => by_table.entry(table).or_default().push(row),
-                        Err(reason) => outcome.failed.push((row.key, reason)),
-                    }
-                }
-                by_table.into_iter().collect()
-            }
-        };
-        let pieces: Vec<Piece<'_>> = grouped
-            .iter()
-            .flat_map(|(table, rows)| {
-                rows.chunks(per_stmt).map(move |chunk| Piece {
-                    table,
-                    rows: chunk.to_vec(),
-                })
-            })
-            .filter(|p| !p.rows.is_empty())
-            .collect();
+        let grouped = group(&router, rs, &mut outcome.failed, false);
+        let pieces = pieces(&grouped, per_stmt);
         let deletes = sql_tables_to_visit(&self.tables, changes, &router)
             .await?
             .map(|every| Deletes {
@@ -592,11 +518,7 @@ impl Sink for MySqlSink {
         if pieces.is_empty() && deletes.is_none() {
             return Ok(outcome);
         }
-        let tables: Vec<&TableName> = grouped
-            .iter()
-            .filter(|(_, rows)| !rows.is_empty())
-            .map(|(t, _)| t)
-            .collect();
+        let tables = tables_of(&grouped);
         let names: Vec<String> = tables.iter().map(ToString::to_string).collect();
         self.tables.before_write(&names).await?;
         self.ensure_tables(&tables).await?;
@@ -605,8 +527,20 @@ impl Sink for MySqlSink {
             outcome.written.extend(piece.rows.iter().map(|r| r.key));
         }
         let mut landed = Vec::new();
-        for piece in refused {
-            self.bisect(rs, piece, &mut outcome, &mut landed).await?;
+        if !refused.is_empty() {
+            let conn = self
+                .pool
+                .get_conn()
+                .await
+                .map_err(|e| self.error(&e, None))?;
+            let mut alone = Alone {
+                sink: self,
+                conn,
+                rs,
+            };
+            for piece in refused {
+                bisect(&mut alone, piece, true, &mut outcome, &mut landed).await?;
+            }
         }
         if let Some(d) = deletes
             .as_ref()
