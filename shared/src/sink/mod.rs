@@ -269,7 +269,52 @@ fn open_with(
 
 #[cfg(test)]
 mod tests {
-    use super::deletions;
+    use super::*;
+
+    /// A table log in memory that counts its calls.
+    #[derive(Default)]
+    struct Log {
+        names: Mutex<Vec<String>>,
+        records: Mutex<u32>,
+    }
+
+    #[async_trait]
+    impl TableLog for Log {
+        async fn record(&self, names: &[String]) -> Result<(), SinkError> {
+            *self.records.lock().unwrap() += 1;
+            self.names.lock().unwrap().extend(names.iter().cloned());
+            Ok(())
+        }
+
+        async fn members(&self) -> Result<Vec<String>, SinkError> {
+            Ok(self.names.lock().unwrap().clone())
+        }
+    }
+
+    #[tokio::test]
+    async fn each_table_is_recorded_once_before_its_first_write() {
+        let log = Arc::new(Log::default());
+        let tables = Tables::new(Some(log.clone()));
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        tables.before_write(&names(&["a", "b"])).await.unwrap();
+        tables.before_write(&names(&["b", "a"])).await.unwrap();
+        assert_eq!(
+            *log.records.lock().unwrap(),
+            1,
+            "nothing new: no second call"
+        );
+        tables.before_write(&names(&["b", "c"])).await.unwrap();
+        assert_eq!(*log.names.lock().unwrap(), names(&["a", "b", "c"]));
+        // A route with a fixed list never reads the log; a route by value reads it fresh.
+        assert_eq!(
+            tables.every(Some(names(&["x"]))).await.unwrap(),
+            names(&["x"])
+        );
+        assert_eq!(tables.every(None).await.unwrap(), names(&["a", "b", "c"]));
+        // Without a log, a route by value cannot know where its keys live: an error, not a silent skip.
+        let err = Tables::new(None).every(None).await.unwrap_err();
+        assert!(matches!(err, SinkError::Batch(_)), "{err}");
+    }
 
     #[test]
     fn deletes_reach_every_table_and_moved_keys_leave_the_others() {
