@@ -1,5 +1,5 @@
 //! The Redis ledger (DESIGN.md §4): per group a `src`, `tgt` and `gone` bitmap and a `meta` hash; per job
-//! the `spec`, the `groups` sorted set, the `failed` hash and the `producer` hash.
+//! the `spec`, the `groups` sorted set, the `failed` hash, the `tables` set and the `producer` hash.
 //!
 //! Keys of one group share the hash tag `{JOB:FIRST}` and keys of the job share `{JOB}`, so every
 //! multi-key command (the `BITOP` that ORs a batch's bits in) stays inside one Redis Cluster slot.
@@ -84,6 +84,20 @@ pub struct GroupBits {
 pub struct Ledger {
     con: ConnectionManager,
     job: String,
+}
+
+/// What one consumed batch leaves in the ledger, written in one `MULTI` by [`Ledger::record_batch`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BatchRecord {
+    /// Ids committed in the target: `tgt` set.
+    pub landed: Vec<u64>,
+    /// Ids with no row in the source: `gone` set.
+    pub gone: Vec<u64>,
+    /// Ids the target refused for good, with the reason: into `failed`.
+    pub failed: Vec<(u64, String)>,
+    /// The batch deleted its gone ids from the target (DESIGN.md §8.3): `gone` is also cleared for the
+    /// landed ids and `tgt` for the gone ones, in the same transaction.
+    pub exclusive: bool,
 }
 
 pub fn now_rfc3339() -> String {
@@ -288,19 +302,15 @@ impl Ledger {
         p.del(&tmp).ignore();
     }
 
-    /// Record a written batch (consumer step 2): failed rows first, then in one transaction the `tgt` bits of
-    /// what landed and the `gone` bits of what no longer exists. One round trip without failures.
-    pub async fn record_batch(
-        &self,
-        first: u64,
-        landed: &[u64],
-        gone: &[u64],
-        failed: &[(u64, String)],
-    ) -> Result<(), LedgerError> {
+    /// Record a written batch (consumer step 2): failed rows first, then in one transaction (`MULTI`) the
+    /// `tgt` bits of what landed and the `gone` bits of what no longer exists, and for an exclusive batch
+    /// the clearing of the opposite bits. One round trip without failures.
+    pub async fn record_batch(&self, first: u64, batch: &BatchRecord) -> Result<(), LedgerError> {
         let mut con = self.con.clone();
-        if !failed.is_empty() {
+        if !batch.failed.is_empty() {
             let at = now_rfc3339();
-            let items: Vec<(String, String)> = failed
+            let items: Vec<(String, String)> = batch
+                .failed
                 .iter()
                 .map(|(id, reason)| {
                     (
@@ -311,15 +321,49 @@ impl Ledger {
                 .collect();
             let _: () = con.hset_multiple(self.job_key("failed"), &items).await?;
         }
-        if landed.is_empty() && gone.is_empty() {
+        if batch.landed.is_empty() && batch.gone.is_empty() {
             return Ok(());
         }
         let mut p = redis::pipe();
         p.atomic();
-        self.or_bits(&mut p, first, "tgt", landed.iter().copied());
-        self.or_bits(&mut p, first, "gone", gone.iter().copied());
+        self.or_bits(&mut p, first, "tgt", batch.landed.iter().copied());
+        self.or_bits(&mut p, first, "gone", batch.gone.iter().copied());
+        if batch.exclusive {
+            self.clear_bits(&mut p, first, "gone", &batch.landed);
+            self.clear_bits(&mut p, first, "tgt", &batch.gone);
+        }
         p.query_async::<()>(&mut con).await?;
         Ok(())
+    }
+
+    /// Clear the bits of `ids` in one `BITFIELD` (offsets as `SETBIT` counts them).
+    fn clear_bits(&self, p: &mut redis::Pipeline, first: u64, which: &str, ids: &[u64]) {
+        if ids.is_empty() {
+            return;
+        }
+        let cmd = p.cmd("BITFIELD").arg(self.group_key(first, which));
+        for id in ids {
+            cmd.arg("SET").arg("u1").arg(id - first).arg(0);
+        }
+        cmd.ignore();
+    }
+
+    /// Add target tables or indices to `bitmig:{JOB}:tables` (DESIGN.md §4), before the first write to them.
+    pub async fn add_tables(&self, names: &[String]) -> Result<(), LedgerError> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        let mut con = self.con.clone();
+        let _: () = con.sadd(self.job_key("tables"), names).await?;
+        Ok(())
+    }
+
+    /// Every target table or index the job has written to (`bitmig:{JOB}:tables`), read fresh.
+    pub async fn tables(&self) -> Result<Vec<String>, LedgerError> {
+        let mut con = self.con.clone();
+        let mut names: Vec<String> = con.smembers(self.job_key("tables")).await?;
+        names.sort_unstable();
+        Ok(names)
     }
 
     /// Ids recorded in `failed`.

@@ -1,14 +1,21 @@
 //! The parts every bitmig program shares.
 //!
-//! - [`job`]: the job file (TOML): parsing, `${VAR}` expansion, validation, the credential-free spec.
+//! - [`job`]: the job file (TOML): raw shape, validation, identifiers, redacting URLs, routes, `${VAR}`
+//!   expansion, the credential-free spec; one file per concern under `job/`.
 //! - [`ids`]: id ranges, groups and the MSB-first bitmap encoding Redis uses.
-//! - [`ledger`]: the Redis ledger — group bitmaps (`src`, `tgt`, `gone`), group meta, `failed`, `spec`.
-//! - [`queue`]: AMQP topology (exchange, work, retry and dead queues), the message body, confirmed publishing.
+//! - [`ledger`]: the Redis ledger — group bitmaps (`src`, `tgt`, `gone`), group meta, `failed`, `tables`,
+//!   `spec`.
+//! - [`queue`]: AMQP topology (exchange, work, retry and dead queues), the message body and its causes,
+//!   confirmed publishing.
 //! - [`value`]: column descriptions and the engine-neutral row values that travel from source to sink.
 //! - [`source`]: reading ids and current rows from the source database (MySQL/MariaDB, PostgreSQL).
+//! - [`sink`]: applying batches of changes (upserts and deletes) to the target: SQL tables on MySQL or
+//!   PostgreSQL, Elasticsearch indices; one resolver of routes for both, the job's table list.
 //! - [`pg`]: the PostgreSQL pool, error classes and binary codec the PostgreSQL source and sink share.
-//! - [`sink`]: writing rows to the target (SQL tables); one small trait, one module per target kind.
-//! - [`telemetry`], [`cli`]: logging set-up, the options and exit codes every binary shares, progress output.
+//! - [`sql`]: SQL quoting, the MySQL pool and MySQL error classes the MySQL source and sink share.
+//! - [`cli`]: the options and exit codes every binary shares, the stored-spec check.
+//! - [`progress`]: progress output of long runs.
+//! - [`telemetry`]: logging set-up.
 
 pub mod cli;
 pub mod digest;

@@ -54,9 +54,14 @@ pub fn retry_queue_for(job: &str, attempt: u32) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Cause {
+    /// The producer's first publication of a group's ids (DESIGN.md §6).
     Produce,
+    /// The compensator re-publishing missing ids (§6 step 4).
     Redrive,
+    /// A change seen by the follower (§8).
     Catchup,
+    /// An id verification found different in the target (§9).
+    Verify,
 }
 
 impl Cause {
@@ -65,6 +70,7 @@ impl Cause {
             Cause::Produce => "produce",
             Cause::Redrive => "redrive",
             Cause::Catchup => "catchup",
+            Cause::Verify => "verify",
         }
     }
 }
@@ -335,6 +341,19 @@ mod tests {
         let m = parse(r#"{"job":"orders","group":20000,"ids":[[20000,20499],[20501,29999]],"cause":"produce","attempt":0}"#).unwrap();
         assert_eq!(m.ids.len(), 2);
         assert_eq!(m.cause, Cause::Produce);
+        for (text, cause) in [
+            ("produce", Cause::Produce),
+            ("redrive", Cause::Redrive),
+            ("catchup", Cause::Catchup),
+            ("verify", Cause::Verify),
+        ] {
+            let body = format!(
+                r#"{{"job":"orders","group":0,"ids":[[0,1]],"cause":"{text}","attempt":0}}"#
+            );
+            let m = parse(&body).unwrap();
+            assert_eq!(m.cause, cause);
+            assert_eq!(m.cause.as_str(), text);
+        }
         assert_eq!(Message::parse(&m.to_json(), "orders", 10_000).unwrap(), m);
     }
 

@@ -14,6 +14,7 @@ mod consumer_crash;
 mod consumer_sigterm;
 mod copy;
 mod deleted_rows;
+mod deletes;
 mod digest;
 mod elasticsearch;
 mod hostile;

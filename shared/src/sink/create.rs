@@ -2,8 +2,8 @@
 //! source table's catalog, the key as primary key.
 //!
 //! Same engine: MySQL copies `COLUMN_TYPE`, character set and nullability (or `CREATE TABLE … LIKE` on the
-//! same server, see [`super::sql`]); PostgreSQL copies `format_type()` and `NOT NULL` (or
-//! `(LIKE src INCLUDING ALL)` in the same database, see [`super::postgres`]).
+//! same server, see [`super::sql::mysql`]); PostgreSQL copies `format_type()` and `NOT NULL` (or
+//! `(LIKE src INCLUDING ALL)` in the same database, see [`super::sql::postgres`]).
 //!
 //! MySQL → PostgreSQL follows pgloader's default casts where they keep every value:
 //!

@@ -16,7 +16,7 @@
 
 use std::fmt::Write as _;
 
-use crate::job::{RangeMap, RoutePart, TableName, TableRoute};
+use crate::job::{RangeMap, Route, RoutePart, TableName, TableRoute};
 use crate::value::{Column, ColumnType, Row, Value};
 
 /// Resolves rows of one column layout to target tables.
@@ -24,12 +24,20 @@ use crate::value::{Column, ColumnType, Row, Value};
 pub(crate) enum Router {
     /// Every row to one table.
     Fixed(TableName),
-    Template(Vec<Piece>),
+    Template(Template),
     Ranges(RangeMap),
 }
 
+/// A route template checked against the columns read: the one resolver of `{col % N}` and
+/// `{col:FORMAT}` for SQL tables and Elasticsearch indices alike. [`Template::render`] yields the raw name;
+/// the caller checks it is a valid table or index name.
 #[derive(Debug, Clone)]
-pub(crate) enum Piece {
+pub(crate) struct Template {
+    pieces: Vec<Piece>,
+}
+
+#[derive(Debug, Clone)]
+enum Piece {
     Literal(String),
     HashMod {
         at: usize,
@@ -51,38 +59,40 @@ pub(crate) fn is_date(ty: ColumnType) -> bool {
     )
 }
 
-impl Router {
-    /// Check the route against the columns read. `Err` names the column and says what is wrong.
-    pub fn new(route: &TableRoute, columns: &[Column]) -> Result<Self, String> {
-        let template = match route {
-            TableRoute::Ranges(map) => return Ok(Router::Ranges(map.clone())),
-            TableRoute::Template(t) => t,
-        };
-        if let Some(name) = template.plain() {
-            return TableName::parse(name)
-                .map(Router::Fixed)
-                .map_err(|e| format!("target.table `{name}`: {e}"));
-        }
+/// `value mod modulus`, Euclidean: always in `0..modulus`, also for a modulus above `i64::MAX`.
+pub(crate) fn bucket_of_int(value: i64, modulus: u64) -> u64 {
+    // rem_euclid of a positive modulus is in 0..modulus; a modulus above i64::MAX leaves every i64 but the
+    // negative ones as they are, and a negative one becomes value + modulus (still below modulus).
+    match i64::try_from(modulus) {
+        Ok(m) => value.rem_euclid(m) as u64,
+        Err(_) if value >= 0 => value as u64,
+        Err(_) => (i128::from(value) + i128::from(modulus)) as u64,
+    }
+}
+
+impl Template {
+    /// Check every part of `route` against `columns`. `what` names the job field in errors
+    /// (`target.table`, `target.index`).
+    pub fn new(route: &Route, columns: &[Column], what: &str) -> Result<Self, String> {
         let find = |column: &str| {
             columns.iter().position(|c| c.name == column).ok_or_else(|| {
                 format!(
-                    "target.table `{}`: the route column `{column}` is not among the columns the source \
-                     reads",
-                    template.template
+                    "{what} `{}`: the route column `{column}` is not among the columns the source reads",
+                    route.template
                 )
             })
         };
-        let mut pieces = Vec::with_capacity(template.parts.len());
-        for part in &template.parts {
+        let mut pieces = Vec::with_capacity(route.parts.len());
+        for part in &route.parts {
             pieces.push(match part {
                 RoutePart::Literal(l) => Piece::Literal(l.clone()),
                 RoutePart::HashMod { column, modulus } => {
                     let at = find(column.as_str())?;
                     if !matches!(columns[at].ty, ColumnType::Int { .. }) {
                         return Err(format!(
-                            "target.table `{}`: `{column}` is {}, but {{{column} % {modulus}}} needs an \
-                             integer column",
-                            template.template, columns[at].type_name
+                            "{what} `{}`: `{column}` is {}, but {{{column} % {modulus}}} needs an integer \
+                             column",
+                            route.template, columns[at].type_name
                         ));
                     }
                     Piece::HashMod {
@@ -95,9 +105,9 @@ impl Router {
                     let at = find(column.as_str())?;
                     if !is_date(columns[at].ty) {
                         return Err(format!(
-                            "target.table `{}`: `{column}` is {}, but {{{column}:{format}}} needs a date or \
-                             timestamp column",
-                            template.template, columns[at].type_name
+                            "{what} `{}`: `{column}` is {}, but {{{column}:{format}}} needs a date or \
+                             timestamp column (DATE, DATETIME or TIMESTAMP)",
+                            route.template, columns[at].type_name
                         ));
                     }
                     Piece::Time {
@@ -108,7 +118,86 @@ impl Router {
                 }
             });
         }
-        Ok(Router::Template(pieces))
+        Ok(Self { pieces })
+    }
+
+    /// The name `row` routes to, or why it has none (a NULL, a value of the wrong kind, no calendar date).
+    pub fn render(&self, row: &Row) -> Result<String, String> {
+        let mut name = String::with_capacity(32);
+        for piece in &self.pieces {
+            match piece {
+                Piece::Literal(l) => name.push_str(l),
+                Piece::HashMod {
+                    at,
+                    name: col,
+                    modulus,
+                } => {
+                    let bucket = match row.values.get(*at) {
+                        Some(Value::Int(i)) => bucket_of_int(*i, *modulus),
+                        Some(Value::UInt(u)) => u % modulus,
+                        Some(Value::Null) | None => {
+                            return Err(format!("route column `{col}` is NULL"));
+                        }
+                        Some(other) => {
+                            return Err(format!(
+                                "route column `{col}` holds {other:?}, not an integer"
+                            ));
+                        }
+                    };
+                    let _ = write!(name, "{bucket}");
+                }
+                Piece::Time {
+                    at,
+                    name: col,
+                    format,
+                } => match row.values.get(*at) {
+                    Some(Value::Date(y, mo, d, h, mi, s, us)) => {
+                        let Some(t) =
+                            chrono::NaiveDate::from_ymd_opt((*y).into(), (*mo).into(), (*d).into())
+                                .and_then(|date| {
+                                    date.and_hms_micro_opt(
+                                        (*h).into(),
+                                        (*mi).into(),
+                                        (*s).into(),
+                                        *us,
+                                    )
+                                })
+                        else {
+                            return Err(format!(
+                                "route column `{col}` holds {y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}, \
+                                 which is not a calendar date (a zero date has no route)"
+                            ));
+                        };
+                        write!(name, "{}", t.format(format)).map_err(|_| {
+                            format!("route column `{col}`: `{format}` is not a chrono format")
+                        })?;
+                    }
+                    Some(Value::Null) | None => {
+                        return Err(format!("route column `{col}` is NULL"))
+                    }
+                    Some(other) => {
+                        return Err(format!("route column `{col}` holds {other:?}, not a date"));
+                    }
+                },
+            }
+        }
+        Ok(name)
+    }
+}
+
+impl Router {
+    /// Check the route against the columns read. `Err` names the column and says what is wrong.
+    pub fn new(route: &TableRoute, columns: &[Column]) -> Result<Self, String> {
+        let template = match route {
+            TableRoute::Ranges(map) => return Ok(Router::Ranges(map.clone())),
+            TableRoute::Template(t) => t,
+        };
+        if let Some(name) = template.plain() {
+            return TableName::parse(name)
+                .map(Router::Fixed)
+                .map_err(|e| format!("target.table `{name}`: {e}"));
+        }
+        Template::new(template, columns, "target.table").map(Router::Template)
     }
 
     /// The one table of every row, for a plain route.
@@ -138,7 +227,7 @@ impl Router {
 
     /// The table `row` goes to, or why it has none.
     pub fn resolve(&self, row: &Row) -> Result<TableName, String> {
-        let pieces = match self {
+        let template = match self {
             Router::Fixed(t) => return Ok(t.clone()),
             Router::Ranges(map) => {
                 return map.table_of(row.key).cloned().ok_or_else(|| {
@@ -148,67 +237,9 @@ impl Router {
                     )
                 })
             }
-            Router::Template(pieces) => pieces,
+            Router::Template(template) => template,
         };
-        let mut name = String::with_capacity(32);
-        for piece in pieces {
-            match piece {
-                Piece::Literal(l) => name.push_str(l),
-                Piece::HashMod {
-                    at,
-                    name: col,
-                    modulus,
-                } => {
-                    let bucket = match row.values.get(*at) {
-                        Some(Value::Int(i)) => {
-                            // rem_euclid of a positive modulus is in 0..modulus; a modulus above i64::MAX
-                            // leaves every i64 but the negative ones as they are.
-                            match i64::try_from(*modulus) {
-                                Ok(m) => i.rem_euclid(m) as u64,
-                                Err(_) if *i >= 0 => *i as u64,
-                                Err(_) => (i128::from(*i) + i128::from(*modulus)) as u64,
-                            }
-                        }
-                        Some(Value::UInt(u)) => u % modulus,
-                        Some(Value::Null) | None => {
-                            return Err(format!("route: `{col}` is NULL"));
-                        }
-                        Some(other) => {
-                            return Err(format!("route: `{col}` holds {other:?}, not an integer"));
-                        }
-                    };
-                    let _ = write!(name, "{bucket}");
-                }
-                Piece::Time {
-                    at,
-                    name: col,
-                    format,
-                } => {
-                    match row.values.get(*at) {
-                        Some(Value::Date(y, mo, d, h, mi, s, us)) => {
-                            let Some(t) = chrono::NaiveDate::from_ymd_opt(
-                                (*y).into(),
-                                (*mo).into(),
-                                (*d).into(),
-                            )
-                            .and_then(|date| {
-                                date.and_hms_micro_opt((*h).into(), (*mi).into(), (*s).into(), *us)
-                            }) else {
-                                return Err(format!(
-                                "route: `{col}` is {y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}, not a calendar \
-                                 date (a zero date has no table)"
-                            ));
-                            };
-                            let _ = write!(name, "{}", t.format(format));
-                        }
-                        Some(Value::Null) | None => return Err(format!("route: `{col}` is NULL")),
-                        Some(other) => {
-                            return Err(format!("route: `{col}` holds {other:?}, not a date"));
-                        }
-                    }
-                }
-            }
-        }
+        let name = template.render(row).map_err(|e| format!("route: {e}"))?;
         TableName::parse(&name).map_err(|e| format!("route: the table name {e}"))
     }
 }
@@ -216,7 +247,7 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::{RangeMap, Route};
+    use crate::job::RangeMap;
 
     fn columns() -> Vec<Column> {
         let col = |name: &str, ty| Column {

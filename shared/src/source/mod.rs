@@ -1,14 +1,16 @@
 //! Reading from the source database: the ids of a group (producer) and the current rows of a batch
-//! (consumer). One trait, one implementation per engine.
+//! (consumer). One trait, one implementation per engine; the batch read's plan ([`RowsQuery`]: one
+//! `BETWEEN` for a dense batch, its ranges listed for a sparse one, and which rows to keep) is here once,
+//! the placeholders, parameters and decoding per engine.
 
 mod mysql;
 mod postgres;
 
 use async_trait::async_trait;
 
-use crate::ids::IdRange;
+use crate::ids::{count_in, ranges_contain, IdRange};
 use crate::job::{Engine, JobSpec};
-use crate::value::{Column, RowSet};
+use crate::value::{Column, Row, RowSet};
 
 pub use mysql::MySqlSource;
 pub use postgres::PgSource;
@@ -113,5 +115,126 @@ impl SourceSql {
                 .as_ref()
                 .map(|cols| cols.iter().map(|c| c.as_str().to_owned()).collect()),
         }
+    }
+}
+
+/// A batch whose span is at most this many times its id count is read with one `BETWEEN` (a statement
+/// that stays prepared); sparser batches list their ranges.
+const DENSE_SPAN_FACTOR: u64 = 4;
+
+/// How to read the current rows of a batch's ranges.
+pub(crate) struct RowsQuery {
+    /// The `SELECT`, its parameters being [`RowsQuery::bounds`] in order.
+    pub sql: String,
+    /// The key bounds to bind, in placeholder order.
+    pub bounds: Vec<u64>,
+    /// One `BETWEEN` over the whole span: rows in the gaps between ranges come back too.
+    pub dense: bool,
+}
+
+impl RowsQuery {
+    /// The query for `ranges` (ascending, non-overlapping; `None` when empty). `placeholder(n)` is the
+    /// engine's n-th (1-based) key parameter: `?` or `$n::int8`.
+    pub fn new(
+        sql: &SourceSql,
+        select_list: &str,
+        ranges: &[IdRange],
+        placeholder: impl Fn(usize) -> String,
+    ) -> Option<Self> {
+        let (lo, hi) = (ranges.first()?[0], ranges.last()?[1]);
+        let dense =
+            ranges.len() == 1 || hi - lo < count_in(ranges).saturating_mul(DENSE_SPAN_FACTOR);
+        let (t, k, f) = (&sql.from_table, &sql.key, &sql.filter);
+        if dense {
+            return Some(Self {
+                sql: format!(
+                    "SELECT {select_list} FROM {t} WHERE {k} BETWEEN {} AND {}{f}",
+                    placeholder(1),
+                    placeholder(2)
+                ),
+                bounds: vec![lo, hi],
+                dense,
+            });
+        }
+        let preds: Vec<String> = (0..ranges.len())
+            .map(|i| {
+                format!(
+                    "{k} BETWEEN {} AND {}",
+                    placeholder(2 * i + 1),
+                    placeholder(2 * i + 2)
+                )
+            })
+            .collect();
+        Some(Self {
+            sql: format!(
+                "SELECT {select_list} FROM {t} WHERE ({}){f}",
+                preds.join(" OR ")
+            ),
+            bounds: ranges.iter().flat_map(|r| [r[0], r[1]]).collect(),
+            dense,
+        })
+    }
+
+    /// Whether a row read with key `key` belongs to the batch: a dense read also returns rows inserted
+    /// into the gaps between the ranges after producing, which are not this batch's ids.
+    pub fn keeps(&self, ranges: &[IdRange], key: u64) -> bool {
+        !(self.dense && ranges.len() > 1) || ranges_contain(ranges, key)
+    }
+}
+
+/// The batch's rows, ascending by key.
+pub(crate) fn row_set(
+    columns: std::sync::Arc<[Column]>,
+    key_index: usize,
+    mut rows: Vec<Row>,
+) -> RowSet {
+    rows.sort_unstable_by_key(|r| r.key);
+    RowSet {
+        columns,
+        key_index,
+        rows,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sql() -> SourceSql {
+        SourceSql {
+            table_label: "src".into(),
+            from_table: "`src`".into(),
+            key: "`id`".into(),
+            filter: " AND (x > 0)".into(),
+            columns: None,
+        }
+    }
+
+    #[test]
+    fn dense_batches_read_one_span_and_sparse_ones_list_their_ranges() {
+        let q = RowsQuery::new(&sql(), "*", &[[10, 19], [21, 30]], |_| "?".into()).unwrap();
+        assert!(q.dense);
+        assert_eq!(
+            q.sql,
+            "SELECT * FROM `src` WHERE `id` BETWEEN ? AND ? AND (x > 0)"
+        );
+        assert_eq!(q.bounds, vec![10, 30]);
+        assert!(q.keeps(&[[10, 19], [21, 30]], 19));
+        assert!(
+            !q.keeps(&[[10, 19], [21, 30]], 20),
+            "a row in the gap is not the batch's"
+        );
+        let q = RowsQuery::new(&sql(), "*", &[[1, 1], [1000, 1000]], |n| {
+            format!("${n}::int8")
+        })
+        .unwrap();
+        assert!(!q.dense);
+        assert_eq!(
+            q.sql,
+            "SELECT * FROM `src` WHERE (`id` BETWEEN $1::int8 AND $2::int8 OR \
+             `id` BETWEEN $3::int8 AND $4::int8) AND (x > 0)"
+        );
+        assert_eq!(q.bounds, vec![1, 1, 1000, 1000]);
+        assert!(RowsQuery::new(&sql(), "*", &[], |_| "?".into()).is_none());
     }
 }

@@ -7,15 +7,11 @@ use mysql_async::consts::{ColumnFlags, ColumnType as MyType};
 use mysql_async::prelude::Queryable;
 use tokio::sync::OnceCell;
 
-use super::{Source, SourceError};
-use crate::ids::{count_in, ranges_contain, IdRange};
+use super::{row_set, RowsQuery, Source, SourceError};
+use crate::ids::IdRange;
 use crate::job::{Engine, JobSpec};
 use crate::sql::{mysql_error_text, mysql_is_transient, mysql_pool};
 use crate::value::{Column, ColumnType, Row, RowSet, Value};
-
-/// Ranges at most this many, or a span at most this many times the id count, are read with one
-/// `BETWEEN` (a statement that stays prepared); sparser batches list their ranges.
-const DENSE_SPAN_FACTOR: u64 = 4;
 
 pub struct MySqlSource {
     pool: mysql_async::Pool,
@@ -214,45 +210,15 @@ impl Source for MySqlSource {
 
     async fn read_rows(&self, ranges: &[IdRange]) -> Result<RowSet, SourceError> {
         let d = self.described().await?;
-        let (Some(lo), Some(hi)) = (ranges.first().map(|r| r[0]), ranges.last().map(|r| r[1]))
-        else {
-            return Ok(RowSet {
-                columns: d.columns.clone(),
-                key_index: d.key_index,
-                rows: Vec::new(),
-            });
+        let Some(q) = RowsQuery::new(&self.sql, &d.select_list, ranges, |_| "?".into()) else {
+            return Ok(row_set(d.columns.clone(), d.key_index, Vec::new()));
         };
-        let count = count_in(ranges);
-        let dense = ranges.len() == 1 || hi - lo < count.saturating_mul(DENSE_SPAN_FACTOR);
-        let (sql, params): (String, Vec<mysql_async::Value>) = if dense {
-            (
-                format!(
-                    "SELECT {c} FROM {t} WHERE {k} BETWEEN ? AND ?{f}",
-                    c = d.select_list,
-                    t = self.sql.from_table,
-                    k = self.sql.key,
-                    f = self.sql.filter
-                ),
-                vec![lo.into(), hi.into()],
-            )
-        } else {
-            let preds =
-                vec![format!("{} BETWEEN ? AND ?", self.sql.key); ranges.len()].join(" OR ");
-            (
-                format!(
-                    "SELECT {c} FROM {t} WHERE ({preds}){f}",
-                    c = d.select_list,
-                    t = self.sql.from_table,
-                    f = self.sql.filter
-                ),
-                ranges
-                    .iter()
-                    .flat_map(|r| [r[0].into(), r[1].into()])
-                    .collect(),
-            )
-        };
+        let params: Vec<mysql_async::Value> = q.bounds.iter().map(|&b| b.into()).collect();
         let mut conn = self.conn().await?;
-        let raw: Vec<mysql_async::Row> = conn.exec(sql, params).await.map_err(|e| self.err(e))?;
+        let raw: Vec<mysql_async::Row> = conn
+            .exec(q.sql.as_str(), params)
+            .await
+            .map_err(|e| self.err(e))?;
         drop(conn);
         let mut rows = Vec::with_capacity(raw.len());
         for r in raw {
@@ -260,16 +226,10 @@ impl Source for MySqlSource {
             let Some(key) = values[d.key_index].as_key() else {
                 continue; // a NULL or negative key cannot have been published
             };
-            if dense && ranges.len() > 1 && !ranges_contain(ranges, key) {
-                continue; // inserted into a gap after producing: not this batch's id
+            if q.keeps(ranges, key) {
+                rows.push(Row { key, values });
             }
-            rows.push(Row { key, values });
         }
-        rows.sort_unstable_by_key(|r| r.key);
-        Ok(RowSet {
-            columns: d.columns.clone(),
-            key_index: d.key_index,
-            rows,
-        })
+        Ok(row_set(d.columns.clone(), d.key_index, rows))
     }
 }

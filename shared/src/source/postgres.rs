@@ -9,15 +9,11 @@ use async_trait::async_trait;
 use tokio::sync::OnceCell;
 use tokio_postgres::types::Type;
 
-use super::{Source, SourceError};
-use crate::ids::{count_in, ranges_contain, IdRange};
+use super::{row_set, RowsQuery, Source, SourceError};
+use crate::ids::IdRange;
 use crate::job::{Engine, JobSpec};
 use crate::pg::{column_type, decode, pg_error_text, pg_is_transient, pg_pool, RawPg};
 use crate::value::{Column, Row, RowSet};
-
-/// As in the MySQL source: a batch whose span is at most this many times its id count is read with one
-/// `BETWEEN`.
-const DENSE_SPAN_FACTOR: u64 = 4;
 
 pub struct PgSource {
     pool: deadpool_postgres::Pool,
@@ -200,59 +196,19 @@ impl Source for PgSource {
 
     async fn read_rows(&self, ranges: &[IdRange]) -> Result<RowSet, SourceError> {
         let d = self.described().await?;
-        let (Some(lo), Some(hi)) = (ranges.first().map(|r| r[0]), ranges.last().map(|r| r[1]))
+        let Some(q) = RowsQuery::new(&self.sql, &d.select_list, ranges, |n| format!("${n}::int8"))
         else {
-            return Ok(RowSet {
-                columns: d.columns.clone(),
-                key_index: d.key_index,
-                rows: Vec::new(),
-            });
+            return Ok(row_set(d.columns.clone(), d.key_index, Vec::new()));
         };
-        let count = count_in(ranges);
-        let dense = ranges.len() == 1 || hi - lo < count.saturating_mul(DENSE_SPAN_FACTOR);
-        let (sql, params): (String, Vec<i64>) = if dense {
-            (
-                format!(
-                    "SELECT {c} FROM {t} WHERE {k} BETWEEN $1::int8 AND $2::int8{f}",
-                    c = d.select_list,
-                    t = self.sql.from_table,
-                    k = self.sql.key,
-                    f = self.sql.filter
-                ),
-                vec![key_param(lo), key_param(hi)],
-            )
-        } else {
-            let preds: Vec<String> = (0..ranges.len())
-                .map(|i| {
-                    format!(
-                        "{k} BETWEEN ${}::int8 AND ${}::int8",
-                        2 * i + 1,
-                        2 * i + 2,
-                        k = self.sql.key
-                    )
-                })
-                .collect();
-            (
-                format!(
-                    "SELECT {c} FROM {t} WHERE ({}){f}",
-                    preds.join(" OR "),
-                    c = d.select_list,
-                    t = self.sql.from_table,
-                    f = self.sql.filter
-                ),
-                ranges
-                    .iter()
-                    .flat_map(|r| [key_param(r[0]), key_param(r[1])])
-                    .collect(),
-            )
-        };
+        let (sql, dense) = (q.sql.as_str(), q.dense);
+        let params: Vec<i64> = q.bounds.iter().map(|&b| key_param(b)).collect();
         let client = self.client().await?;
         // The dense read is one statement for every batch: keep it prepared. A sparse one has as many
         // ranges as the batch: prepare it for this batch only.
         let stmt = if dense {
-            client.prepare_cached(&sql).await
+            client.prepare_cached(sql).await
         } else {
-            client.prepare(&sql).await
+            client.prepare(sql).await
         }
         .map_err(|e| self.err(&e))?;
         let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
@@ -275,16 +231,10 @@ impl Source for PgSource {
             let Some(key) = values[d.key_index].as_key() else {
                 continue;
             };
-            if dense && ranges.len() > 1 && !ranges_contain(ranges, key) {
-                continue;
+            if q.keeps(ranges, key) {
+                rows.push(Row { key, values });
             }
-            rows.push(Row { key, values });
         }
-        rows.sort_unstable_by_key(|r| r.key);
-        Ok(RowSet {
-            columns: d.columns.clone(),
-            key_index: d.key_index,
-            rows,
-        })
+        Ok(row_set(d.columns.clone(), d.key_index, rows))
     }
 }

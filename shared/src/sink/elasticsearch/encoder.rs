@@ -9,7 +9,8 @@ use std::fmt::Write as _;
 use base64::Engine as _;
 use serde::Serializer as _;
 
-use crate::job::{EsTarget, Ident, RoutePart};
+use crate::job::{EsTarget, Ident};
+use crate::sink::route::{is_date, Template};
 use crate::value::{Column, ColumnType, Row, Value};
 
 /// How to turn a row of a given column layout into a bulk action and a document. Built from the job and
@@ -19,24 +20,9 @@ use crate::value::{Column, ColumnType, Row, Value};
 pub(crate) struct Plan {
     /// Columns that become document fields: position, name, type.
     fields: Vec<(usize, String, ColumnType)>,
-    route: Vec<Piece>,
+    route: Template,
     /// Position, name and type of the `source.version` column.
     version: Option<(usize, String, ColumnType)>,
-}
-
-#[derive(Debug, Clone)]
-enum Piece {
-    Literal(String),
-    Time {
-        at: usize,
-        name: String,
-        format: String,
-    },
-    HashMod {
-        at: usize,
-        name: String,
-        modulus: u64,
-    },
 }
 
 /// One row, encoded: its action line and its document line, each ending in `\n`.
@@ -45,6 +31,25 @@ pub(crate) struct EncodedDoc {
     pub key: u64,
     pub index: String,
     pub lines: Vec<u8>,
+    /// A `delete` action (one line, no document) rather than an `index` action.
+    pub delete: bool,
+}
+
+/// A `delete` action for `key` in `index`: done once the item says 200 or 404 (no such document or index).
+pub(crate) fn delete_action(index: &str, key: u64) -> Result<EncodedDoc, String> {
+    let mut lines = Vec::with_capacity(48 + index.len());
+    let mut out = Json(&mut lines);
+    out.raw(b"{\"delete\":{\"_index\":");
+    out.str(index)?;
+    out.raw(b",\"_id\":\"");
+    out.raw(key.to_string().as_bytes());
+    out.raw(b"\"}}\n");
+    Ok(EncodedDoc {
+        key,
+        index: index.to_owned(),
+        lines,
+        delete: true,
+    })
 }
 
 impl Plan {
@@ -77,40 +82,7 @@ impl Plan {
                 columns[*i].type_name
             ));
         }
-        let mut route = Vec::new();
-        for part in &target.index.parts {
-            route.push(match part {
-                RoutePart::Literal(l) => Piece::Literal(l.clone()),
-                RoutePart::Time { column, format } => {
-                    let at = find("target.index: the route column", column)?;
-                    if !is_date(columns[at].ty) {
-                        return Err(format!(
-                            "target.index: `{column}` is {}, but {{{column}:{format}}} needs a DATE, DATETIME or TIMESTAMP column",
-                            columns[at].type_name
-                        ));
-                    }
-                    Piece::Time {
-                        at,
-                        name: column.to_string(),
-                        format: format.clone(),
-                    }
-                }
-                RoutePart::HashMod { column, modulus } => {
-                    let at = find("target.index: the route column", column)?;
-                    if !matches!(columns[at].ty, ColumnType::Int { .. }) {
-                        return Err(format!(
-                            "target.index: `{column}` is {}, but {{{column} % {modulus}}} needs an integer column",
-                            columns[at].type_name
-                        ));
-                    }
-                    Piece::HashMod {
-                        at,
-                        name: column.to_string(),
-                        modulus: *modulus,
-                    }
-                }
-            });
-        }
+        let route = Template::new(&target.index, columns, "target.index")?;
         let version = match version {
             None => None,
             Some(name) => {
@@ -139,62 +111,10 @@ impl Plan {
 
     /// The index the row goes to.
     pub fn index_for(&self, row: &Row) -> Result<String, String> {
-        let mut name = String::new();
-        for piece in &self.route {
-            match piece {
-                Piece::Literal(l) => name.push_str(l),
-                Piece::Time {
-                    at,
-                    name: col,
-                    format,
-                } => {
-                    let t = match row.values.get(*at) {
-                        Some(Value::Date(y, mo, d, h, mi, s, us)) => {
-                            naive(*y, *mo, *d, *h, *mi, *s, *us).ok_or_else(|| {
-                                format!(
-                                    "route column `{col}` holds {}, which is not a calendar date: the row has no index",
-                                    date_text(*y, *mo, *d)
-                                )
-                            })?
-                        }
-                        Some(Value::Null) => {
-                            return Err(format!(
-                                "route column `{col}` is NULL: the row has no index"
-                            ))
-                        }
-                        other => {
-                            return Err(format!(
-                                "route column `{col}` holds {other:?}, not a date: the row has no index"
-                            ))
-                        }
-                    };
-                    write!(name, "{}", t.format(format)).map_err(|_| {
-                        format!("route column `{col}`: `{format}` is not a chrono format")
-                    })?;
-                }
-                Piece::HashMod {
-                    at,
-                    name: col,
-                    modulus,
-                } => {
-                    let bucket = match row.values.get(*at) {
-                        Some(Value::Int(i)) => i.rem_euclid(*modulus as i64) as u64,
-                        Some(Value::UInt(u)) => u % modulus,
-                        Some(Value::Null) => {
-                            return Err(format!(
-                                "route column `{col}` is NULL: the row has no index"
-                            ))
-                        }
-                        other => {
-                            return Err(format!(
-                                "route column `{col}` holds {other:?}, not an integer: the row has no index"
-                            ))
-                        }
-                    };
-                    let _ = write!(name, "{bucket}");
-                }
-            }
-        }
+        let name = self
+            .route
+            .render(row)
+            .map_err(|e| format!("{e}: the row has no index"))?;
         check_index_name(&name)?;
         Ok(name)
     }
@@ -268,15 +188,9 @@ impl Plan {
             key: row.key,
             index,
             lines,
+            delete: false,
         })
     }
-}
-
-fn is_date(ty: ColumnType) -> bool {
-    matches!(
-        ty,
-        ColumnType::Date | ColumnType::DateTime | ColumnType::Timestamp
-    )
 }
 
 /// Elasticsearch's rules for index names that a route could break: lowercase, no leading `-`, `_`, `+`,
@@ -467,7 +381,7 @@ mod tests {
 
     fn target(index: &str, exclude: &[&str]) -> EsTarget {
         EsTarget {
-            url: "http://127.0.0.1:9200".into(),
+            url: crate::job::EsUrl::parse("http://127.0.0.1:9200").unwrap(),
             index: Route::parse(index).unwrap(),
             exclude: exclude.iter().map(|c| Ident::new(c).unwrap()).collect(),
         }
@@ -731,6 +645,44 @@ mod tests {
     }
 
     #[test]
+    fn tables_and_indices_route_alike_for_huge_moduli_and_negative_values() {
+        use crate::job::TableRoute;
+        use crate::sink::route::Router;
+        let cols = orders();
+        for template in [
+            "o_{user_id % 18446744073709551615}",
+            "o_{user_id % 9223372036854775808}",
+            "o_{user_id % 9223372036854775807}",
+            "o_{user_id % 16}",
+            "o_{id % 18446744073709551615}",
+        ] {
+            let plan = Plan::new(&target(template, &[]), None, &cols).unwrap();
+            let router = Router::new(
+                &TableRoute::Template(Route::parse(template).unwrap()),
+                &cols,
+            )
+            .unwrap();
+            for user in [0, 1, -1, -16, -17, i64::MIN, i64::MIN + 1, i64::MAX] {
+                let mut row = order(u64::MAX, JAN31, Value::Null);
+                row.values[1] = Value::Int(user);
+                let index = plan.index_for(&row).unwrap();
+                let table = router.resolve(&row).unwrap().to_string();
+                assert_eq!(index, table, "{template} with user_id {user}");
+            }
+        }
+        // A modulus above i64::MAX: a negative value lands at value + modulus, never below 0.
+        let plan = Plan::new(
+            &target("o_{user_id % 18446744073709551615}", &[]),
+            None,
+            &cols,
+        )
+        .unwrap();
+        let mut row = order(1, JAN31, Value::Null);
+        row.values[1] = Value::Int(-1);
+        assert_eq!(plan.index_for(&row).unwrap(), "o_18446744073709551614");
+    }
+
+    #[test]
     fn routes_format_dates_and_hash_integers() {
         let cols = orders();
         let plan = Plan::new(&target("orders_{created_at:%Y%m}", &[]), None, &cols).unwrap();
@@ -802,6 +754,16 @@ mod tests {
     }
 
     #[test]
+    fn a_delete_is_one_action_line() {
+        let d = delete_action("orders_1", 42).unwrap();
+        assert_eq!(
+            String::from_utf8(d.lines).unwrap(),
+            "{\"delete\":{\"_index\":\"orders_1\",\"_id\":\"42\"}}\n"
+        );
+        assert!(d.delete);
+    }
+
+    #[test]
     fn index_names_follow_elasticsearch_rules() {
         assert!(check_index_name("orders_202401").is_ok());
         assert!(check_index_name("Orders").is_err());
@@ -816,6 +778,7 @@ mod tests {
             key: n as u64,
             index: "i".into(),
             lines: vec![b'x'; n],
+            delete: false,
         };
         let docs = vec![doc(4), doc(4), doc(4), doc(20), doc(1), doc(9)];
         assert_eq!(chunks(&docs, 10), vec![0..2, 2..3, 3..4, 4..6]);

@@ -1,8 +1,9 @@
 //! Elasticsearch (and OpenSearch) target: one Bulk API request per batch, read item by item.
 //!
 //! Split the way vector splits its sink: [`encoder`] turns rows into NDJSON (index route, external
-//! version, document), [`service`] sends requests, [`retry`] reads the answers. [`EsSink::write`] ties
-//! them: encode → send in requests of at most [`EsOptions::max_bulk_bytes`] → sort every item into
+//! version, document), [`service`] sends requests, [`retry`] reads the answers. [`EsSink::apply`](Sink::apply)
+//! ties them: encode, add the batch's `delete` actions (its gone keys from every index of the job; a moved
+//! document's key from every other index) → send in requests of at most [`EsOptions::max_bulk_bytes`] → sort every item into
 //! written / failed / again → send the "again" ones after a growing delay → hand the batch back as
 //! transient if some still have not landed.
 //!
@@ -63,10 +64,10 @@ use tracing::{debug, info, instrument, warn};
 pub use retry::RetryPolicy;
 pub use service::API_KEY_ENV;
 
-use super::{OpenError, Sink, SinkError, WriteOutcome};
+use super::{deletions, Changes, OpenError, Sink, SinkError, Tables, WriteOutcome};
 use crate::job::{EsTarget, Ident, JobSpec, RoutePart, TargetSpec};
-use crate::value::{Column, RowSet};
-use encoder::{chunks, EncodedDoc, Plan};
+use crate::value::Column;
+use encoder::{chunks, delete_action, EncodedDoc, Plan};
 use retry::{classify_bulk, classify_request, ItemVerdict, RequestVerdict};
 use service::{EsService, SendError};
 
@@ -112,6 +113,8 @@ pub struct EsSink {
     target: EsTarget,
     version: Option<Ident>,
     options: EsOptions,
+    /// Records each index before the first write to it; lists every index for deletes.
+    tables: Tables,
 }
 
 impl EsSink {
@@ -126,7 +129,7 @@ impl EsSink {
         };
         check_route(target).map_err(OpenError)?;
         let service = EsService::new(
-            &target.url,
+            target.url.expose(),
             options.api_key.as_deref(),
             options.timeout,
             options.connect_timeout,
@@ -138,7 +141,40 @@ impl EsSink {
             target: target.clone(),
             version: job.source.version.clone(),
             options,
+            tables: Tables::default(),
         })
+    }
+
+    /// Record indices in, and list them from, `tables` (the consumer's ledger).
+    pub(crate) fn with_tables(mut self, tables: Tables) -> Self {
+        self.tables = tables;
+        self
+    }
+
+    /// The `delete` actions of a batch: its gone keys from every index of the job and, when exclusive,
+    /// each document's key from every index but its own.
+    async fn delete_actions(
+        &self,
+        changes: &Changes<'_>,
+        docs: &[EncodedDoc],
+    ) -> Result<Vec<EncodedDoc>, SinkError> {
+        if changes.delete.is_empty() && !changes.exclusive {
+            return Ok(Vec::new());
+        }
+        let known = self.target.index.plain().map(|name| vec![name.to_owned()]);
+        let every = self.tables.every(known).await?;
+        let mut placed: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+        for doc in docs {
+            placed.entry(doc.index.clone()).or_default().push(doc.key);
+        }
+        let placed: Vec<(String, Vec<u64>)> = placed.into_iter().collect();
+        let mut out = Vec::new();
+        for (index, keys) in deletions(&every, changes.delete, &placed, changes.exclusive) {
+            for key in keys {
+                out.push(delete_action(&index, key).map_err(SinkError::Batch)?);
+            }
+        }
+        Ok(out)
     }
 
     fn plan(&self, columns: &[Column]) -> Result<Plan, SinkError> {
@@ -212,8 +248,9 @@ impl Sink for EsSink {
         }
     }
 
-    #[instrument(skip_all, fields(rows = rows.rows.len()))]
-    async fn write(&self, rows: &RowSet) -> Result<WriteOutcome, SinkError> {
+    #[instrument(skip_all, fields(rows = changes.rows.rows.len(), delete = changes.delete.len()))]
+    async fn apply(&self, changes: &Changes<'_>) -> Result<WriteOutcome, SinkError> {
+        let rows = changes.rows;
         let plan = self.plan(&rows.columns)?;
         let mut outcome = WriteOutcome::default();
         let mut pending: Vec<EncodedDoc> = Vec::with_capacity(rows.rows.len());
@@ -223,6 +260,13 @@ impl Sink for EsSink {
                 Err(reason) => outcome.failed.push((row.key, reason)),
             }
         }
+        let mut indices: Vec<String> = pending.iter().map(|d| d.index.clone()).collect();
+        indices.sort_unstable();
+        indices.dedup();
+        self.tables.before_write(&indices).await?;
+        // Deletes travel in the same bulk request as the documents.
+        let deletes = self.delete_actions(changes, &pending).await?;
+        pending.extend(deletes);
         let mut delays = self.options.retry.delays.iter();
         let mut attempt = 0u32;
         while !pending.is_empty() {
@@ -335,6 +379,13 @@ impl EsSink {
             };
             for (doc, verdict) in chunk.into_iter().zip(verdicts) {
                 match verdict {
+                    ItemVerdict::Written if doc.delete => {}
+                    ItemVerdict::Rejected(reason) if doc.delete => {
+                        return Err(SinkError::Batch(format!(
+                            "Elasticsearch at {url}, index {}: deleting {}: {reason}",
+                            doc.index, doc.key
+                        )))
+                    }
                     ItemVerdict::Written => outcome.written.push(doc.key),
                     ItemVerdict::Rejected(reason) => outcome
                         .failed

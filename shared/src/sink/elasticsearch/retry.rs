@@ -126,8 +126,11 @@ pub(crate) fn classify_item(item: &J, versioned: bool) -> ItemVerdict {
             .map(error_text)
             .unwrap_or_else(|| format!("status {status}"))
     };
+    let is_delete = item.as_object().is_some_and(|o| o.contains_key("delete"));
     match status {
         200 | 201 if error.is_none() => ItemVerdict::Written,
+        // A delete whose document or index is not there: nothing left to delete.
+        404 if is_delete => ItemVerdict::Written,
         // Under external versioning a conflict means the index holds this version or a newer one.
         409 if versioned
             && error_type(error).is_none_or(|t| t == "version_conflict_engine_exception") =>
@@ -221,6 +224,28 @@ mod tests {
         {"index": {"_index": "index1", "_id": "10", "_version": 3, "result": "updated", "status": 200}}
       ]
     }"#;
+
+    #[test]
+    fn a_delete_of_a_missing_document_or_index_is_done() {
+        let item = |status: u64, error: &str| -> J {
+            serde_json::from_str(&format!(
+                r#"{{"delete": {{"_index": "i", "_id": "1", "status": {status}{error}}}}}"#
+            ))
+            .unwrap()
+        };
+        assert_eq!(classify_item(&item(200, ""), false), ItemVerdict::Written);
+        assert_eq!(classify_item(&item(404, ""), false), ItemVerdict::Written);
+        let gone_index =
+            r#", "error": {"type": "index_not_found_exception", "reason": "no such index [i]"}"#;
+        assert_eq!(
+            classify_item(&item(404, gone_index), false),
+            ItemVerdict::Written
+        );
+        assert!(matches!(
+            classify_item(&item(503, ""), false),
+            ItemVerdict::Retry(_)
+        ));
+    }
 
     #[test]
     fn each_item_is_read_on_its_own() {

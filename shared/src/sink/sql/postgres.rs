@@ -12,25 +12,28 @@
 //!   replaces a newer one (and still counts as written); an equal version rewrites the row.
 //! - `create = true`: a table is created when a row is first routed to it: `(LIKE src INCLUDING ALL)` when
 //!   the source table is in the same database and every column is read, otherwise from the source's
-//!   catalog ([`super::create`]: the same types from PostgreSQL, pgloader's casts from MySQL), the key as
+//!   catalog ([`crate::sink::create`]: the same types from PostgreSQL, pgloader's casts from MySQL), the key as
 //!   primary key. A missing schema is not created (that is the operator's call).
 //! - The single-table statement stays prepared on its connection across batches; routed tables' statements
 //!   are prepared per batch (one per table and row count would pile up on every connection).
-
-use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use tokio::sync::OnceCell;
 use tokio_postgres::Statement;
 use tracing::info;
 
-use super::create::{mysql_source_columns, pg_body, pg_source_columns, server_of, url_database};
-use super::route::Router;
-use super::{OpenError, Sink, SinkError, WriteOutcome};
+use super::{bisect, check_version, group, pieces, placed, tables_of, Deletes, Piece, WriteAlone};
 use crate::job::{
     Engine, Ident, JobSpec, SourceSpec, TableName, TableRoute, TargetSpec, WriteMode,
 };
 use crate::pg::{can_encode, pg_error_text, pg_is_row_error, pg_is_transient, pg_pool, PgParam};
+use crate::sink::create::{
+    mysql_source_columns, pg_body, pg_source_columns, server_of, url_database, KnownTables,
+};
+use crate::sink::route::Router;
+use crate::sink::{
+    deletions, sql_tables_to_visit, Changes, OpenError, Sink, SinkError, Tables, WriteOutcome,
+};
 use crate::sql::{quote, quote_table};
 use crate::value::{Column, Row, RowSet};
 
@@ -46,6 +49,8 @@ pub struct PgSink {
     version: Option<Ident>,
     /// `create = true`: how to create a missing table, and the tables known to exist.
     create: Option<Creator>,
+    /// Records each table before the first write to it; lists every table for deletes.
+    tables: Tables,
 }
 
 /// Creates missing target tables, once per table and process. Consumers racing on one table serialise on a
@@ -57,13 +62,7 @@ struct Creator {
     same_database: bool,
     /// What follows `CREATE TABLE IF NOT EXISTS t`, worked out once.
     tail: OnceCell<String>,
-    created: super::create::KnownTables,
-}
-
-/// Rows of one table, at most one statement's worth.
-struct Piece<'a> {
-    table: &'a TableName,
-    rows: Vec<&'a Row>,
+    created: KnownTables,
 }
 
 /// The PostgreSQL type name of a column read from PostgreSQL.
@@ -92,7 +91,57 @@ impl PgSink {
                 tail: OnceCell::new(),
                 created: Default::default(),
             }),
+            tables: Tables::default(),
         })
+    }
+
+    /// Record tables in, and list them from, `tables` (the consumer's ledger).
+    pub(crate) fn with_tables(mut self, tables: Tables) -> Self {
+        self.tables = tables;
+        self
+    }
+
+    /// Run `d`'s deletes in `tx`, the written keys being `placed` (table → keys). Listed tables that do not
+    /// exist hold no row and are skipped (checked first: an error would abort the transaction).
+    async fn delete_in(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        key: &str,
+        d: &Deletes<'_>,
+        placed: &[(TableName, Vec<u64>)],
+    ) -> Result<(), SinkError> {
+        let todo = deletions(&d.every, d.delete, placed, d.exclusive);
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = todo
+            .iter()
+            .map(|(t, _)| quote_table(Engine::Postgres, t))
+            .collect();
+        let present = tx
+            .query(
+                "SELECT n FROM unnest($1::text[]) AS n WHERE to_regclass(n) IS NOT NULL",
+                &[&names],
+            )
+            .await
+            .map_err(|e| self.error(&e, None))?;
+        let present: std::collections::HashSet<String> =
+            present.iter().map(|r| r.get::<_, String>(0)).collect();
+        let key = format!("\"{}\"", key.replace('"', "\"\""));
+        for ((table, keys), name) in todo.iter().zip(&names) {
+            if !present.contains(name) {
+                continue;
+            }
+            // Keys as bigint: a key above i64::MAX cannot be in a PostgreSQL integer column anyway.
+            let keys: Vec<i64> = keys.iter().filter_map(|k| i64::try_from(*k).ok()).collect();
+            tx.execute(
+                &format!("DELETE FROM {name} WHERE {key} = ANY($1::bigint[])"),
+                &[&keys],
+            )
+            .await
+            .map_err(|e| self.error(&e, Some(table)))?;
+        }
+        Ok(())
     }
 
     /// What follows `CREATE TABLE IF NOT EXISTS t`, from the source.
@@ -227,8 +276,9 @@ impl PgSink {
         rs: &RowSet,
         pieces: &[Piece<'_>],
         cache: bool,
+        deletes: Option<&Deletes<'_>>,
     ) -> Result<bool, SinkError> {
-        if let [piece] = pieces {
+        if let ([piece], None) = (pieces, deletes) {
             let stmt = self
                 .statement(client, rs, piece, cache.then_some(&*client))
                 .await?;
@@ -260,47 +310,47 @@ impl PgSink {
                 Err(e) => return Err(self.error(&e, Some(piece.table))),
             }
         }
+        if let Some(d) = deletes {
+            self.delete_in(&tx, &self.key, d, &placed(pieces)).await?;
+        }
         tx.commit().await.map_err(|e| self.error(&e, None))?;
         Ok(true)
     }
+}
 
-    /// Write a piece on its own, by halves where a row is refused, until every row is written or isolated.
-    async fn bisect(
-        &self,
-        client: &deadpool_postgres::Object,
-        rs: &RowSet,
-        piece: &Piece<'_>,
-        outcome: &mut WriteOutcome,
-    ) -> Result<(), SinkError> {
-        let mut pending: Vec<Vec<&Row>> = vec![piece.rows.clone()];
-        while let Some(rows) = pending.pop() {
-            if rows.is_empty() {
-                continue;
+/// Writes pieces on the batch's connection, one autocommitted statement each, for [`bisect`].
+struct Alone<'s> {
+    sink: &'s PgSink,
+    client: &'s deadpool_postgres::Object,
+    rs: &'s RowSet,
+}
+
+#[async_trait]
+impl WriteAlone for Alone<'_> {
+    async fn write_alone(
+        &mut self,
+        table: &TableName,
+        rows: &[&Row],
+    ) -> Result<Result<(), String>, SinkError> {
+        let part = Piece {
+            table,
+            rows: rows.to_vec(),
+        };
+        let stmt = self
+            .sink
+            .statement(self.client, self.rs, &part, None)
+            .await?;
+        match self
+            .client
+            .execute_raw(&stmt, params(self.rs, &part.rows))
+            .await
+        {
+            Ok(_) => Ok(Ok(())),
+            Err(e) if pg_is_row_error(&e) => {
+                Ok(Err(format!("table {table}: {}", pg_error_text(&e))))
             }
-            let part = Piece {
-                table: piece.table,
-                rows,
-            };
-            let stmt = self.statement(client, rs, &part, None).await?;
-            match client.execute_raw(&stmt, params(rs, &part.rows)).await {
-                Ok(_) => outcome.written.extend(part.rows.iter().map(|r| r.key)),
-                Err(e) if pg_is_row_error(&e) => {
-                    let mut left = part.rows;
-                    if left.len() == 1 {
-                        outcome.failed.push((
-                            left[0].key,
-                            format!("table {}: {}", part.table, pg_error_text(&e)),
-                        ));
-                    } else {
-                        let right = left.split_off(left.len() / 2);
-                        pending.push(right);
-                        pending.push(left);
-                    }
-                }
-                Err(e) => return Err(self.error(&e, Some(part.table))),
-            }
+            Err(e) => Err(self.sink.error(&e, Some(table))),
         }
-        Ok(())
     }
 }
 
@@ -377,13 +427,7 @@ fn params<'a>(rs: &'a RowSet, rows: &[&'a Row]) -> Vec<PgParam<'a>> {
 impl Sink for PgSink {
     async fn prepare(&self, columns: &[Column]) -> Result<(), SinkError> {
         let router = self.router(columns)?;
-        if let Some(version) = &self.version {
-            if !columns.iter().any(|c| c.name == version.as_str()) {
-                return Err(SinkError::Batch(format!(
-                    "source.version `{version}` is not among the columns the source reads"
-                )));
-            }
-        }
+        check_version(self.version.as_ref(), columns)?;
         if let Some(creator) = &self.create {
             // The tables are created when rows are first routed to them; check now that they can be.
             self.create_tail(creator).await?;
@@ -413,55 +457,58 @@ impl Sink for PgSink {
         Ok(())
     }
 
-    async fn write(&self, rs: &RowSet) -> Result<WriteOutcome, SinkError> {
+    async fn apply(&self, changes: &Changes<'_>) -> Result<WriteOutcome, SinkError> {
+        let rs = changes.rows;
         let router = self.router(&rs.columns)?;
         let mut outcome = WriteOutcome::default();
         let per_stmt = (MAX_PARAMS / rs.columns.len().max(1)).max(1);
-        let mut grouped: Vec<(TableName, Vec<&Row>)> = match router.fixed() {
-            Some(table) => vec![(table.clone(), rs.rows.iter().collect())],
-            None => {
-                let mut by_table: BTreeMap<TableName, Vec<&Row>> = BTreeMap::new();
-                for row in &rs.rows {
-                    match router.resolve(row) {
-                        Ok(table) => by_table.entry(table).or_default().push(row),
-                        Err(reason) => outcome.failed.push((row.key, reason)),
-                    }
-                }
-                by_table.into_iter().collect()
-            }
-        };
-        for (_, rows) in &mut grouped {
-            // Rows arrive ascending by key: a repeated key is adjacent. Keep its last row.
-            if rows.windows(2).any(|w| w[0].key == w[1].key) {
-                rows.reverse();
-                rows.dedup_by_key(|r| r.key);
-                rows.reverse();
-            }
-        }
-        let pieces: Vec<Piece<'_>> = grouped
-            .iter()
-            .flat_map(|(table, rows)| {
-                rows.chunks(per_stmt).map(move |chunk| Piece {
-                    table,
-                    rows: chunk.to_vec(),
-                })
-            })
-            .filter(|p| !p.rows.is_empty())
-            .collect();
-        if pieces.is_empty() {
+        let grouped = group(&router, rs, &mut outcome.failed, true);
+        let pieces = pieces(&grouped, per_stmt);
+        let deletes = sql_tables_to_visit(&self.tables, changes, &router)
+            .await?
+            .map(|every| Deletes {
+                every,
+                delete: changes.delete,
+                exclusive: changes.exclusive,
+            });
+        if pieces.is_empty() && deletes.is_none() {
             return Ok(outcome);
         }
         let mut client = self.client().await?;
-        let tables: Vec<&TableName> = grouped.iter().map(|(t, _)| t).collect();
+        let tables = tables_of(&grouped);
+        let names: Vec<String> = tables.iter().map(ToString::to_string).collect();
+        self.tables.before_write(&names).await?;
         self.ensure_tables(&mut client, &tables).await?;
         let cache = router.fixed().is_some();
-        if self.write_together(&mut client, rs, &pieces, cache).await? {
+        if self
+            .write_together(&mut client, rs, &pieces, cache, deletes.as_ref())
+            .await?
+        {
             for piece in &pieces {
                 outcome.written.extend(piece.rows.iter().map(|r| r.key));
             }
         } else {
-            for piece in &pieces {
-                self.bisect(&client, rs, piece, &mut outcome).await?;
+            // A row was refused and nothing is committed: write piece by piece, then the deletes of what
+            // landed in one transaction of their own.
+            let mut landed = Vec::new();
+            {
+                let mut alone = Alone {
+                    sink: self,
+                    client: &client,
+                    rs,
+                };
+                for piece in pieces {
+                    bisect(&mut alone, piece, false, &mut outcome, &mut landed).await?;
+                }
+            }
+            if let Some(d) = &deletes {
+                let placed = placed(&landed);
+                let tx = client
+                    .transaction()
+                    .await
+                    .map_err(|e| self.error(&e, None))?;
+                self.delete_in(&tx, &self.key, d, &placed).await?;
+                tx.commit().await.map_err(|e| self.error(&e, None))?;
             }
         }
         outcome.written.sort_unstable();

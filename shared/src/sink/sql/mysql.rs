@@ -4,7 +4,7 @@
 //! - One table, one statement: the batch is written by that one statement (its own transaction), the
 //!   statement staying prepared across batches.
 //! - Routed tables (`orders_{user_id % 16}`, `[target.ranges]`, a database part): the batch's rows are
-//!   grouped by table ([`super::route`]) and every table's statements run in **one transaction** on one
+//!   grouped by table ([`crate::sink::route`]) and every table's statements run in **one transaction** on one
 //!   connection — a transaction spans databases on one server. A row whose route cannot be computed is
 //!   `failed` with the reason; the others still land.
 //! - `source.version`: `ON DUPLICATE KEY UPDATE c = IF(<stored version is not newer>, VALUES(c), c), …`,
@@ -13,13 +13,11 @@
 //! - `create = true`: a table is created when a row is first routed to it, with
 //!   `CREATE TABLE IF NOT EXISTS t LIKE src` when the source is on the same server and every column is read,
 //!   otherwise with the columns read and their source types from `information_schema` (from a PostgreSQL
-//!   source: the mapped types of [`super::create`]), the key as primary key. A missing database is not
+//!   source: the mapped types of [`crate::sink::create`]), the key as primary key. A missing database is not
 //!   created (that is the operator's call).
 //! - A statement the server refuses for a row's values is rolled back on its own (InnoDB's statement
 //!   rollback), the rest of the transaction commits, and the refused piece is bisected until the bad row is
 //!   isolated in `failed`.
-
-use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use mysql_async::prelude::Queryable;
@@ -27,11 +25,16 @@ use mysql_async::TxOpts;
 use tokio::sync::OnceCell;
 use tracing::info;
 
-use super::create::{mysql_body, mysql_source_columns, pg_source_columns, server_of, url_database};
-use super::route::Router;
-use super::{OpenError, Sink, SinkError, WriteOutcome};
+use super::{bisect, check_version, group, pieces, placed, tables_of, Deletes, Piece, WriteAlone};
 use crate::job::{
     DbUrl, Engine, Ident, JobSpec, SourceSpec, TableName, TableRoute, TargetSpec, WriteMode,
+};
+use crate::sink::create::{
+    mysql_body, mysql_source_columns, pg_source_columns, server_of, url_database, KnownTables,
+};
+use crate::sink::route::Router;
+use crate::sink::{
+    deletions, sql_tables_to_visit, Changes, OpenError, Sink, SinkError, Tables, WriteOutcome,
 };
 use crate::sql::{
     mysql_error_text, mysql_is_row_error, mysql_is_transient, mysql_pool, quote, quote_table,
@@ -49,6 +52,8 @@ pub struct MySqlSink {
     version: Option<Ident>,
     /// `create = true`: how to create a missing table, and the tables known to exist.
     create: Option<Creator>,
+    /// Records each table before the first write to it; lists every table for deletes.
+    tables: Tables,
 }
 
 /// Creates missing target tables (`[target] create = true`), once per table and process; many consumers
@@ -58,7 +63,7 @@ struct Creator {
     /// The source is on the target's server: `LIKE` can copy the table as it is.
     same_server: bool,
     how: OnceCell<CreateHow>,
-    created: super::create::KnownTables,
+    created: KnownTables,
 }
 
 /// What follows `CREATE TABLE IF NOT EXISTS t`.
@@ -67,12 +72,6 @@ enum CreateHow {
     Like(String),
     /// ` (cols…, PRIMARY KEY (key)) …`: the columns read, with the source's own column types.
     Columns(String),
-}
-
-/// Rows of one table, at most one statement's worth.
-struct Piece<'a> {
-    table: &'a TableName,
-    rows: Vec<&'a Row>,
 }
 
 impl MySqlSink {
@@ -92,7 +91,14 @@ impl MySqlSink {
                 how: OnceCell::new(),
                 created: Default::default(),
             }),
+            tables: Tables::default(),
         })
+    }
+
+    /// Record tables in, and list them from, `tables` (the consumer's ledger).
+    pub(crate) fn with_tables(mut self, tables: Tables) -> Self {
+        self.tables = tables;
+        self
     }
 
     /// How to create a missing table, worked out once from the source.
@@ -199,12 +205,14 @@ impl MySqlSink {
         self.insert_sql(piece.table, &rs.columns, key, piece.rows.len())
     }
 
-    /// Write every piece, all in one transaction (one statement needs none). Returns the pieces the server
-    /// refused for a row's values; the others are committed when this returns `Ok`.
+    /// Write every piece and run the batch's deletes, all in one transaction (one statement alone needs
+    /// none). Returns the pieces written and those the server refused for a row's values; the others and
+    /// the deletes (of the written keys only) are committed when this returns `Ok`.
     async fn write_pieces<'a>(
         &self,
         rs: &RowSet,
         pieces: Vec<Piece<'a>>,
+        deletes: Option<&Deletes<'_>>,
     ) -> Result<(Vec<Piece<'a>>, Vec<Piece<'a>>), SinkError> {
         let mut conn = self
             .pool
@@ -212,7 +220,7 @@ impl MySqlSink {
             .await
             .map_err(|e| self.error(&e, None))?;
         let (mut ok, mut refused) = (Vec::new(), Vec::new());
-        if pieces.len() == 1 {
+        if pieces.len() == 1 && deletes.is_none() {
             let piece = pieces.into_iter().next().expect("one piece");
             match conn
                 .exec_drop(self.piece_sql(rs, &piece), params(&piece.rows))
@@ -239,56 +247,68 @@ impl MySqlSink {
                 Err(e) => return Err(self.error(&e, Some(piece.table))),
             }
         }
+        if let Some(d) = deletes {
+            self.delete_in(&mut tx, rs, d, &ok).await?;
+        }
         tx.commit().await.map_err(|e| self.error(&e, None))?;
         Ok((ok, refused))
     }
 
-    /// Write a refused piece by halves until every row is written or isolated with its error.
-    async fn bisect(
+    /// Run `d`'s deletes in `tx`, the written keys being those of `written`.
+    async fn delete_in(
+        &self,
+        tx: &mut mysql_async::Transaction<'_>,
+        rs: &RowSet,
+        d: &Deletes<'_>,
+        written: &[Piece<'_>],
+    ) -> Result<(), SinkError> {
+        let placed = placed(written);
+        let key = quote(
+            Engine::Mysql,
+            &Ident::new(&rs.columns[rs.key_index].name).map_err(SinkError::Batch)?,
+        );
+        for (table, keys) in deletions(&d.every, d.delete, &placed, d.exclusive) {
+            for chunk in keys.chunks(MAX_PLACEHOLDERS) {
+                let sql = format!(
+                    "DELETE FROM {} WHERE {key} IN ({})",
+                    quote_table(Engine::Mysql, &table),
+                    vec!["?"; chunk.len()].join(",")
+                );
+                match tx.exec_drop(sql, chunk.to_vec()).await {
+                    Ok(()) => {}
+                    // A listed table that does not exist holds no row: nothing to delete there.
+                    Err(mysql_async::Error::Server(e)) if e.code == 1146 => break,
+                    Err(e) => return Err(self.error(&e, Some(&table))),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// After bisection wrote `written` outside the batch's transaction: remove those keys from every other
+    /// table, in a transaction of its own.
+    async fn delete_moved(
         &self,
         rs: &RowSet,
-        piece: Piece<'_>,
-        outcome: &mut WriteOutcome,
+        d: &Deletes<'_>,
+        written: &[Piece<'_>],
     ) -> Result<(), SinkError> {
         let mut conn = self
             .pool
             .get_conn()
             .await
             .map_err(|e| self.error(&e, None))?;
-        let table = piece.table;
-        let mut pending: Vec<Vec<&Row>> = Vec::new();
-        let mut left = piece.rows;
-        if left.len() > 1 {
-            let right = left.split_off(left.len() / 2);
-            pending.push(right);
-            pending.push(left);
-        } else {
-            pending.push(left);
-        }
-        while let Some(rows) = pending.pop() {
-            if rows.is_empty() {
-                continue;
-            }
-            let piece = Piece { table, rows };
-            match conn
-                .exec_drop(self.piece_sql(rs, &piece), params(&piece.rows))
-                .await
-            {
-                Ok(()) => outcome.written.extend(piece.rows.iter().map(|r| r.key)),
-                Err(e) if mysql_is_row_error(&e) => {
-                    let mut left = piece.rows;
-                    if left.len() == 1 {
-                        outcome.failed.push((left[0].key, mysql_error_text(&e)));
-                    } else {
-                        let right = left.split_off(left.len() / 2);
-                        pending.push(right);
-                        pending.push(left);
-                    }
-                }
-                Err(e) => return Err(self.error(&e, Some(table))),
-            }
-        }
-        Ok(())
+        let mut tx = conn
+            .start_transaction(TxOpts::default())
+            .await
+            .map_err(|e| self.error(&e, None))?;
+        let moved = Deletes {
+            every: d.every.clone(),
+            delete: &[],
+            exclusive: true,
+        };
+        self.delete_in(&mut tx, rs, &moved, written).await?;
+        tx.commit().await.map_err(|e| self.error(&e, None))
     }
 
     fn error(&self, e: &mysql_async::Error, table: Option<&TableName>) -> SinkError {
@@ -300,6 +320,32 @@ impl MySqlSink {
             SinkError::Transient(text)
         } else {
             SinkError::Batch(text)
+        }
+    }
+}
+
+/// Writes pieces on their own connection, one autocommitted statement each, for [`bisect`].
+struct Alone<'s> {
+    sink: &'s MySqlSink,
+    conn: mysql_async::Conn,
+    rs: &'s RowSet,
+}
+
+#[async_trait]
+impl WriteAlone for Alone<'_> {
+    async fn write_alone(
+        &mut self,
+        table: &TableName,
+        rows: &[&Row],
+    ) -> Result<Result<(), String>, SinkError> {
+        let key = &self.rs.columns[self.rs.key_index].name;
+        let sql = self
+            .sink
+            .insert_sql(table, &self.rs.columns, key, rows.len());
+        match self.conn.exec_drop(sql, params(rows)).await {
+            Ok(()) => Ok(Ok(())),
+            Err(e) if mysql_is_row_error(&e) => Ok(Err(mysql_error_text(&e))),
+            Err(e) => Err(self.sink.error(&e, Some(table))),
         }
     }
 }
@@ -401,13 +447,7 @@ impl Sink for MySqlSink {
         if let Some(why) = unmappable(columns) {
             return Err(SinkError::Batch(why));
         }
-        if let Some(version) = &self.version {
-            if !columns.iter().any(|c| c.name == version.as_str()) {
-                return Err(SinkError::Batch(format!(
-                    "source.version `{version}` is not among the columns the source reads"
-                )));
-            }
-        }
+        check_version(self.version.as_ref(), columns)?;
         if let Some(creator) = &self.create {
             // The tables are created when rows are first routed to them; check now that they can be.
             self.create_how(creator).await?;
@@ -439,7 +479,8 @@ impl Sink for MySqlSink {
         Ok(())
     }
 
-    async fn write(&self, rs: &RowSet) -> Result<WriteOutcome, SinkError> {
+    async fn apply(&self, changes: &Changes<'_>) -> Result<WriteOutcome, SinkError> {
+        let rs = changes.rows;
         let router = self.router(&rs.columns)?;
         let mut outcome = WriteOutcome::default();
         let pg_free: Vec<Row>;
@@ -465,41 +506,47 @@ impl Sink for MySqlSink {
             rs
         };
         let per_stmt = (MAX_PLACEHOLDERS / rs.columns.len().max(1)).max(1);
-        // Rows by table; one table keeps the batch's order and makes no copy of the route.
-        let grouped: Vec<(TableName, Vec<&Row>)> = match router.fixed() {
-            Some(table) => vec![(table.clone(), rs.rows.iter().collect())],
-            None => {
-                let mut by_table: BTreeMap<TableName, Vec<&Row>> = BTreeMap::new();
-                for row in &rs.rows {
-                    match router.resolve(row) {
-                        Ok(table) => by_table.entry(table).or_default().push(row),
-                        Err(reason) => outcome.failed.push((row.key, reason)),
-                    }
-                }
-                by_table.into_iter().collect()
-            }
-        };
-        let pieces: Vec<Piece<'_>> = grouped
-            .iter()
-            .flat_map(|(table, rows)| {
-                rows.chunks(per_stmt).map(move |chunk| Piece {
-                    table,
-                    rows: chunk.to_vec(),
-                })
-            })
-            .filter(|p| !p.rows.is_empty())
-            .collect();
-        if pieces.is_empty() {
+        let grouped = group(&router, rs, &mut outcome.failed, false);
+        let pieces = pieces(&grouped, per_stmt);
+        let deletes = sql_tables_to_visit(&self.tables, changes, &router)
+            .await?
+            .map(|every| Deletes {
+                every,
+                delete: changes.delete,
+                exclusive: changes.exclusive,
+            });
+        if pieces.is_empty() && deletes.is_none() {
             return Ok(outcome);
         }
-        let tables: Vec<&TableName> = grouped.iter().map(|(t, _)| t).collect();
+        let tables = tables_of(&grouped);
+        let names: Vec<String> = tables.iter().map(ToString::to_string).collect();
+        self.tables.before_write(&names).await?;
         self.ensure_tables(&tables).await?;
-        let (ok, refused) = self.write_pieces(rs, pieces).await?;
-        for piece in ok {
+        let (ok, refused) = self.write_pieces(rs, pieces, deletes.as_ref()).await?;
+        for piece in &ok {
             outcome.written.extend(piece.rows.iter().map(|r| r.key));
         }
-        for piece in refused {
-            self.bisect(rs, piece, &mut outcome).await?;
+        let mut landed = Vec::new();
+        if !refused.is_empty() {
+            let conn = self
+                .pool
+                .get_conn()
+                .await
+                .map_err(|e| self.error(&e, None))?;
+            let mut alone = Alone {
+                sink: self,
+                conn,
+                rs,
+            };
+            for piece in refused {
+                bisect(&mut alone, piece, true, &mut outcome, &mut landed).await?;
+            }
+        }
+        if let Some(d) = deletes
+            .as_ref()
+            .filter(|d| d.exclusive && !landed.is_empty())
+        {
+            self.delete_moved(rs, d, &landed).await?;
         }
         outcome.written.sort_unstable();
         Ok(outcome)

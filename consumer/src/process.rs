@@ -1,0 +1,142 @@
+//! One valid message, end to end (DESIGN.md §6 step 2, §8.3): check the group is planned, read the current
+//! rows, let [`crate::batch::plan`] decide, apply the changes to the sink, record the outcome in the ledger.
+//! Transient failures are retried a few times in-process before the batch goes back to the session as
+//! [`Failure::Retry`].
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bitmig_shared::queue::Message;
+use bitmig_shared::sink::{Changes, SinkError};
+use bitmig_shared::source::SourceError;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::batch::{self, LedgerFacts};
+use crate::{Ctx, QUICK_RETRIES};
+
+/// Why a batch did not complete.
+pub(crate) enum Failure {
+    /// The message itself is wrong: to the dead queue, never retried.
+    Dead(String),
+    /// Worth another attempt later.
+    Retry(String),
+}
+
+fn source_failure(e: SourceError) -> Failure {
+    Failure::Retry(e.to_string())
+}
+
+fn sink_failure(e: SinkError) -> Failure {
+    Failure::Retry(e.to_string())
+}
+
+/// Retry `op` a few times in-process while its error is transient and no shutdown is requested.
+async fn quick_retry<T, E, F, Fut>(
+    cancel: &CancellationToken,
+    transient: impl Fn(&E) -> bool,
+    mut op: F,
+) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut delays = QUICK_RETRIES.iter();
+    loop {
+        match op().await {
+            Err(e) if transient(&e) && !cancel.is_cancelled() => match delays.next() {
+                Some(delay) => tokio::time::sleep(*delay).await,
+                None => return Err(e),
+            },
+            other => return other,
+        }
+    }
+}
+
+/// Read → write → record, for one valid message.
+pub(crate) async fn process(ctx: &Ctx, m: &Message) -> Result<(), Failure> {
+    check_planned(ctx, m.group).await?;
+    let rows = quick_retry(&ctx.cancel, SourceError::is_transient, || {
+        ctx.source.read_rows(&m.ids)
+    })
+    .await
+    .map_err(source_failure)?;
+    // The seam for DESIGN.md §10: the `purged` ids of the group will be read here and skipped.
+    let facts = LedgerFacts::default();
+    let plan = batch::plan(m.cause, &m.ids, rows, &facts);
+    let changes = Changes {
+        rows: &plan.rows,
+        delete: &plan.delete,
+        exclusive: plan.exclusive,
+    };
+    let outcome = quick_retry(&ctx.cancel, SinkError::is_transient, || {
+        ctx.sink.apply(&changes)
+    })
+    .await
+    .map_err(sink_failure)?;
+    for (id, reason) in &outcome.failed {
+        warn!(id, reason = %reason, "row refused by the target: recorded in failed");
+    }
+    let record = plan.record(outcome);
+    // The changes are committed: the bits must follow. Keep trying while Redis is away (the
+    // ConnectionManager reconnects); a shutdown leaves the batch unacked, and its redelivery rewrites it
+    // idempotently.
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match ctx.ledger.record_batch(m.group, &record).await {
+            Ok(()) => break,
+            Err(e) if !ctx.cancel.is_cancelled() => {
+                warn!(error = %e, "could not record the batch in Redis; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => return Err(Failure::Retry(format!("recording in Redis: {e}"))),
+        }
+    }
+    ctx.stats.batches.fetch_add(1, Ordering::Relaxed);
+    ctx.stats
+        .rows_written
+        .fetch_add(record.landed.len() as u64, Ordering::Relaxed);
+    ctx.stats
+        .gone
+        .fetch_add(record.gone.len() as u64, Ordering::Relaxed);
+    ctx.stats
+        .failed
+        .fetch_add(record.failed.len() as u64, Ordering::Relaxed);
+    debug!(
+        written = record.landed.len(),
+        gone = record.gone.len(),
+        deleted = plan.delete.len(),
+        failed = record.failed.len(),
+        "batch done"
+    );
+    Ok(())
+}
+
+/// A message for a group the producer never planned is forged or left over from a lost ledger: its ids
+/// must not become bits (nor rows). One Redis look-up per group and consumer, then remembered.
+async fn check_planned(ctx: &Ctx, group: u64) -> Result<(), Failure> {
+    let known = ctx
+        .planned
+        .lock()
+        .map(|set| set.contains(&group))
+        .unwrap_or(false);
+    if known {
+        return Ok(());
+    }
+    match ctx.ledger.is_planned(group).await {
+        Ok(true) => {
+            if let Ok(mut set) = ctx.planned.lock() {
+                set.insert(group);
+            }
+            Ok(())
+        }
+        Ok(false) => Err(Failure::Dead(format!(
+            "group {group} was never planned by the producer (not in {})",
+            ctx.ledger.job_key("groups")
+        ))),
+        Err(e) => Err(Failure::Retry(format!(
+            "checking group {group} in Redis: {e}"
+        ))),
+    }
+}

@@ -1,0 +1,196 @@
+//! One AMQP session of the consumer: connect, declare the topology, take deliveries under the concurrency
+//! limit, and settle each one — ack after success or after a confirmed hand-over to the retry or dead
+//! queue, otherwise nack with requeue so the broker keeps it. What a batch does is [`crate::process`].
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bitmig_shared::queue::{self, Message, Publisher, MAX_ATTEMPTS};
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
+use lapin::types::FieldTable;
+use tokio::sync::{Mutex, Semaphore};
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn, Instrument};
+
+use crate::process::{process, Failure};
+use crate::{Ctx, Options, SHUTDOWN_GRACE};
+
+/// Connect, consume until cancelled, idle or the connection is lost, then settle in-flight batches.
+/// `Ok` means the consumer should stop; `Err` that the connection failed. `connected` is set once
+/// deliveries flow, and a batch that lands resets `idle_since`.
+pub(crate) async fn session(
+    ctx: &Arc<Ctx>,
+    opts: &Options,
+    idle_since: &mut tokio::time::Instant,
+    connected: &mut bool,
+) -> anyhow::Result<()> {
+    let job = &ctx.job.name;
+    let conn = queue::connect(&opts.amqp_url, "bitmig-consumer")
+        .await
+        .context("connecting to RabbitMQ")?;
+    let publisher = Publisher::new(&conn).await?;
+    queue::declare_topology(publisher.channel(), job).await?;
+    let publisher = Arc::new(Mutex::new(publisher));
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(opts.prefetch.max(1), BasicQosOptions::default())
+        .await?;
+    let tag = format!("bitmig-consumer-{}", std::process::id());
+    let mut deliveries = ch
+        .basic_consume(
+            queue::work_queue(job).as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    *connected = true;
+    info!(job = %job, concurrency = opts.concurrency, prefetch = opts.prefetch, "consuming");
+
+    let cancel = &ctx.cancel;
+    let slots = Arc::new(Semaphore::new(opts.concurrency.max(1)));
+    let tracker = TaskTracker::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut lost = None;
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            next = deliveries.next() => {
+                let delivery = match next {
+                    Some(Ok(d)) => d,
+                    Some(Err(e)) => {
+                        lost = Some(anyhow::Error::from(e));
+                        break;
+                    }
+                    None => {
+                        lost = Some(anyhow::anyhow!("the broker ended the consumer"));
+                        break;
+                    }
+                };
+                let permit = tokio::select! {
+                    p = slots.clone().acquire_owned() => p?,
+                    _ = cancel.cancelled() => {
+                        // Not started: give it back to the queue at once.
+                        let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                        break;
+                    }
+                };
+                let (ctx, publisher) = (ctx.clone(), publisher.clone());
+                tracker.spawn(async move {
+                    handle(&ctx, &publisher, delivery).await;
+                    drop(permit);
+                });
+                *idle_since = tokio::time::Instant::now();
+            }
+            _ = tick.tick() => {
+                let busy = slots.available_permits() < opts.concurrency.max(1);
+                if busy {
+                    *idle_since = tokio::time::Instant::now();
+                } else if let Some(idle) = opts.exit_when_idle {
+                    if idle_since.elapsed() >= idle {
+                        info!(job = %job, idle_secs = idle.as_secs(), "work queue idle: exiting");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    // Stop taking deliveries, finish in-flight batches, then close.
+    let _ = ch
+        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+        .await;
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(job = %job, "in-flight batches did not finish within the grace period; they will be redelivered");
+    }
+    let _ = ch.close(200, "bye".into()).await;
+    let _ = conn.close(200, "bye".into()).await;
+    match lost {
+        Some(e) if !cancel.is_cancelled() => Err(e.context("the work queue's consumer stopped")),
+        _ => Ok(()),
+    }
+}
+
+/// Process one delivery and settle it: ack after success, after a confirmed hand-over to the retry or
+/// dead queue; otherwise nack with requeue so the broker keeps it.
+async fn handle(ctx: &Ctx, publisher: &Mutex<Publisher>, d: Delivery) {
+    let parsed = Message::parse(&d.data, &ctx.job.name, ctx.job.group_size);
+    let span = match &parsed {
+        Ok(m) => {
+            tracing::info_span!("batch", job = %ctx.job.name, group = m.group, cause = m.cause.as_str(), attempt = m.attempt)
+        }
+        Err(_) => tracing::info_span!("batch", job = %ctx.job.name),
+    };
+    async {
+        let dead = queue::dead_queue(&ctx.job.name);
+        // Where the delivery goes instead, when it did not complete: (queue, body, reason header).
+        let handoff: Option<(String, Vec<u8>, Option<String>)> = match parsed {
+            Err(reason) => Some((dead.clone(), d.data.clone(), Some(reason))),
+            Ok(m) => match process(ctx, &m).await {
+                Ok(()) => None,
+                Err(Failure::Dead(reason)) => Some((dead.clone(), d.data.clone(), Some(reason))),
+                Err(Failure::Retry(reason)) => {
+                    let mut m = m;
+                    m.attempt += 1;
+                    if m.attempt > MAX_ATTEMPTS {
+                        error!(reason = %reason, attempts = m.attempt - 1, "batch failed every attempt: to the dead queue");
+                        let why = format!("failed {} attempts; last error: {reason}", m.attempt - 1);
+                        Some((dead.clone(), m.to_json(), Some(why)))
+                    } else {
+                        warn!(reason = %reason, next_attempt = m.attempt, "batch will be retried");
+                        Some((queue::retry_queue_for(&ctx.job.name, m.attempt), m.to_json(), None))
+                    }
+                }
+            },
+        };
+        let settled = match handoff {
+            None => Ok(()),
+            Some((queue_name, body, why)) => {
+                if queue_name == dead {
+                    warn!(reason = why.as_deref().unwrap_or_default(), "message to the dead queue");
+                }
+                let sent = publisher
+                    .lock()
+                    .await
+                    .publish_confirmed(&queue_name, &body, why.as_deref())
+                    .await;
+                match sent {
+                    Ok(()) if queue_name == dead => {
+                        ctx.stats.dead.fetch_add(1, Ordering::Relaxed);
+                        Ok(())
+                    }
+                    Ok(()) => {
+                        ctx.stats.retried.fetch_add(1, Ordering::Relaxed);
+                        Ok(())
+                    }
+                    // Not handed over: the broker keeps the delivery (nack with requeue below).
+                    Err(e) => {
+                        error!(error = %e, "could not hand the batch to {queue_name}");
+                        Err(())
+                    }
+                }
+            }
+        };
+        let acked = match settled {
+            Ok(()) => d.ack(BasicAckOptions::default()).await,
+            Err(()) => d.nack(BasicNackOptions { requeue: true, ..Default::default() }).await,
+        };
+        match acked {
+            Ok(true) => {}
+            Ok(false) => warn!("ack not sent (channel closed): the batch will be redelivered"),
+            Err(e) => warn!(error = %e, "ack failed: the batch will be redelivered"),
+        }
+    }
+    .instrument(span)
+    .await
+}
