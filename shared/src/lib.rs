@@ -11,6 +11,7 @@
 //! - [`telemetry`], [`cli`]: logging set-up, the options and exit codes every binary shares, progress output.
 
 pub mod cli;
+pub mod follow_spec;
 pub mod ids;
 pub mod job;
 pub mod ledger;
