@@ -15,6 +15,7 @@ mod copy;
 mod dead_letters;
 mod deleted_rows;
 mod elasticsearch;
+mod follow_readers;
 mod hostile;
 mod postgres;
 mod producer_resume;
