@@ -536,17 +536,18 @@ async fn logical_reader_changes_checkpoint_and_resume() {
     assert!(logical::parse_lsn(&position).is_some(), "{position}");
     // Idempotent: the slot and publication exist now; the position is the slot's.
     assert_eq!(logical::position_now(&src).await.unwrap(), position);
-    c.batch_execute(
-        "INSERT INTO t VALUES (1, 10, 'x'), (2, 9223372036854775807, 'y');
-         INSERT INTO other VALUES (500, 'other table');
-         UPDATE t SET v = 'changed' WHERE id = 1;
-         UPDATE t SET id = 20 WHERE id = 2;
-         DELETE FROM t WHERE id = 3;
-         BEGIN; INSERT INTO t VALUES (1, 30, 'tx'); UPDATE t SET a = 9 WHERE id = 10; COMMIT;
-         BEGIN; INSERT INTO t VALUES (1, 40, 'rolled back'); ROLLBACK;",
-    )
-    .await
-    .unwrap();
+    // One statement per call: a multi-statement simple query would be one transaction.
+    for sql in [
+        "INSERT INTO t VALUES (1, 10, 'x'), (2, 9223372036854775807, 'y')",
+        "INSERT INTO other VALUES (500, 'other table')",
+        "UPDATE t SET v = 'changed' WHERE id = 1",
+        "UPDATE t SET id = 20 WHERE id = 2",
+        "DELETE FROM t WHERE id = 3",
+        "BEGIN; INSERT INTO t VALUES (1, 30, 'tx'); UPDATE t SET a = 9 WHERE id = 10; COMMIT",
+        "BEGIN; INSERT INTO t VALUES (1, 40, 'rolled back'); ROLLBACK",
+    ] {
+        c.batch_execute(sql).await.unwrap();
+    }
     let mut reader = LogicalReader::start(src.clone(), &position)
         .await
         .expect("start");

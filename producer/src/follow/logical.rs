@@ -359,7 +359,7 @@ impl LogicalReader {
                      'proto_version', '1', 'publication_names', $3)",
                 &[
                     &self.src.slot,
-                    &(self.rows_behind + ROWS_PER_POLL),
+                    &upto,
                     &self.src.publication,
                 ],
             )
