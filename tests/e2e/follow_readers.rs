@@ -864,3 +864,114 @@ async fn queue_reader_refuses_a_missing_queue() {
     };
     assert!(m.0.contains("does not exist"), "{}", m.0);
 }
+
+// --- throughput (not part of the suite: `--run-ignored only follow_readers::throughput`) ---------------------------
+
+/// Reads a backlog of `n` changed keys and returns keys/s and transactions/s.
+async fn drain(reader: &mut dyn ChangeReader, n: usize) -> (f64, f64, Duration) {
+    let t = Instant::now();
+    let got = read_keys(reader, n).await;
+    let s = t.elapsed().as_secs_f64();
+    (n as f64 / s, got.len() as f64 / s, t.elapsed())
+}
+
+/// The decode rate of the binlog and logical readers on a backlog: 50 000 rows in one transaction, then
+/// 5 000 single-row transactions (the follower's target is 2 000 changes/s).
+#[tokio::test]
+#[ignore = "a measurement, not a test: run it alone"]
+async fn throughput_binlog_and_logical() {
+    const ROWS: u64 = 50_000;
+    const TXS: u64 = 5_000;
+    let db = MyDb::new(&mysql_server_url()).await;
+    let mut c = db.conn().await;
+    c.query_drop(format!("CREATE TABLE t {TABLE_DDL}"))
+        .await
+        .unwrap();
+    let src = db.source("t", "id");
+    let position = binlog::position_now(&src).await.unwrap();
+    c.query_drop(format!(
+        "INSERT INTO t (id, a, v) SELECT seq, seq, 'payload payload' FROM seq_1_to_{ROWS}"
+    ))
+    .await
+    .unwrap();
+    let mid = binlog::position_now(&src).await.unwrap();
+    for i in 0..TXS {
+        c.exec_drop("UPDATE t SET a = a + 1 WHERE id = ?", (i + 1,))
+            .await
+            .unwrap();
+    }
+    let mut reader = BinlogReader::start(src.clone(), &position).await.unwrap();
+    let (k, _, el) = drain(&mut reader, ROWS as usize).await;
+    eprintln!("binlog: {ROWS} rows in one transaction: {k:.0} keys/s ({el:?})");
+    drop(reader);
+    let mut reader = BinlogReader::start(src, &mid).await.unwrap();
+    let (k, tx, el) = drain(&mut reader, TXS as usize).await;
+    eprintln!("binlog: {TXS} one-row transactions: {k:.0} keys/s, {tx:.0} transactions/s ({el:?})");
+
+    let pg = PgDb::new(&pg_server_url()).await;
+    let p = pg_connect(&pg.url).await;
+    p.batch_execute("CREATE TABLE t (a int NOT NULL, id bigint PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    let lsrc = pg.source("t");
+    let position = logical::position_now(&lsrc).await.unwrap();
+    p.batch_execute(&format!(
+        "INSERT INTO t SELECT g, g, 'payload payload' FROM generate_series(1, {ROWS}) g"
+    ))
+    .await
+    .unwrap();
+    let upd = p
+        .prepare("UPDATE t SET a = a + 1 WHERE id = $1")
+        .await
+        .unwrap();
+    for i in 0..TXS as i64 {
+        p.execute(&upd, &[&(i + 1)]).await.unwrap();
+    }
+    let mut reader = LogicalReader::start(lsrc.clone(), &position).await.unwrap();
+    let t = Instant::now();
+    let first = read_keys(&mut reader, ROWS as usize).await;
+    eprintln!(
+        "logical: {ROWS} rows in one transaction: {:.0} keys/s ({:?})",
+        ROWS as f64 / t.elapsed().as_secs_f64(),
+        t.elapsed()
+    );
+    // Checkpoint as the producer would, then the small transactions.
+    reader
+        .checkpoint(&first.last().unwrap().position)
+        .await
+        .unwrap();
+    let (k, tx, el) = drain(&mut reader, TXS as usize).await;
+    eprintln!(
+        "logical: {TXS} one-row transactions: {k:.0} keys/s, {tx:.0} transactions/s ({el:?})"
+    );
+}
+
+/// An idle source keeps the stream alive with heartbeats: a reader allowed 3 s of silence is still
+/// waiting, not failed, after 6 s without a change (the private server of port 3318 is idle).
+#[tokio::test]
+async fn binlog_reader_idle_stream_lives_on_heartbeats() {
+    let server = "mysql://root@127.0.0.1:3318/";
+    if mysql_async::Conn::from_url(server).await.is_err() {
+        panic!("no MariaDB on 127.0.0.1:3318: {NEGATIVES_HINT}");
+    }
+    let db = MyDb::new(server).await;
+    db.conn()
+        .await
+        .query_drop(format!("CREATE TABLE t {TABLE_DDL}"))
+        .await
+        .unwrap();
+    let src = db.source("t", "id");
+    let position = binlog::position_now(&src).await.unwrap();
+    let mut reader = BinlogReader::start(src, &position).await.unwrap();
+    reader.silence = Duration::from_secs(3);
+    match tokio::time::timeout(Duration::from_secs(6), reader.next()).await {
+        Err(_) => {}
+        Ok(r) => panic!("expected no change and no error, got {r:?}"),
+    }
+    db.conn()
+        .await
+        .query_drop("INSERT INTO t (id, a, v) VALUES (8, 1, 'after the wait')")
+        .await
+        .unwrap();
+    assert_eq!(all_keys(&read_keys(&mut reader, 1).await), vec![8]);
+}

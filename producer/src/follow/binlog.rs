@@ -20,6 +20,7 @@
 //!   [`FollowError::Undecodable`] naming the event: a change is never skipped silently.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -30,6 +31,11 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, Opts, Value};
 
 use super::{key_as_id, Change, ChangeReader, FollowError};
+
+/// How often an idle source sends a heartbeat on the stream.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// With neither an event nor a heartbeat for this long, the stream is taken for dead (an error).
+pub const SILENCE: Duration = Duration::from_secs(30);
 
 /// What the reader follows.
 #[derive(Debug, Clone)]
@@ -198,6 +204,8 @@ pub struct BinlogReader {
     checksum_before_fde: bool,
     /// Decoded events (all types), for throughput figures.
     pub events: u64,
+    /// How long the stream may stay silent (default [`SILENCE`]).
+    pub silence: Duration,
 }
 
 impl BinlogReader {
@@ -244,6 +252,14 @@ impl BinlogReader {
         conn.query_drop("SET @mariadb_slave_capability = 4")
             .await
             .context("SET @mariadb_slave_capability")?;
+        // An idle server sends a HEARTBEAT_EVENT every HEARTBEAT (in ns), so a stream that went silent
+        // (a dead connection, a dump thread killed by another replica with our server_id) is noticed.
+        conn.query_drop(format!(
+            "SET @master_heartbeat_period = {}",
+            HEARTBEAT.as_nanos()
+        ))
+        .await
+        .context("SET @master_heartbeat_period")?;
         let request = BinlogStreamRequest::new(src.server_id)
             .with_filename(file.as_bytes())
             .with_pos(pos);
@@ -267,6 +283,7 @@ impl BinlogReader {
             ready: VecDeque::new(),
             checksum_before_fde,
             events: 0,
+            silence: SILENCE,
         };
         me.key = Some(me.read_key_column().await?);
         Ok(me)
@@ -572,7 +589,16 @@ impl ChangeReader for BinlogReader {
             if let Some(c) = self.ready.pop_front() {
                 return Ok(c);
             }
-            let ev = match self.stream.next().await {
+            let next = tokio::time::timeout(self.silence, self.stream.next()).await;
+            let Ok(next) = next else {
+                return Err(FollowError::Source(anyhow::anyhow!(
+                    "the binlog stream has been silent for {:?} (not even a heartbeat): is another \
+                     replica registered with server_id {}?",
+                    self.silence,
+                    self.src.server_id
+                )));
+            };
+            let ev = match next {
                 Some(Ok(ev)) => ev,
                 Some(Err(e)) if is_access_denied(&e) => {
                     return Err(FollowError::refused(format!(

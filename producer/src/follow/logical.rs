@@ -357,11 +357,7 @@ impl LogicalReader {
             .query(
                 "SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2::int,
                      'proto_version', '1', 'publication_names', $3)",
-                &[
-                    &self.src.slot,
-                    &upto,
-                    &self.src.publication,
-                ],
+                &[&self.src.slot, &upto, &self.src.publication],
             )
             .await
             .context("reading the replication slot")?;

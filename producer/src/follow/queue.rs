@@ -198,10 +198,6 @@ impl QueueReader {
             delivered: 0,
             acked: 0,
         })
-        .map(|mut r: Self| {
-            r.pointers.shrink_to_fit();
-            r
-        })
     }
 
     fn names(&self) -> Vec<String> {
