@@ -623,3 +623,23 @@ impl ChangeReader for BinlogReader {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_parse_or_say_why() {
+        assert_eq!(
+            parse_position("mariadb-bin.000002:1234").unwrap(),
+            ("mariadb-bin.000002".to_owned(), 1234)
+        );
+        for bad in ["", "mariadb-bin.000002", "f:x", ":5", "f:3", "0/16B3748"] {
+            let e = parse_position(bad).unwrap_err();
+            assert!(
+                matches!(e, FollowError::BadPosition { .. }),
+                "{bad:?} gave {e:?}"
+            );
+        }
+    }
+}

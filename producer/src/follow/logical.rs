@@ -526,3 +526,18 @@ impl ChangeReader for LogicalReader {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsns_round_trip() {
+        assert_eq!(parse_lsn("0/16B3748"), Some(0x16B3748));
+        assert_eq!(parse_lsn("1A/0"), Some(0x1A << 32));
+        assert_eq!(format_lsn(0x1A_0000_00FF), "1A/FF");
+        assert_eq!(parse_lsn(&format_lsn(u64::MAX)), Some(u64::MAX));
+        assert_eq!(parse_lsn("16B3748"), None);
+        assert_eq!(parse_lsn("x/1"), None);
+    }
+}
