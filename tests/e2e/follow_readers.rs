@@ -975,3 +975,47 @@ async fn binlog_reader_idle_stream_lives_on_heartbeats() {
         .unwrap();
     assert_eq!(all_keys(&read_keys(&mut reader, 1).await), vec![8]);
 }
+
+/// A compressed rows event (log_bin_compress, on the private server of port 3318, for events over 1 KiB)
+/// stops the reader with an error naming the event; a small one before it still comes out.
+#[tokio::test]
+async fn binlog_reader_stops_on_a_compressed_event() {
+    let server = "mysql://root@127.0.0.1:3318/";
+    let Ok(mut probe) = mysql_async::Conn::from_url(server).await else {
+        panic!("no MariaDB on 127.0.0.1:3318: {NEGATIVES_HINT}");
+    };
+    let compress: Option<u8> = probe
+        .query_first("SELECT @@log_bin_compress")
+        .await
+        .unwrap();
+    assert_eq!(
+        compress,
+        Some(1),
+        "3318 runs without log_bin_compress: restart it with {NEGATIVES_HINT}"
+    );
+    let db = MyDb::new(server).await;
+    let mut c = db.conn().await;
+    c.query_drop("CREATE TABLE t (id BIGINT PRIMARY KEY, a INT NOT NULL, v TEXT)")
+        .await
+        .unwrap();
+    let src = db.source("t", "id");
+    let position = binlog::position_now(&src).await.unwrap();
+    let mut reader = BinlogReader::start(src, &position).await.unwrap();
+    c.query_drop("INSERT INTO t VALUES (1, 1, 'small')")
+        .await
+        .unwrap();
+    c.query_drop("INSERT INTO t VALUES (2, 1, REPEAT('large ', 2000))")
+        .await
+        .unwrap();
+    assert_eq!(all_keys(&read_keys(&mut reader, 1).await), vec![1]);
+    match tokio::time::timeout(DEADLINE, reader.next())
+        .await
+        .expect("an answer in time")
+    {
+        Err(FollowError::Undecodable { event, detail, .. }) => {
+            assert!(event.contains("COMPRESSED"), "{event}");
+            assert!(detail.contains("log_bin_compress"), "{detail}");
+        }
+        other => panic!("expected Undecodable, got {other:?}"),
+    }
+}

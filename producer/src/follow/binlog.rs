@@ -15,9 +15,10 @@
 //!   the key column while the reader lags behind it is not supported.)
 //! - MariaDB's own events are asked for (`@mariadb_slave_capability = 4`) and handled here, since
 //!   `mysql_common` does not decode them: GTID (starts a transaction), ANNOTATE_ROWS, BINLOG_CHECKPOINT and
-//!   GTID_LIST (skipped: no data). Compressed (`log_bin_compress`) and encrypted events, statement-format DML
-//!   on the job's table, LOAD DATA events, INCIDENT and unknown types stop the reader with
-//!   [`FollowError::Undecodable`] naming the event: a change is never skipped silently.
+//!   GTID_LIST (skipped: no data). Compressed (`log_bin_compress`) rows events of the job's table, compressed
+//!   queries, encrypted events, statement-format DML on the job's table, LOAD DATA events, INCIDENT and
+//!   unknown types stop the reader with [`FollowError::Undecodable`] naming the event: a change is never
+//!   skipped silently. (Compressed rows events of other tables are passed over: their table id is readable.)
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -355,6 +356,23 @@ impl BinlogReader {
             }
             t if maria_event_name(t).is_some() => {
                 let name = maria_event_name(t).unwrap_or("?");
+                // A compressed rows event keeps its post-header (6-byte table id, flags) uncompressed:
+                // one for another table is none of ours and is passed over like any other table's rows.
+                if (166..=171).contains(&t) {
+                    if let Some(id) = ev.data().get(..6) {
+                        let mut b = [0u8; 8];
+                        b[..6].copy_from_slice(id);
+                        let other_table =
+                            self.stream
+                                .get_tme(u64::from_le_bytes(b))
+                                .is_some_and(|tme| {
+                                    !self.is_our_table(&tme.database_name(), &tme.table_name())
+                                });
+                        if other_table {
+                            return Ok(());
+                        }
+                    }
+                }
                 return Err(self.undecodable(
                     &ev,
                     name,
