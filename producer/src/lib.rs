@@ -4,6 +4,8 @@
 //! for the broker's confirms → mark it `produced`. A group already `produced` or `complete` is skipped, so
 //! running again resumes after a crash and publishes nothing once everything is produced.
 
+pub mod follow;
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 

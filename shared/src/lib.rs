@@ -20,6 +20,7 @@
 pub mod cli;
 pub mod digest;
 pub mod es;
+pub mod follow_spec;
 pub mod ids;
 pub mod job;
 pub mod ledger;

@@ -17,6 +17,7 @@ mod deleted_rows;
 mod deletes;
 mod digest;
 mod elasticsearch;
+mod follow_readers;
 mod hostile;
 mod postgres;
 mod producer_resume;
