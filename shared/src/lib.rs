@@ -3,6 +3,7 @@
 //! - [`job`]: the job file (TOML): parsing, `${VAR}` expansion, validation, the credential-free spec.
 //! - [`ids`]: id ranges, groups and the MSB-first bitmap encoding Redis uses.
 //! - [`ledger`]: the Redis ledger — group bitmaps (`src`, `tgt`, `gone`), group meta, `failed`, `spec`.
+//! - [`redis_con`]: the Redis connection, one node or a Redis Cluster.
 //! - [`queue`]: AMQP topology (exchange, work, retry and dead queues), the message body, confirmed publishing.
 //! - [`value`]: column descriptions and the engine-neutral row values that travel from source to sink.
 //! - [`source`]: reading ids and current rows from the source database (MySQL/MariaDB, PostgreSQL).
@@ -17,6 +18,7 @@ pub mod ledger;
 pub mod pg;
 pub mod progress;
 pub mod queue;
+pub mod redis_con;
 pub mod sink;
 pub mod source;
 pub mod sql;

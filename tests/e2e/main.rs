@@ -18,6 +18,7 @@ mod elasticsearch;
 mod hostile;
 mod postgres;
 mod producer_resume;
+mod redis_cluster;
 mod rejected_rows;
 mod routes;
 mod secrets;
