@@ -7,6 +7,7 @@
 mod helpers;
 
 mod bad_job_file;
+mod broker_nodes;
 mod compensator_redrive;
 mod connections;
 mod consumer_crash;
