@@ -17,6 +17,7 @@ mod dead_letters;
 mod deleted_rows;
 mod elasticsearch;
 mod hostile;
+mod operating;
 mod postgres;
 mod producer_resume;
 mod redis_cluster;
