@@ -512,3 +512,64 @@ async fn replica_lag_holds_work_while_the_replica_falls_behind() {
     assert_eq!(n, Some(1), "the replica applied the row");
     assert!(throttle.throttled_seconds(Reason::ReplicaLag) >= 1.0);
 }
+
+/// `max_threads_running` on PostgreSQL counts active client backends: sessions the test keeps busy in
+/// `pg_sleep` push the count over the limit, and it falls back when they are cancelled.
+#[tokio::test(flavor = "multi_thread")]
+async fn threads_running_counts_active_postgres_backends() {
+    const SLEEPERS: u64 = 6;
+    let url = DbUrl::parse(&crate::helpers::pg::server_url()).unwrap();
+    let probe = ThreadsRunning::new("target", &url, u64::MAX).unwrap();
+    let mut baseline = u64::MAX;
+    for _ in 0..3 {
+        baseline = baseline.min(probe.read().await.expect("pg_stat_activity"));
+    }
+    assert!(baseline >= 1, "the check's own query is an active backend");
+    let limit = baseline + SLEEPERS / 2;
+    let check = ThreadsRunning::new("target", &url, limit).unwrap();
+
+    let mut cancels = Vec::new();
+    let mut sleepers = Vec::new();
+    for _ in 0..SLEEPERS {
+        let (client, conn) = tokio_postgres::connect(url.expose(), tokio_postgres::NoTls)
+            .await
+            .expect("connect to PostgreSQL");
+        tokio::spawn(conn);
+        cancels.push(client.cancel_token());
+        sleepers.push(tokio::spawn(async move {
+            // Cancelled below; the error is the cancellation.
+            let _ = client.simple_query("SELECT pg_sleep(120)").await;
+        }));
+    }
+    let why = wait_for(
+        "the sleepers to be active",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || async {
+            check
+                .over()
+                .await?
+                .ok_or_else(|| "under the limit".to_owned())
+        },
+    )
+    .await;
+    assert!(why.starts_with("max_threads_running: target runs"), "{why}");
+    for c in cancels {
+        c.cancel_query(tokio_postgres::NoTls).await.ok();
+    }
+    for s in sleepers {
+        s.await.ok();
+    }
+    wait_for(
+        "the load to go",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || async {
+            match check.over().await? {
+                None => Ok(()),
+                Some(why) => Err(why),
+            }
+        },
+    )
+    .await;
+}
