@@ -8,8 +8,9 @@
 //!   second's budget still goes (it waits its share), and nobody polls. The key expires a minute after the
 //!   last reservation ends.
 //! - `max_threads_running` on the source and the SQL target, `max_replica_lag` over `replicas`: [`LoadCheck`]s
-//!   run at most once per [`CHECK_EVERY`] (whoever calls first after that runs them; the others use the
-//!   answer). While one is over its limit the worker waits and re-checks every second.
+//!   run at most once per [`CHECK_EVERY`] (whoever calls first after that runs them; the others wait for and
+//!   use the answer), each bounded by [`CHECK_TIMEOUT`]. While one is over its limit the worker waits and
+//!   re-checks every second.
 //!
 //! While work waits, `control.throttled` ([`crate::control`]) says why (written only when the reason
 //! changes, at most once per check), and the seconds waited are counted per [`Reason`]
@@ -30,6 +31,8 @@ use crate::throttle_spec::ThrottleSpec;
 
 /// How often the load checks run at most, and how long a held worker sleeps between checks.
 pub const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How long one load check may take; one that takes longer holds work as a failed check does.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why work waited; the `reason` label of `bitmig_throttled_seconds_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -66,7 +69,9 @@ pub fn rate_key(job: &str) -> String {
 }
 
 // KEYS[1] the rate key; ARGV[1] the reservation's length in µs. Returns the µs to wait before starting.
+// (replicate_commands: Redis 5 and 6 refuse a write after TIME without it; from 7 on it is the default.)
 const RESERVE: &str = r"
+redis.replicate_commands()
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
@@ -381,7 +386,10 @@ impl Throttle {
         st.checked_at = Some(Instant::now());
         let mut holding = None;
         for check in &self.checks {
-            match check.over().await {
+            let answer = tokio::time::timeout(CHECK_TIMEOUT, check.over())
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {CHECK_TIMEOUT:?}")));
+            match answer {
                 Ok(None) => {}
                 Ok(Some(why)) => {
                     holding = Some((check.reason(), why));
