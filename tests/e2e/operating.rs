@@ -320,6 +320,15 @@ async fn metrics_endpoint_serves_text_health_and_readiness() {
             .map(|_| ())
             .map_err(|e| e.to_string())
     });
+    readiness
+        .register_sql("source", &DbUrl::parse(&job.database_url).unwrap())
+        .unwrap();
+    readiness
+        .register_sql(
+            "target",
+            &DbUrl::parse(&crate::helpers::pg::server_url()).unwrap(),
+        )
+        .unwrap();
     let stop = CancellationToken::new();
     let server = metrics::serve("127.0.0.1:0", m.clone(), readiness, stop.clone())
         .await
@@ -367,12 +376,16 @@ async fn metrics_endpoint_serves_text_health_and_readiness() {
     }
     assert_eq!(get("/healthz").await.0, 200);
     let (status, body) = get("/readyz").await;
-    assert_eq!((status, body.as_str()), (200, "ok redis\nok broker\n"));
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "ok redis\nok broker\nok source\nok target\n")
+    );
 
     drop(broker);
     let (status, body) = get("/readyz").await;
     assert_eq!(status, 503, "{body}");
     assert!(body.starts_with("ok redis\nfail broker: "), "{body}");
+    assert!(body.ends_with("ok source\nok target\n"), "{body}");
 
     let _broker = tokio::net::TcpListener::bind(broker_addr).await.unwrap();
     assert_eq!(get("/readyz").await.0, 200);

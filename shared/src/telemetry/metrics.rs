@@ -314,6 +314,38 @@ impl Readiness {
         });
     }
 
+    /// `name` (`source`, `target`): `SELECT 1` on a MySQL/MariaDB or PostgreSQL database, over a pool of one
+    /// connection kept for the checks. `Err` when the URL cannot make a pool.
+    pub fn register_sql(&self, name: &str, url: &crate::job::DbUrl) -> Result<(), String> {
+        use mysql_async::prelude::Queryable;
+        match url.engine {
+            crate::job::Engine::Mysql => {
+                let pool = crate::sql::mysql_pool(url, 1)?;
+                self.register(name, move || {
+                    let pool = pool.clone();
+                    async move {
+                        let mut c = pool.get_conn().await.map_err(|e| e.to_string())?;
+                        c.query_drop("SELECT 1").await.map_err(|e| e.to_string())
+                    }
+                });
+            }
+            crate::job::Engine::Postgres => {
+                let pool = crate::pg::pg_pool(url, 1)?;
+                self.register(name, move || {
+                    let pool = pool.clone();
+                    async move {
+                        let c = pool.get().await.map_err(|e| e.to_string())?;
+                        c.simple_query("SELECT 1")
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| crate::pg::pg_error_text(&e))
+                    }
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Run every check concurrently: whether all passed, and one line per check.
     pub async fn check(&self) -> (bool, String) {
         let checks: Vec<(String, CheckFn)> = self
