@@ -41,6 +41,14 @@ async fn a_whole_job_on_a_redis_cluster() {
             (count, count),
             "group {first}: BITCOUNT src, tgt on the cluster"
         );
+        assert_eq!(
+            (
+                cluster.redis_cli_bitcount(first, Bits::Src).await,
+                cluster.redis_cli_bitcount(first, Bits::Tgt).await
+            ),
+            (s, t),
+            "group {first}: redis-cli -c BITCOUNT"
+        );
         src += s;
         tgt += t;
     }

@@ -1,7 +1,7 @@
 //! The local Redis Cluster (`scripts/services --with-redis-cluster`, 127.0.0.1:7000-7002, or the
 //! comma-separated node URLs in `BITMIG_TEST_REDIS_CLUSTER_URLS`) for a [`TestJob`] whose programs keep their
 //! ledger there: [`TestJob::use_redis_cluster`] points the programs at the cluster and returns a
-//! [`ClusterLedger`] that reads bits the way `redis-cli -c` does (following the slots) and deletes the
+//! [`ClusterLedger`] that reads bits through a cluster client and through `redis-cli -c` itself, and deletes the
 //! job's keys from every node when dropped.
 
 use redis::cluster_async::ClusterConnection;
@@ -55,6 +55,25 @@ impl ClusterLedger {
             .query_async(&mut con)
             .await
             .expect("BITCOUNT on the cluster")
+    }
+
+    /// The same count as `redis-cli -c -h HOST -p PORT BITCOUNT KEY` prints it, against the first node
+    /// (`-c` follows the cluster's redirections to the node that holds the key).
+    pub async fn redis_cli_bitcount(&self, first: u64, bits: Bits) -> u64 {
+        let node = url::Url::parse(self.urls.split(',').next().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("cluster URL {}: {e}", self.urls));
+        let out = tokio::process::Command::new("redis-cli")
+            .args(["-c", "-h", node.host_str().unwrap_or("127.0.0.1")])
+            .args(["-p", &node.port().unwrap_or(6379).to_string()])
+            .arg("BITCOUNT")
+            .arg(format!("bitmig:{{{}:{first}}}:{}", self.job, bits.suffix()))
+            .output()
+            .await
+            .expect("run redis-cli");
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("redis-cli -c BITCOUNT printed {text:?} ({out:?})"))
     }
 
     /// The planned groups, from `bitmig:{JOB}:groups`, ascending.
