@@ -18,7 +18,7 @@ pub enum Bits {
 }
 
 impl Bits {
-    fn suffix(self) -> &'static str {
+    pub(super) fn suffix(self) -> &'static str {
         match self {
             Bits::Src => "src",
             Bits::Tgt => "tgt",

@@ -9,10 +9,12 @@
 //! - `ledger`: the Redis keys of DESIGN.md §4, read the way an operator would.
 //! - `queue`: the RabbitMQ queues of DESIGN.md §5: counts, purge, publish, fetch.
 //! - `pg`: a PostgreSQL database of the test's own, dropped at the end.
+//! - `cluster`: the local Redis Cluster for a job whose ledger lives there, its bits read slot-aware.
 //! - `es`: the Elasticsearch cluster of the tests (osmem-server or `BITMIG_TEST_ES_URL`); `es_double`: a
 //!   scripted stand-in for the failures no real cluster produces on demand; `es_tasks_double`: a stand-in
 //!   cluster with tasks (`_reindex`, `_delete_by_query`, `_tasks`) for `bitmig-rollover`.
 
+mod cluster;
 pub mod es;
 pub mod es_double;
 pub mod es_tasks_double;

@@ -2,12 +2,15 @@
 //! the `spec`, the `groups` sorted set, the `failed` hash, the `tables` set and the `producer` hash.
 //!
 //! Keys of one group share the hash tag `{JOB:FIRST}` and keys of the job share `{JOB}`, so every
-//! multi-key command (the `BITOP` that ORs a batch's bits in) stays inside one Redis Cluster slot.
+//! multi-key command (the `BITOP` that ORs a batch's bits in) stays inside one Redis Cluster slot. On a
+//! cluster ([`RedisCon::Cluster`]) reads over many groups go as one pipeline per group, run concurrently.
 
 use std::collections::HashMap;
 
-use redis::aio::ConnectionManager;
+use futures::{StreamExt, TryStreamExt};
 use redis::AsyncCommands;
+
+pub use crate::redis_con::RedisCon;
 
 use crate::ids::bitmap_of;
 
@@ -80,9 +83,12 @@ pub struct GroupBits {
     pub gone: Vec<u8>,
 }
 
+/// A group's `src`, `tgt`, `gone` as one pipeline answers them.
+type ThreeBitmaps = (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>);
+
 #[derive(Clone)]
 pub struct Ledger {
-    con: ConnectionManager,
+    con: RedisCon,
     job: String,
 }
 
@@ -105,18 +111,18 @@ pub fn now_rfc3339() -> String {
 }
 
 impl Ledger {
-    /// Connect; the connection manager reconnects by itself after Redis restarts.
+    /// Connect to one node or, given several comma-separated URLs, to a Redis Cluster ([`RedisCon`]); both
+    /// reconnect by themselves after Redis restarts.
     pub async fn connect(url: &str, job: &str) -> Result<Self, LedgerError> {
-        let client = redis::Client::open(url)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
-            .set_response_timeout(Some(std::time::Duration::from_secs(30)))
-            .set_number_of_retries(6);
-        let con = ConnectionManager::new_with_config(client, config).await?;
         Ok(Self {
-            con,
+            con: RedisCon::connect(url).await?,
             job: job.to_owned(),
         })
+    }
+
+    /// The connection, for the job's other keys (`control`, the throttle's budget).
+    pub fn connection(&self) -> RedisCon {
+        self.con.clone()
     }
 
     pub fn job(&self) -> &str {
@@ -185,6 +191,14 @@ impl Ledger {
 
     /// The `meta` hash of each group, in order.
     pub async fn metas(&self, firsts: &[u64]) -> Result<Vec<HashMap<String, String>>, LedgerError> {
+        if self.con.is_cluster() {
+            let v: Vec<(HashMap<String, String>,)> = self
+                .per_group(firsts, |p, f| {
+                    p.hgetall(self.group_key(f, "meta"));
+                })
+                .await?;
+            return Ok(v.into_iter().map(|(m,)| m).collect());
+        }
         let mut out = Vec::with_capacity(firsts.len());
         let mut con = self.con.clone();
         for chunk in firsts.chunks(500) {
@@ -201,6 +215,23 @@ impl Ledger {
     /// The bitmaps of each group, in order.
     pub async fn bits(&self, firsts: &[u64]) -> Result<Vec<GroupBits>, LedgerError> {
         let mut out = Vec::with_capacity(firsts.len());
+        if self.con.is_cluster() {
+            let v: Vec<ThreeBitmaps> = self
+                .per_group(firsts, |p, f| {
+                    p.get(self.group_key(f, "src"))
+                        .get(self.group_key(f, "tgt"))
+                        .get(self.group_key(f, "gone"));
+                })
+                .await?;
+            return Ok(v
+                .into_iter()
+                .map(|(src, tgt, gone)| GroupBits {
+                    src: src.unwrap_or_default(),
+                    tgt: tgt.unwrap_or_default(),
+                    gone: gone.unwrap_or_default(),
+                })
+                .collect());
+        }
         let mut con = self.con.clone();
         for chunk in firsts.chunks(200) {
             let mut p = redis::pipe();
@@ -222,21 +253,57 @@ impl Ledger {
         Ok(out)
     }
 
+    /// One pipeline per group (each inside the group's hash tag), run concurrently; the answers in order.
+    /// A cluster refuses a pipeline that crosses slots, and the groups' tags hash to different slots.
+    async fn per_group<T: redis::FromRedisValue>(
+        &self,
+        firsts: &[u64],
+        fill: impl Fn(&mut redis::Pipeline, u64),
+    ) -> Result<Vec<T>, LedgerError> {
+        let pipes: Vec<redis::Pipeline> = firsts
+            .iter()
+            .map(|&f| {
+                let mut p = redis::pipe();
+                fill(&mut p, f);
+                p
+            })
+            .collect();
+        futures::stream::iter(pipes)
+            .map(|p| {
+                let mut con = self.con.clone();
+                async move {
+                    // A pipeline answers the array of its commands' replies: `T` is a tuple.
+                    let v: T = p.query_async(&mut con).await?;
+                    Ok::<T, LedgerError>(v)
+                }
+            })
+            .buffered(32)
+            .try_collect()
+            .await
+    }
+
     /// Plan a group and mark it `producing` (step 1 of the producer).
     pub async fn begin_group(&self, first: u64, last: u64) -> Result<(), LedgerError> {
         let mut con = self.con.clone();
+        let fields = [
+            ("first", first.to_string()),
+            ("last", last.to_string()),
+            ("status", GroupStatus::Producing.as_str().to_owned()),
+            ("started_at", now_rfc3339()),
+        ];
+        if self.con.is_cluster() {
+            // `groups` ({JOB}) and the group's meta ({JOB:FIRST}) live in different slots; planned first,
+            // as in the pipeline (which is not a transaction either).
+            let _: () = con.zadd(self.job_key("groups"), first, first).await?;
+            let _: () = con
+                .hset_multiple(self.group_key(first, "meta"), &fields)
+                .await?;
+            return Ok(());
+        }
         redis::pipe()
             .zadd(self.job_key("groups"), first, first)
             .ignore()
-            .hset_multiple(
-                self.group_key(first, "meta"),
-                &[
-                    ("first", first.to_string()),
-                    ("last", last.to_string()),
-                    ("status", GroupStatus::Producing.as_str().to_owned()),
-                    ("started_at", now_rfc3339()),
-                ],
-            )
+            .hset_multiple(self.group_key(first, "meta"), &fields)
             .ignore()
             .query_async::<()>(&mut con)
             .await?;

@@ -150,9 +150,55 @@ pub enum QueueError {
 }
 
 /// Open an AMQP connection. The URL is never logged; errors are about the connection, not the URL.
+///
+/// `url` may list the nodes of a cluster, comma-separated ([`split_urls`]): the first that answers is used.
+/// The next call (a reconnection after a lost connection) starts with the node after the one that answered
+/// last, so a node that went away is tried last, not first.
 pub async fn connect(url: &str, name: &str) -> Result<Connection, QueueError> {
-    let props = ConnectionProperties::default().with_connection_name(name.into());
-    Ok(Connection::connect(url, props).await?)
+    let urls = split_urls(url);
+    let start = NEXT_NODE.load(std::sync::atomic::Ordering::Relaxed);
+    let mut last_err = None;
+    for i in (0..urls.len()).map(|k| (start + k) % urls.len()) {
+        let props = ConnectionProperties::default().with_connection_name(name.into());
+        match Connection::connect(urls[i], props).await {
+            Ok(conn) => {
+                NEXT_NODE.store((i + 1) % urls.len(), std::sync::atomic::Ordering::Relaxed);
+                return Ok(conn);
+            }
+            Err(e) => {
+                if urls.len() > 1 {
+                    tracing::warn!(
+                        node = %crate::job::redact_url(urls[i]),
+                        error = %e,
+                        "RabbitMQ node does not answer; trying the next"
+                    );
+                }
+                last_err = Some(e);
+            }
+        }
+    }
+    // Invariant: `split_urls` never returns an empty list, so the loop ran and failed at least once.
+    Err(QueueError::Amqp(
+        last_err.expect("split_urls returns at least one URL"),
+    ))
+}
+
+/// Where the next [`connect`] starts in the URL list (one list per process: its `--amqp-url`).
+static NEXT_NODE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The node URLs of `BITMIG_AMQP_URL`: split at commas, blanks trimmed, empty items dropped; never empty
+/// (an empty setting yields one empty URL, which fails to connect with the driver's own error).
+pub fn split_urls(urls: &str) -> Vec<&str> {
+    let v: Vec<&str> = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
+    if v.is_empty() {
+        vec![urls.trim()]
+    } else {
+        v
+    }
 }
 
 fn quorum_args() -> FieldTable {
@@ -331,6 +377,16 @@ impl Publisher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn amqp_url_lists() {
+        assert_eq!(split_urls("amqp://a/%2f"), vec!["amqp://a/%2f"]);
+        assert_eq!(
+            split_urls("amqp://a:5672/%2f, amqp://b:5672/%2f,,amqp://c/%2f "),
+            vec!["amqp://a:5672/%2f", "amqp://b:5672/%2f", "amqp://c/%2f"]
+        );
+        assert_eq!(split_urls(" "), vec![""]);
+    }
 
     fn parse(body: &str) -> Result<Message, String> {
         Message::parse(body.as_bytes(), "orders", 10_000)

@@ -8,6 +8,7 @@
 use bitmig_tests as helpers;
 
 mod bad_job_file;
+mod broker_nodes;
 mod compensator_redrive;
 mod connections;
 mod consumer_crash;
@@ -19,8 +20,10 @@ mod digest;
 mod elasticsearch;
 mod follow_readers;
 mod hostile;
+mod operating;
 mod postgres;
 mod producer_resume;
+mod redis_cluster;
 mod rejected_rows;
 mod rollover;
 mod routes;

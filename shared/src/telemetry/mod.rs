@@ -1,5 +1,8 @@
 //! Logging: `tracing` to stderr, filtered by `RUST_LOG` (default `info`), as JSON when
 //! `BITMIG_LOG_FORMAT=json`.
+//! [`metrics`]: the Prometheus registry and the `/metrics`, `/healthz`, `/readyz` endpoint.
+
+pub mod metrics;
 
 use tracing_subscriber::EnvFilter;
 
