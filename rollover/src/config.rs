@@ -6,7 +6,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use bitmig_shared::cli::BadInput;
-use bitmig_shared::job::{DbUrl, Engine, Ident};
+use bitmig_shared::job::{DbUrl, Engine, EsUrl, Ident};
 use chrono::{Datelike, NaiveDate};
 use serde::Deserialize;
 
@@ -20,8 +20,8 @@ pub struct Config {
     pub tasks_url: DbUrl,
     pub table: Ident,
     pub max_running: u32,
-    /// With credentials; only for [`bitmig_shared::es::EsClient::new`].
-    pub es_url: String,
+    /// With credentials, shown without them; opened only by [`bitmig_shared::es::EsClient::new`].
+    pub es_url: EsUrl,
     /// `-1`: unthrottled.
     pub requests_per_second: f64,
     /// `auto` or a number.
@@ -241,9 +241,12 @@ impl Config {
                 "`tasks.max_running`: {max_running} is out of range 1..=10000"
             ));
         }
+        let es_url = EsUrl::parse(&raw.elasticsearch.url)
+            .map_err(|e| format!("`elasticsearch.url`: {e}"))?;
+        // Credentials that cannot be sent (a bad %-escape) are refused here, before anything runs.
         bitmig_shared::es::EsClient::new(
             "elasticsearch.url",
-            &raw.elasticsearch.url,
+            &es_url,
             None,
             std::time::Duration::from_secs(1),
             std::time::Duration::from_secs(1),
@@ -329,7 +332,7 @@ impl Config {
             tasks_url,
             table,
             max_running: max_running as u32,
-            es_url: raw.elasticsearch.url,
+            es_url,
             requests_per_second,
             slices,
             moves: out,
@@ -411,6 +414,28 @@ keep_months = 1
         bad(
             &GOOD.replace("${DB}", "mysql://root@127.0.0.1:3306/"),
             "tasks.url",
+        );
+        bad(
+            &GOOD.replace("http://elastic:pw@", "ftp://elastic:pw@"),
+            "elasticsearch.url",
+        );
+        bad(
+            &GOOD.replace("elastic:pw@", "elastic:p%zz@"),
+            "elasticsearch.url",
+        );
+    }
+
+    #[test]
+    fn the_cluster_password_is_never_shown() {
+        let c = Config::parse_str(GOOD, Path::new("r.toml"), &env).unwrap();
+        assert_eq!(c.es_url.expose(), "http://elastic:pw@127.0.0.1:9200");
+        assert_eq!(c.es_url.to_string(), "http://127.0.0.1:9200/");
+        let shown = format!("{c:?}");
+        assert!(
+            shown.contains("127.0.0.1:9200")
+                && !shown.contains("pw@")
+                && !shown.contains("elastic:"),
+            "{shown}"
         );
     }
 }

@@ -580,6 +580,34 @@ async fn a_half_failed_bulk_fails_the_refused_ids_with_their_reason_and_lands_th
 }
 
 #[tokio::test]
+async fn the_start_check_tells_something_else_from_a_cluster_that_is_busy() {
+    // A 2xx `GET /` without a version (a proxy's page, another service): an operator must act.
+    let other = EsDouble::start_with_root(Reply::json(200, json!({"ok": true})), |req, _| {
+        answer(req, |_| 201)
+    })
+    .await;
+    let sink = EsSink::new(&double_job(&other.url, ""), quick(), 2).expect("an Elasticsearch sink");
+    let err = sink.prepare(&batch([]).columns).await.unwrap_err();
+    assert!(
+        matches!(&err, SinkError::Batch(m) if m.contains("is it Elasticsearch") && m.contains(&other.url)),
+        "{err}"
+    );
+    // A cluster that answers 503 may be back soon: transient.
+    let busy = EsDouble::start_with_root(
+        Reply::error(503, "cluster_block_exception", "state not recovered"),
+        |req, _| answer(req, |_| 201),
+    )
+    .await;
+    let sink = EsSink::new(&double_job(&busy.url, ""), quick(), 2).expect("an Elasticsearch sink");
+    let err = sink.prepare(&batch([]).columns).await.unwrap_err();
+    assert!(
+        matches!(&err, SinkError::Transient(m) if m.contains("HTTP 503") && m.contains("state not recovered")),
+        "{err}"
+    );
+    assert!(other.bulks().is_empty() && busy.bulks().is_empty());
+}
+
+#[tokio::test]
 async fn a_request_that_times_out_hands_the_batch_back_as_transient_at_once() {
     let double = EsDouble::start(|req, _| answer(req, |_| 201).after(Duration::from_secs(5))).await;
     let sink = quick_sink(&double_job(&double.url, "")).await;

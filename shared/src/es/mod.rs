@@ -4,13 +4,18 @@
 //! permanent and carries its status, so a caller can tell a 404 from a 400.
 //!
 //! Credentials come from the URL's user info (basic auth) or from `BITMIG_ES_API_KEY` (`ApiKey …`), never
-//! both. They are taken out of the URL before it is used or shown: [`EsClient::label`] is the URL as it may
-//! be logged. Lifted from `sink/elasticsearch/service.rs` (which moves onto this client later).
+//! both. The URL arrives as a redacting [`EsUrl`]; the credentials are taken out of it before it is used or
+//! shown: [`EsClient::label`] is the URL as it may be logged.
+//!
+//! What stays with the callers is what is theirs: the sink encodes bulk bodies and reads their items
+//! (`sink/elasticsearch/{encoder,retry}.rs`), rollover builds its task requests.
 
 use std::time::Duration;
 
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use serde_json::Value as J;
+
+use crate::job::EsUrl;
 
 /// The environment variable holding an Elasticsearch API key (the base64 `id:api_key` form Elasticsearch
 /// returns as `encoded`).
@@ -19,7 +24,11 @@ pub const API_KEY_ENV: &str = "BITMIG_ES_API_KEY";
 /// Why a request gave no usable answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EsError {
-    /// Worth another try later: no answer, a broken connection, 408, 429 or 5xx.
+    /// No answer within the request timeout. Worth another try later, but the cluster may still be working
+    /// on the request: a caller that retries at once multiplies the waits (the sink hands such a batch back).
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// Worth another try later: a broken or refused connection, 408, 429 or 5xx.
     #[error("{0}")]
     Transient(String),
     /// The cluster refused the request; trying it again as it is will not help.
@@ -29,15 +38,30 @@ pub enum EsError {
 
 impl EsError {
     pub fn is_transient(&self) -> bool {
-        matches!(self, EsError::Transient(_))
+        matches!(self, EsError::Transient(_) | EsError::Timeout(_))
     }
 
     /// The HTTP status of a permanent refusal (404 for a missing index or a forgotten task).
     pub fn status(&self) -> Option<u16> {
         match self {
             EsError::Permanent { status, .. } => Some(*status),
-            EsError::Transient(_) => None,
+            EsError::Transient(_) | EsError::Timeout(_) => None,
         }
+    }
+}
+
+/// What `GET /` says about the cluster. `Display` is `distribution version` (`opensearch 2.11.0`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    pub name: String,
+    pub version: String,
+    /// `elasticsearch` unless the cluster names another (`opensearch`).
+    pub distribution: String,
+}
+
+impl std::fmt::Display for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.distribution, self.version)
     }
 }
 
@@ -52,22 +76,18 @@ pub struct EsClient {
 
 impl EsClient {
     /// A client for `url`; `key` names the setting in messages (`elasticsearch.url`), `api_key` is the value
-    /// of [`API_KEY_ENV`] if any. Nothing is connected to.
+    /// of [`API_KEY_ENV`] if any. Refuses credentials given twice or that cannot be a header. Nothing is
+    /// connected to.
     pub fn new(
         key: &str,
-        url: &str,
+        url: &EsUrl,
         api_key: Option<&str>,
         timeout: Duration,
         connect_timeout: Duration,
         max_connections: usize,
     ) -> Result<Self, String> {
-        let mut u = url::Url::parse(url).map_err(|e| format!("`{key}`: not a URL ({e})"))?;
-        if !matches!(u.scheme(), "http" | "https") {
-            return Err(format!(
-                "`{key}`: scheme `{}://` is not http:// or https://",
-                u.scheme()
-            ));
-        }
+        let mut u =
+            url::Url::parse(url.expose()).map_err(|e| format!("`{key}`: not a URL ({e})"))?;
         let user = percent_decode(key, u.username())?;
         let password = u.password().map(|p| percent_decode(key, p)).transpose()?;
         let _ = u.set_username("");
@@ -117,7 +137,7 @@ impl EsClient {
     }
 
     /// [`Self::new`] with the API key from the environment.
-    pub fn from_env(key: &str, url: &str, timeout: Duration) -> Result<Self, String> {
+    pub fn from_env(key: &str, url: &EsUrl, timeout: Duration) -> Result<Self, String> {
         let api_key = std::env::var(API_KEY_ENV).ok();
         Self::new(
             key,
@@ -141,14 +161,29 @@ impl EsClient {
         path: &str,
         body: Option<&J>,
     ) -> Result<(u16, Vec<u8>), EsError> {
+        let body = body.map(|b| ("application/json", b.to_string().into_bytes()));
+        self.request(method, path, body).await
+    }
+
+    /// `POST /_bulk` with an NDJSON body (one action line, and a document line for writes, each ending in
+    /// `\n`): the raw status and body, for the caller to read item by item.
+    pub async fn bulk(&self, ndjson: Vec<u8>) -> Result<(u16, Vec<u8>), EsError> {
+        let body = Some(("application/x-ndjson", ndjson));
+        self.request(reqwest::Method::POST, "/_bulk", body).await
+    }
+
+    async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<(&'static str, Vec<u8>)>,
+    ) -> Result<(u16, Vec<u8>), EsError> {
         let mut rb = self.client.request(method, format!("{}{path}", self.base));
         if let Some(auth) = &self.auth {
             rb = rb.header(AUTHORIZATION, auth.clone());
         }
-        if let Some(body) = body {
-            rb = rb
-                .header(CONTENT_TYPE, "application/json")
-                .body(body.to_string());
+        if let Some((content_type, body)) = body {
+            rb = rb.header(CONTENT_TYPE, content_type).body(body);
         }
         let response = rb.send().await.map_err(|e| self.error(&e))?;
         let status = response.status().as_u16();
@@ -170,19 +205,32 @@ impl EsClient {
         })
     }
 
-    /// `GET /`: that a cluster answers here, and its version (`name version`), for the first log line.
-    pub async fn check(&self) -> Result<String, EsError> {
-        let root = self.json(reqwest::Method::GET, "/", None).await?;
-        let number = root["version"]["number"].as_str().unwrap_or("?");
-        let dist = root["version"]["distribution"]
-            .as_str()
-            .unwrap_or("elasticsearch");
-        Ok(format!("{dist} {number}"))
+    /// `GET /`: that a cluster answers here, its name and version, for the first log line. A 2xx answer
+    /// without a version is no cluster (a proxy's page, another service): permanent, with its status.
+    pub async fn check(&self) -> Result<Cluster, EsError> {
+        let (status, body) = self.send(reqwest::Method::GET, "/", None).await?;
+        classify(status, &body)?;
+        let root: J = serde_json::from_slice(&body).unwrap_or_default();
+        let Some(version) = root["version"]["number"].as_str() else {
+            return Err(EsError::Permanent {
+                status,
+                message: format!(
+                    "GET / answered without a version: is it Elasticsearch? ({})",
+                    body_error(&body)
+                ),
+            });
+        };
+        let text = |v: &J, default: &str| v.as_str().unwrap_or(default).to_owned();
+        Ok(Cluster {
+            name: text(&root["cluster_name"], "?"),
+            version: version.to_owned(),
+            distribution: text(&root["version"]["distribution"], "elasticsearch"),
+        })
     }
 
     fn error(&self, e: &reqwest::Error) -> EsError {
         if e.is_timeout() {
-            EsError::Transient(format!("no answer within {:?}", self.timeout))
+            EsError::Timeout(self.timeout)
         } else {
             EsError::Transient(chain(e))
         }
@@ -300,7 +348,7 @@ mod tests {
     fn client(url: &str, key: Option<&str>) -> Result<EsClient, String> {
         EsClient::new(
             "elasticsearch.url",
-            url,
+            &EsUrl::parse(url).unwrap(),
             key,
             Duration::from_secs(1),
             Duration::from_secs(1),
@@ -319,13 +367,39 @@ mod tests {
         assert_eq!(c.label(), "https://es.example:9243/prefix");
         let auth = c.auth.as_ref().unwrap();
         assert!(auth.is_sensitive());
+        // base64("elastic:p@ss:w0rd")
         assert_eq!(auth.to_str().unwrap(), "Basic ZWxhc3RpYzpwQHNzOncwcmQ=");
+        assert!(!format!("{auth:?}").contains("ZWxhc3Rp"), "{auth:?}");
         let err = client("http://u:p@127.0.0.1:9200", Some("key"))
             .err()
             .unwrap();
         assert!(err.contains("use one") && !err.contains(":p@"), "{err}");
-        let err = client("ftp://127.0.0.1", None).err().unwrap();
-        assert!(err.contains("elasticsearch.url"), "{err}");
+        let err = client("http://u:p%zz@127.0.0.1:9200", None).err().unwrap();
+        assert!(
+            err.contains("elasticsearch.url") && err.contains("%-escape"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_api_key_comes_from_the_environment_value() {
+        let c = client(
+            "http://127.0.0.1:9200",
+            Some("VnVhQ2ZHY0JDZGJrUW0tZTVhT3g6dWkybHAyYXhUTm1zeWFrdzl0dk5udw=="),
+        )
+        .unwrap();
+        assert_eq!(
+            c.auth.unwrap().to_str().unwrap(),
+            "ApiKey VnVhQ2ZHY0JDZGJrUW0tZTVhT3g6dWkybHAyYXhUTm1zeWFrdzl0dk5udw=="
+        );
+        assert!(client("http://127.0.0.1:9200", None)
+            .unwrap()
+            .auth
+            .is_none());
+        assert!(client("http://127.0.0.1:9200", Some("  "))
+            .unwrap()
+            .auth
+            .is_none());
     }
 
     #[test]
@@ -339,11 +413,29 @@ mod tests {
                 "HTTP 429: es_rejected_execution_exception: queue full".into()
             ))
         );
-        assert!(classify(503, b"").unwrap_err().is_transient());
+        assert!(
+            matches!(classify(503, b""), Err(EsError::Transient(r)) if r.contains("empty body"))
+        );
+        assert!(classify(502, b"Bad Gateway").unwrap_err().is_transient());
+        assert!(EsError::Timeout(Duration::from_millis(500)).is_transient());
+        assert_eq!(
+            EsError::Timeout(Duration::from_millis(500)).to_string(),
+            "no answer within 500ms"
+        );
         let gone = br#"{"error": {"type": "resource_not_found_exception", "reason": "task [n:1] isn't running and hasn't stored its results"}}"#;
         let e = classify(404, gone).unwrap_err();
         assert_eq!(e.status(), Some(404));
         assert!(e.to_string().contains("hasn't stored its results"), "{e}");
         assert_eq!(classify(400, b"bad").unwrap_err().status(), Some(400));
+        // 413 is permanent as it is; the sink splits the request on it.
+        assert_eq!(classify(413, b"").unwrap_err().status(), Some(413));
+        let denied = br#"{"error": {"type": "security_exception", "reason": "missing authentication credentials"}, "status": 401}"#;
+        let e = classify(401, denied).unwrap_err();
+        assert!(
+            e.status() == Some(401)
+                && e.to_string().contains("missing authentication credentials")
+                && e.to_string().contains(API_KEY_ENV),
+            "{e}"
+        );
     }
 }

@@ -1,11 +1,12 @@
 //! Elasticsearch (and OpenSearch) target: one Bulk API request per batch, read item by item.
 //!
 //! Split the way vector splits its sink: [`encoder`] turns rows into NDJSON (index route, external
-//! version, document), [`service`] sends requests, [`retry`] reads the answers. [`EsSink::apply`](Sink::apply)
-//! ties them: encode, add the batch's `delete` actions (its gone keys from every index of the job; a moved
-//! document's key from every other index) → send in requests of at most [`EsOptions::max_bulk_bytes`] → sort every item into
-//! written / failed / again → send the "again" ones after a growing delay → hand the batch back as
-//! transient if some still have not landed.
+//! version, document), the shared [`EsClient`] sends requests (transport, credentials, `GET /`, what a
+//! status means), [`retry`] reads the bulk items and holds the sink's retry policy.
+//! [`EsSink::apply`](Sink::apply) ties them: encode, add the batch's `delete` actions (its gone keys from
+//! every index of the job; a moved document's key from every other index) → send in requests of at most
+//! [`EsOptions::max_bulk_bytes`] → sort every item into written / failed / again → send the "again" ones
+//! after a growing delay → hand the batch back as transient if some still have not landed.
 //!
 //! # Guarantees
 //! - `_id` is the row's key, so a redelivered batch rewrites the same documents.
@@ -54,7 +55,6 @@
 
 mod encoder;
 mod retry;
-mod service;
 
 use std::time::Duration;
 
@@ -62,14 +62,13 @@ use async_trait::async_trait;
 use tracing::{debug, info, instrument, warn};
 
 pub use retry::RetryPolicy;
-pub use service::API_KEY_ENV;
 
 use super::{deletions, Changes, OpenError, Sink, SinkError, Tables, WriteOutcome};
+use crate::es::{classify, EsClient, EsError, API_KEY_ENV};
 use crate::job::{EsTarget, Ident, JobSpec, RoutePart, TargetSpec};
 use crate::value::Column;
 use encoder::{chunks, delete_action, EncodedDoc, Plan};
-use retry::{classify_bulk, classify_request, ItemVerdict, RequestVerdict};
-use service::{EsService, SendError};
+use retry::{classify_bulk, ItemVerdict};
 
 /// Knobs with defaults that suit a production cluster; tests shorten them.
 #[derive(Debug, Clone)]
@@ -109,7 +108,7 @@ impl EsOptions {
 
 /// Writes batches into Elasticsearch indices through the Bulk API.
 pub struct EsSink {
-    service: EsService,
+    client: EsClient,
     target: EsTarget,
     version: Option<Ident>,
     options: EsOptions,
@@ -128,8 +127,9 @@ impl EsSink {
             return Err(OpenError("not an Elasticsearch target".into()));
         };
         check_route(target).map_err(OpenError)?;
-        let service = EsService::new(
-            target.url.expose(),
+        let client = EsClient::new(
+            "target.url",
+            &target.url,
             options.api_key.as_deref(),
             options.timeout,
             options.connect_timeout,
@@ -137,7 +137,7 @@ impl EsSink {
         )
         .map_err(OpenError)?;
         Ok(Self {
-            service,
+            client,
             target: target.clone(),
             version: job.source.version.clone(),
             options,
@@ -208,43 +208,28 @@ impl Sink for EsSink {
     /// Check the job against the columns, then `GET /`. An unreachable cluster is transient (the consumer
     /// exits 1 naming the URL); refused credentials or something that is not Elasticsearch is a batch
     /// error (the consumer exits 2).
-    #[instrument(skip_all, fields(url = %self.service.label()))]
+    #[instrument(skip_all, fields(url = %self.client.label()))]
     async fn prepare(&self, columns: &[Column]) -> Result<(), SinkError> {
         self.plan(columns)?;
-        let url = self.service.label();
-        match self.service.root().await {
-            Err(e) => Err(SinkError::Transient(format!(
-                "cannot reach Elasticsearch at {url}: {e}"
-            ))),
-            Ok((200, body)) => {
-                let j: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                let Some(version) = j["version"]["number"].as_str() else {
-                    return Err(SinkError::Batch(format!(
-                        "{url} answered GET / without a version: is it Elasticsearch? ({})",
-                        retry::body_error(&body)
-                    )));
-                };
+        let url = self.client.label();
+        match self.client.check().await {
+            Ok(cluster) => {
                 info!(
-                    cluster = j["cluster_name"].as_str().unwrap_or("?"),
-                    version,
-                    distribution = j["version"]["distribution"].as_str().unwrap_or("elasticsearch"),
+                    cluster = %cluster.name,
+                    version = %cluster.version,
+                    distribution = %cluster.distribution,
                     index = %self.target.index.template,
                     versioned = self.version.is_some(),
                     "Elasticsearch target ready"
                 );
                 Ok(())
             }
-            Ok((status, body)) => match classify_request(status, &body) {
-                RequestVerdict::Retry(reason) => Err(SinkError::Transient(format!(
-                    "Elasticsearch at {url} is not available: {reason}"
-                ))),
-                RequestVerdict::Stop(reason) => Err(SinkError::Batch(format!(
-                    "Elasticsearch at {url} refused GET /: {reason}"
-                ))),
-                RequestVerdict::Ok | RequestVerdict::TooLarge => Err(SinkError::Batch(format!(
-                    "Elasticsearch at {url} answered GET / with HTTP {status}"
-                ))),
-            },
+            Err(e @ EsError::Permanent { .. }) => Err(SinkError::Batch(format!(
+                "Elasticsearch at {url}, GET /: {e}"
+            ))),
+            Err(e) => Err(SinkError::Transient(format!(
+                "cannot reach Elasticsearch at {url}: {e}"
+            ))),
         }
     }
 
@@ -279,7 +264,7 @@ impl Sink for EsSink {
             let Some(delay) = delay else {
                 return Err(SinkError::Transient(format!(
                     "Elasticsearch at {}: {} documents not accepted after {attempt} attempts; last: {why}",
-                    self.service.label(),
+                    self.client.label(),
                     again.len()
                 )));
             };
@@ -307,7 +292,7 @@ impl EsSink {
         docs: Vec<EncodedDoc>,
         outcome: &mut WriteOutcome,
     ) -> Result<(Vec<EncodedDoc>, String, bool), SinkError> {
-        let url = self.service.label();
+        let url = self.client.label();
         let mut again = Vec::new();
         let mut why = String::new();
         let mut timed_out = false;
@@ -322,35 +307,30 @@ impl EsSink {
         while let Some(chunk) = queue.pop_front() {
             let body: Vec<u8> = chunk.iter().flat_map(|d| d.lines.iter().copied()).collect();
             let bytes = body.len();
-            let (status, reply) = match self.service.bulk(body).await {
+            let (status, reply) = match self.client.bulk(body).await {
                 Ok(r) => r,
                 Err(e) => {
                     why = match &e {
-                        SendError::Timeout(_) => {
+                        EsError::Timeout(_) => {
                             timed_out = true;
                             format!("bulk request of {bytes} bytes: {e}")
                         }
-                        SendError::Connection(_) => e.to_string(),
+                        _ => e.to_string(),
                     };
                     again.extend(chunk);
                     continue;
                 }
             };
-            match classify_request(status, &reply) {
-                RequestVerdict::Ok => {}
-                RequestVerdict::Retry(reason) => {
-                    why = reason;
-                    again.extend(chunk);
-                    continue;
-                }
-                RequestVerdict::TooLarge if chunk.len() > 1 => {
+            match classify(status, &reply) {
+                Ok(()) => {}
+                Err(EsError::Permanent { status: 413, .. }) if chunk.len() > 1 => {
                     let mut left = chunk;
                     let right = left.split_off(left.len() / 2);
                     queue.push_front(right);
                     queue.push_front(left);
                     continue;
                 }
-                RequestVerdict::TooLarge => {
+                Err(EsError::Permanent { status: 413, .. }) => {
                     let doc = &chunk[0];
                     outcome.failed.push((
                         doc.key,
@@ -362,10 +342,15 @@ impl EsSink {
                     ));
                     continue;
                 }
-                RequestVerdict::Stop(reason) => {
+                Err(e @ EsError::Permanent { .. }) => {
                     return Err(SinkError::Batch(format!(
-                        "Elasticsearch at {url} refused the bulk request: {reason}"
+                        "Elasticsearch at {url} refused the bulk request: {e}"
                     )))
+                }
+                Err(e) => {
+                    why = e.to_string();
+                    again.extend(chunk);
+                    continue;
                 }
             }
             let keys: Vec<u64> = chunk.iter().map(|d| d.key).collect();

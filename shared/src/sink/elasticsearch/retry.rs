@@ -1,7 +1,9 @@
-//! Reading Elasticsearch's answers: what a whole response means, and what each item of a bulk response
-//! means for its row — landed, refused for good, worth another try, or a sign that nothing will land until
-//! an operator acts. Pure functions over status codes and JSON, tested on responses in the shape the
+//! Reading the sink's bulk answers: what each item of a bulk response means for its row — landed, refused
+//! for good, worth another try, or a sign that nothing will land until an operator acts — and how often the
+//! sink asks again. Pure functions over status codes and JSON, tested on responses in the shape the
 //! Elasticsearch docs give.
+//!
+//! What a whole response's status means is [`crate::es::classify`]'s, shared with rollover.
 //!
 //! Nothing is taken on trust: `"errors": false` does not stand in for reading the items, and a response
 //! whose items do not match the documents sent is no success at all.
@@ -9,6 +11,8 @@
 use std::time::Duration;
 
 use serde_json::Value as J;
+
+use crate::es::error_text;
 
 /// Delays between in-process attempts of the documents Elasticsearch asked to have again (429, 5xx) or
 /// that a failed request carried. After the last one, the batch is handed back as transient.
@@ -44,74 +48,8 @@ pub(crate) enum ItemVerdict {
     Stop(String),
 }
 
-/// What a whole HTTP response to a request means.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum RequestVerdict {
-    /// 2xx: read the body.
-    Ok,
-    /// Overload or a server-side failure: try again later.
-    Retry(String),
-    /// 413: the body is larger than the cluster takes.
-    TooLarge,
-    /// Credentials, permissions, a wrong URL: an operator must act.
-    Stop(String),
-}
-
-/// `type: reason (caused by type: reason)` of an Elasticsearch error object, or its text.
-pub(crate) fn error_text(error: &J) -> String {
-    match error {
-        J::Object(o) => {
-            let ty = o.get("type").and_then(J::as_str).unwrap_or("error");
-            let reason = o
-                .get("reason")
-                .and_then(J::as_str)
-                .unwrap_or("no reason given");
-            let mut text = format!("{ty}: {reason}");
-            if let Some(cause) = o.get("caused_by").filter(|c| c.is_object()) {
-                let cty = cause.get("type").and_then(J::as_str).unwrap_or("error");
-                let creason = cause.get("reason").and_then(J::as_str).unwrap_or("");
-                text.push_str(&format!(" (caused by {cty}: {creason})"));
-            }
-            text
-        }
-        J::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
 fn error_type(error: Option<&J>) -> Option<&str> {
     error.and_then(|e| e.get("type")).and_then(J::as_str)
-}
-
-/// The error of a non-2xx response body, short: `type: reason`, else the start of the body.
-pub(crate) fn body_error(body: &[u8]) -> String {
-    match serde_json::from_slice::<J>(body) {
-        Ok(j) if j.get("error").is_some() => error_text(&j["error"]),
-        _ => {
-            let text = String::from_utf8_lossy(body);
-            let text = text.trim();
-            if text.is_empty() {
-                "empty body".into()
-            } else {
-                text.chars().take(300).collect()
-            }
-        }
-    }
-}
-
-/// A whole response by its status.
-pub(crate) fn classify_request(status: u16, body: &[u8]) -> RequestVerdict {
-    match status {
-        200..=299 => RequestVerdict::Ok,
-        413 => RequestVerdict::TooLarge,
-        408 | 429 | 500..=599 => RequestVerdict::Retry(format!("HTTP {status}: {}", body_error(body))),
-        401 | 403 => RequestVerdict::Stop(format!(
-            "HTTP {status}: {} (check the user and password in target.url, or BITMIG_ES_API_KEY, and the \
-             user's privileges on the index)",
-            body_error(body)
-        )),
-        _ => RequestVerdict::Stop(format!("HTTP {status}: {}", body_error(body))),
-    }
 }
 
 /// One item of a bulk response (`{"index": {"status": …, "error": …}}`).
@@ -330,31 +268,5 @@ mod tests {
         assert!(
             matches!(classify_item(&item, false), ItemVerdict::Stop(r) if r.contains("unauthorized"))
         );
-    }
-
-    #[test]
-    fn whole_responses_are_classified_by_status() {
-        let overloaded = br#"{"error": {"type": "es_rejected_execution_exception", "reason": "queue full"}, "status": 429}"#;
-        assert_eq!(
-            classify_request(429, overloaded),
-            RequestVerdict::Retry("HTTP 429: es_rejected_execution_exception: queue full".into())
-        );
-        assert!(
-            matches!(classify_request(503, b""), RequestVerdict::Retry(r) if r.contains("empty body"))
-        );
-        assert!(matches!(
-            classify_request(502, b"Bad Gateway"),
-            RequestVerdict::Retry(_)
-        ));
-        assert_eq!(classify_request(413, b""), RequestVerdict::TooLarge);
-        let denied = br#"{"error": {"type": "security_exception", "reason": "missing authentication credentials"}, "status": 401}"#;
-        assert!(
-            matches!(classify_request(401, denied), RequestVerdict::Stop(r) if r.contains("missing authentication credentials"))
-        );
-        assert!(matches!(
-            classify_request(404, b""),
-            RequestVerdict::Stop(_)
-        ));
-        assert_eq!(classify_request(200, b""), RequestVerdict::Ok);
     }
 }
