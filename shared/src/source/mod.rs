@@ -10,7 +10,7 @@ use async_trait::async_trait;
 
 use crate::ids::{count_in, ranges_contain, IdRange};
 use crate::job::{Engine, JobSpec};
-use crate::value::{Column, Row, RowSet};
+use crate::value::{Column, Row, RowSet, Value};
 
 pub use mysql::MySqlSource;
 pub use postgres::PgSource;
@@ -180,6 +180,28 @@ impl RowsQuery {
     pub fn keeps(&self, ranges: &[IdRange], key: u64) -> bool {
         !(self.dense && ranges.len() > 1) || ranges_contain(ranges, key)
     }
+
+    /// The rows of the batch among those read (`read`: each row's values in column order, or why it
+    /// could not be decoded): a row whose key is NULL or negative cannot have been published and is
+    /// skipped, and so is one [`Self::keeps`] leaves out.
+    pub fn rows<E>(
+        &self,
+        ranges: &[IdRange],
+        key_index: usize,
+        read: impl IntoIterator<Item = Result<Vec<Value>, E>>,
+    ) -> Result<Vec<Row>, E> {
+        let mut rows = Vec::new();
+        for values in read {
+            let values = values?;
+            let Some(key) = values[key_index].as_key() else {
+                continue;
+            };
+            if self.keeps(ranges, key) {
+                rows.push(Row { key, values });
+            }
+        }
+        Ok(rows)
+    }
 }
 
 /// The batch's rows, ascending by key.
@@ -236,5 +258,29 @@ mod tests {
         );
         assert_eq!(q.bounds, vec![1, 1, 1000, 1000]);
         assert!(RowsQuery::new(&sql(), "*", &[], |_| "?".into()).is_none());
+    }
+
+    #[test]
+    fn the_rows_kept_are_the_batch_ids_with_a_key_and_a_decoding_error_stops_the_read() {
+        let ranges = [[10, 19], [21, 30]];
+        let q = RowsQuery::new(&sql(), "*", &ranges, |_| "?".into()).unwrap();
+        let read = |k: Value| Ok::<_, String>(vec![Value::Null, k]);
+        let rows = q
+            .rows(
+                &ranges,
+                1,
+                [
+                    read(Value::Int(10)),
+                    read(Value::Int(20)), // in the gap: not this batch's
+                    read(Value::Null),    // no key: never published
+                    read(Value::Int(-1)),
+                    read(Value::UInt(30)),
+                ],
+            )
+            .unwrap();
+        assert_eq!(rows.iter().map(|r| r.key).collect::<Vec<_>>(), [10, 30]);
+        assert_eq!(rows[1].values, vec![Value::Null, Value::UInt(30)]);
+        let broken = q.rows(&ranges, 1, [read(Value::Int(10)), Err("bad".into())]);
+        assert_eq!(broken.unwrap_err(), "bad");
     }
 }

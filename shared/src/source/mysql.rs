@@ -11,7 +11,7 @@ use super::{row_set, RowsQuery, Source, SourceError};
 use crate::ids::IdRange;
 use crate::job::{Engine, JobSpec};
 use crate::sql::{mysql_error_text, mysql_is_transient, mysql_pool};
-use crate::value::{Column, ColumnType, Row, RowSet, Value};
+use crate::value::{Column, ColumnType, RowSet, Value};
 
 pub struct MySqlSource {
     pool: mysql_async::Pool,
@@ -220,16 +220,12 @@ impl Source for MySqlSource {
             .await
             .map_err(|e| self.err(e))?;
         drop(conn);
-        let mut rows = Vec::with_capacity(raw.len());
-        for r in raw {
-            let values: Vec<Value> = r.unwrap().into_iter().map(from_mysql).collect();
-            let Some(key) = values[d.key_index].as_key() else {
-                continue; // a NULL or negative key cannot have been published
-            };
-            if q.keeps(ranges, key) {
-                rows.push(Row { key, values });
-            }
-        }
+        let rows = q.rows(
+            ranges,
+            d.key_index,
+            raw.into_iter()
+                .map(|r| Ok::<_, SourceError>(r.unwrap().into_iter().map(from_mysql).collect())),
+        )?;
         Ok(row_set(d.columns.clone(), d.key_index, rows))
     }
 }

@@ -13,7 +13,7 @@ use super::{row_set, RowsQuery, Source, SourceError};
 use crate::ids::IdRange;
 use crate::job::{Engine, JobSpec};
 use crate::pg::{column_type, decode, pg_error_text, pg_is_transient, pg_pool, RawPg};
-use crate::value::{Column, Row, RowSet};
+use crate::value::{Column, RowSet};
 
 pub struct PgSource {
     pool: deadpool_postgres::Pool,
@@ -217,24 +217,21 @@ impl Source for PgSource {
             .collect();
         let raw = client.query(&stmt, &refs).await.map_err(|e| self.err(&e))?;
         drop(client);
-        let mut rows = Vec::with_capacity(raw.len());
-        for r in raw {
-            let mut values = Vec::with_capacity(d.types.len());
-            for (i, ty) in d.types.iter().enumerate() {
-                let RawPg(bytes) = r.try_get::<_, RawPg<'_>>(i).map_err(|e| self.err(&e))?;
-                values.push(decode(ty, bytes).map_err(|message| SourceError::Query {
-                    table: self.sql.table_label.clone(),
-                    message: format!("column `{}`: {message}", d.columns[i].name),
-                    transient: false,
-                })?);
-            }
-            let Some(key) = values[d.key_index].as_key() else {
-                continue;
-            };
-            if q.keeps(ranges, key) {
-                rows.push(Row { key, values });
-            }
-        }
+        let decoded = raw.iter().map(|r| {
+            d.types
+                .iter()
+                .enumerate()
+                .map(|(i, ty)| {
+                    let RawPg(bytes) = r.try_get::<_, RawPg<'_>>(i).map_err(|e| self.err(&e))?;
+                    decode(ty, bytes).map_err(|message| SourceError::Query {
+                        table: self.sql.table_label.clone(),
+                        message: format!("column `{}`: {message}", d.columns[i].name),
+                        transient: false,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        });
+        let rows = q.rows(ranges, d.key_index, decoded)?;
         Ok(row_set(d.columns.clone(), d.key_index, rows))
     }
 }

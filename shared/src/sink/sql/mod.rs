@@ -1,13 +1,15 @@
-//! SQL table sinks: the batch logic once, the SQL text and error classes per dialect ([`mysql`],
-//! [`postgres`]).
+//! SQL table sinks: the batch logic once ([`SqlSink`]), the SQL text, parameter encoding, error classes,
+//! transactions and table creation per dialect ([`Dialect`]: [`mysql::MySql`], [`postgres::Postgres`]).
 //!
-//! Shared here: grouping a batch's rows by target table ([`group`], through the one route resolver),
-//! chunking each table's rows under the dialect's bind limit ([`pieces`]), the keys a batch deletes per
-//! table ([`Deletes`], [`placed`]), the version column check, and the bisection that isolates a row the
-//! server refuses ([`bisect`], over a dialect's [`WriteAlone`]). Each dialect owns its statements, its
-//! transaction handling (MySQL rolls back one statement; PostgreSQL aborts the transaction) and table
-//! creation. Further per-engine work (reading target rows by key range for verify, deleting keys in a
-//! transaction) belongs in the dialect files, beside their upsert.
+//! Shared here, for every dialect: grouping a batch's rows by target table ([`group`], through the one route
+//! resolver), chunking each table's rows under the dialect's bind limit ([`pieces`]), the tables a batch's
+//! deletes visit (`bitmig:{JOB}:tables`), recording each table before the first write to it, creating
+//! missing tables once per process (`create = true`), the version column check, the single-statement fast
+//! path (one piece, no deletes: no transaction), writing every piece and the deletes in one transaction,
+//! the bisection that isolates a row the server refuses ([`bisect`]) and the deletes of keys that moved
+//! table meanwhile. A dialect says whether a refused statement leaves its transaction going (MySQL rolls
+//! back one statement; PostgreSQL aborts the transaction, so everything is then written piece by piece).
+//! Further per-engine work (reading target rows by key range for verify) belongs in the dialect files.
 
 pub mod mysql;
 pub mod postgres;
@@ -15,10 +17,15 @@ pub mod postgres;
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
+use tokio::sync::OnceCell;
+use tracing::info;
 
+use super::create::KnownTables;
 use super::route::Router;
-use super::{SinkError, WriteOutcome};
-use crate::job::{Ident, TableName};
+use super::{
+    deletions, sql_tables_to_visit, Changes, OpenError, Sink, SinkError, Tables, WriteOutcome,
+};
+use crate::job::{Ident, JobSpec, SourceSpec, SqlTarget, TableName, TableRoute, TargetSpec};
 use crate::value::{Column, Row, RowSet};
 
 /// Rows of one table, at most one statement's worth.
@@ -170,4 +177,409 @@ pub(crate) async fn bisect<'a, W: WriteAlone>(
         }
     }
     Ok(())
+}
+
+/// What one SQL engine brings to [`SqlSink`]: its statements and parameter encoding, how it classifies
+/// errors, its connections and transactions, and how it creates a table.
+///
+/// Row-level answers are `Result<Result<(), String>, SinkError>`: `Ok(Ok(()))` written, `Ok(Err(reason))`
+/// the server refused a row's values (the reason as it goes to `failed`), `Err` the batch cannot go on.
+#[async_trait]
+pub trait Dialect: Send + Sync + Sized + 'static {
+    /// A connection from the dialect's pool.
+    type Conn: Send;
+    /// A transaction open on a connection; dropped without commit, it rolls back.
+    type Tx<'c>: Send
+    where
+        Self: 'c;
+    /// Parameters one statement may bind.
+    const MAX_PARAMS: usize;
+    /// A key twice in one table's rows of a batch keeps only its last row (one statement may not touch a
+    /// row twice).
+    const LAST_WINS: bool;
+    /// A statement refused for a row's values is rolled back alone and its transaction goes on; otherwise
+    /// the whole transaction is aborted.
+    const STATEMENT_ROLLBACK: bool;
+
+    /// The dialect for the job's `[target]`, with its pool. Connects to nothing yet.
+    fn open(job: &JobSpec, target: &SqlTarget, max_connections: usize) -> Result<Self, OpenError>;
+    /// Whether `LIKE` can copy the source table as it is (`create = true`).
+    fn same_place(source: &SourceSpec, target: &SqlTarget) -> bool;
+    /// Why the target cannot hold these columns at all, if so.
+    fn unmappable(&self, _columns: &[Column]) -> Option<String> {
+        None
+    }
+    /// Why this row cannot go to the target at all (it goes to `failed` before any statement), if so.
+    fn refuse_row(&self, _rs: &RowSet, _row: &Row) -> Option<String> {
+        None
+    }
+    /// The key column's name, for deletes.
+    fn key_column<'a>(&'a self, rs: &'a RowSet) -> &'a str;
+
+    /// A connection from the pool (`SinkError::Transient` when the server is away).
+    async fn connect(&self) -> Result<Self::Conn, SinkError>;
+    /// Open a transaction on `conn`.
+    async fn begin<'c>(&self, conn: &'c mut Self::Conn) -> Result<Self::Tx<'c>, SinkError>;
+    /// Commit `tx`.
+    async fn commit(&self, tx: Self::Tx<'_>) -> Result<(), SinkError>;
+    /// Roll `tx` back (after a refused statement aborted it).
+    async fn rollback(&self, tx: Self::Tx<'_>) -> Result<(), SinkError>;
+    /// Upsert `rows` of `table`, autocommitted. `cache`: the statement may stay prepared on the
+    /// connection (one fixed table).
+    async fn upsert(
+        &self,
+        conn: &mut Self::Conn,
+        rs: &RowSet,
+        table: &TableName,
+        rows: &[&Row],
+        cache: bool,
+    ) -> Result<Result<(), String>, SinkError>;
+    /// Upsert `rows` of `table` inside `tx`.
+    async fn upsert_in(
+        &self,
+        tx: &mut Self::Tx<'_>,
+        rs: &RowSet,
+        table: &TableName,
+        rows: &[&Row],
+        cache: bool,
+    ) -> Result<Result<(), String>, SinkError>;
+    /// Delete the keys of each table (`key` names the key column) inside `tx`; a table that does not exist
+    /// holds no row and is skipped.
+    async fn delete_in(
+        &self,
+        tx: &mut Self::Tx<'_>,
+        key: &str,
+        todo: &[(TableName, Vec<u64>)],
+    ) -> Result<(), SinkError>;
+    /// What follows `CREATE TABLE IF NOT EXISTS t`, from the source (`same_place`: see [`Self::same_place`]).
+    async fn create_tail(&self, source: &SourceSpec, same_place: bool)
+        -> Result<String, SinkError>;
+    /// Create `table` if it does not exist, safe against other consumers doing the same, outside any
+    /// batch transaction.
+    async fn create_table(
+        &self,
+        conn: &mut Self::Conn,
+        table: &TableName,
+        tail: &str,
+    ) -> Result<(), SinkError>;
+    /// Check that `table` exists and can take rows with these columns.
+    async fn probe(
+        &self,
+        conn: &mut Self::Conn,
+        columns: &[Column],
+        table: &TableName,
+    ) -> Result<(), SinkError>;
+}
+
+/// A SQL table sink over a [`Dialect`]: the batch logic of this module's doc, once for every engine.
+pub struct SqlSink<D: Dialect> {
+    dialect: D,
+    route: TableRoute,
+    /// `source.version`: an existing row is replaced only by a row whose version is not older.
+    version: Option<Ident>,
+    /// `create = true`: how to create a missing table, and the tables known to exist.
+    create: Option<Creator>,
+    /// Records each table before the first write to it; lists every table for deletes.
+    tables: Tables,
+}
+
+/// Creates missing target tables (`[target] create = true`), once per table and process.
+struct Creator {
+    source: SourceSpec,
+    /// `LIKE` can copy the source table as it is.
+    same_place: bool,
+    /// What follows `CREATE TABLE IF NOT EXISTS t`, worked out once.
+    tail: OnceCell<String>,
+    created: KnownTables,
+}
+
+/// What the batch's transaction did: the pieces committed, the pieces to write again on their own (with
+/// whether each was refused already), and whether the deletes were committed with them.
+struct Written<'a> {
+    ok: Vec<Piece<'a>>,
+    retry: Vec<(Piece<'a>, bool)>,
+    deletes_done: bool,
+}
+
+impl<D: Dialect> SqlSink<D> {
+    /// A sink for the job's `[target]` (which must be `kind = "sql"` on the dialect's engine). Connects to
+    /// nothing yet.
+    pub fn new(job: &JobSpec, max_connections: usize) -> Result<Self, OpenError> {
+        let TargetSpec::Sql(t) = &job.target else {
+            return Err(OpenError("not a SQL target".into()));
+        };
+        Ok(Self {
+            dialect: D::open(job, t, max_connections)?,
+            route: t.table.clone(),
+            version: job.source.version.clone(),
+            create: t.create.then(|| Creator {
+                same_place: D::same_place(&job.source, t),
+                source: job.source.clone(),
+                tail: OnceCell::new(),
+                created: Default::default(),
+            }),
+            tables: Tables::default(),
+        })
+    }
+
+    /// Record tables in, and list them from, `tables` (the consumer's ledger).
+    pub(crate) fn with_tables(mut self, tables: Tables) -> Self {
+        self.tables = tables;
+        self
+    }
+
+    fn router(&self, columns: &[Column]) -> Result<Router, SinkError> {
+        Router::new(&self.route, columns).map_err(SinkError::Batch)
+    }
+
+    /// What follows `CREATE TABLE IF NOT EXISTS t`, worked out once from the source.
+    async fn create_tail<'c>(&self, creator: &'c Creator) -> Result<&'c String, SinkError> {
+        creator
+            .tail
+            .get_or_try_init(|| {
+                self.dialect
+                    .create_tail(&creator.source, creator.same_place)
+            })
+            .await
+    }
+
+    /// Create those of `tables` not known to exist, before the batch's transaction (DDL commits
+    /// implicitly in MySQL), never inside it.
+    async fn ensure_tables(
+        &self,
+        conn: &mut D::Conn,
+        tables: &[&TableName],
+    ) -> Result<(), SinkError> {
+        let Some(creator) = &self.create else {
+            return Ok(());
+        };
+        let missing = creator.created.missing(tables);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let tail = self.create_tail(creator).await?;
+        for table in missing {
+            self.dialect
+                .create_table(conn, table, tail)
+                .await
+                .map_err(|e| match e {
+                    SinkError::Batch(m) => SinkError::Batch(format!("creating it: {m}")),
+                    other => other,
+                })?;
+            info!(table = %table, "target table created (or already there)");
+            creator.created.insert(table);
+        }
+        Ok(())
+    }
+
+    /// Write every piece and the batch's deletes (of the keys written) in one transaction; one piece and
+    /// no deletes is one autocommitted statement.
+    async fn write_pieces<'a>(
+        &self,
+        conn: &mut D::Conn,
+        rs: &RowSet,
+        pieces: Vec<Piece<'a>>,
+        deletes: Option<&Deletes<'_>>,
+        cache: bool,
+    ) -> Result<Written<'a>, SinkError> {
+        let mut w = Written {
+            ok: Vec::new(),
+            retry: Vec::new(),
+            deletes_done: false,
+        };
+        if pieces.len() == 1 && deletes.is_none() {
+            for piece in pieces {
+                match self
+                    .dialect
+                    .upsert(conn, rs, piece.table, &piece.rows, cache)
+                    .await?
+                {
+                    Ok(()) => w.ok.push(piece),
+                    Err(_) => w.retry.push((piece, true)),
+                }
+            }
+            return Ok(w);
+        }
+        let mut tx = self.dialect.begin(conn).await?;
+        let mut pieces = pieces.into_iter();
+        while let Some(piece) = pieces.next() {
+            match self
+                .dialect
+                .upsert_in(&mut tx, rs, piece.table, &piece.rows, cache)
+                .await?
+            {
+                Ok(()) => w.ok.push(piece),
+                // The statement alone was rolled back: the transaction goes on without it.
+                Err(_) if D::STATEMENT_ROLLBACK => w.retry.push((piece, true)),
+                Err(_) => {
+                    // The transaction is aborted: nothing of it commits; every piece goes again alone.
+                    self.dialect.rollback(tx).await?;
+                    w.retry = std::mem::take(&mut w.ok)
+                        .into_iter()
+                        .map(|p| (p, false))
+                        .collect();
+                    w.retry.push((piece, true));
+                    w.retry.extend(pieces.map(|p| (p, false)));
+                    return Ok(w);
+                }
+            }
+        }
+        if let Some(d) = deletes {
+            let todo = deletions(&d.every, d.delete, &placed(&w.ok), d.exclusive);
+            if !todo.is_empty() {
+                let key = self.dialect.key_column(rs);
+                self.dialect.delete_in(&mut tx, key, &todo).await?;
+            }
+        }
+        self.dialect.commit(tx).await?;
+        w.deletes_done = true;
+        Ok(w)
+    }
+
+    /// Run `d`'s deletes in a transaction of their own, the written keys being those of `written`.
+    async fn delete_alone(
+        &self,
+        conn: &mut D::Conn,
+        rs: &RowSet,
+        d: &Deletes<'_>,
+        written: &[Piece<'_>],
+    ) -> Result<(), SinkError> {
+        let todo = deletions(&d.every, d.delete, &placed(written), d.exclusive);
+        let mut tx = self.dialect.begin(conn).await?;
+        if !todo.is_empty() {
+            let key = self.dialect.key_column(rs);
+            self.dialect.delete_in(&mut tx, key, &todo).await?;
+        }
+        self.dialect.commit(tx).await
+    }
+}
+
+/// Writes pieces on one connection, one autocommitted statement each, for [`bisect`].
+struct Alone<'s, D: Dialect> {
+    dialect: &'s D,
+    conn: &'s mut D::Conn,
+    rs: &'s RowSet,
+}
+
+#[async_trait]
+impl<D: Dialect> WriteAlone for Alone<'_, D> {
+    async fn write_alone(
+        &mut self,
+        table: &TableName,
+        rows: &[&Row],
+    ) -> Result<Result<(), String>, SinkError> {
+        self.dialect
+            .upsert(self.conn, self.rs, table, rows, false)
+            .await
+    }
+}
+
+#[async_trait]
+impl<D: Dialect> Sink for SqlSink<D> {
+    async fn prepare(&self, columns: &[Column]) -> Result<(), SinkError> {
+        let router = self.router(columns)?;
+        if let Some(why) = self.dialect.unmappable(columns) {
+            return Err(SinkError::Batch(why));
+        }
+        check_version(self.version.as_ref(), columns)?;
+        if let Some(creator) = &self.create {
+            // The tables are created when rows are first routed to them; check now that they can be.
+            self.create_tail(creator).await?;
+            return Ok(());
+        }
+        let Some(tables) = router.known_tables() else {
+            // Routed by value: the tables are known only when rows are routed to them.
+            return Ok(());
+        };
+        let mut conn = self.dialect.connect().await?;
+        for table in &tables {
+            self.dialect.probe(&mut conn, columns, table).await?;
+        }
+        Ok(())
+    }
+
+    async fn apply(&self, changes: &Changes<'_>) -> Result<WriteOutcome, SinkError> {
+        let rs = changes.rows;
+        let router = self.router(&rs.columns)?;
+        let mut outcome = WriteOutcome::default();
+        let screened: Vec<Row>;
+        let rs = if rs
+            .rows
+            .iter()
+            .any(|r| self.dialect.refuse_row(rs, r).is_some())
+        {
+            screened = rs
+                .rows
+                .iter()
+                .filter(|r| match self.dialect.refuse_row(rs, r) {
+                    Some(reason) => {
+                        outcome.failed.push((r.key, reason));
+                        false
+                    }
+                    None => true,
+                })
+                .cloned()
+                .collect();
+            &RowSet {
+                columns: rs.columns.clone(),
+                key_index: rs.key_index,
+                rows: screened,
+            }
+        } else {
+            rs
+        };
+        let per_stmt = (D::MAX_PARAMS / rs.columns.len().max(1)).max(1);
+        let grouped = group(&router, rs, &mut outcome.failed, D::LAST_WINS);
+        let pieces = pieces(&grouped, per_stmt);
+        let deletes = sql_tables_to_visit(&self.tables, changes, &router)
+            .await?
+            .map(|every| Deletes {
+                every,
+                delete: changes.delete,
+                exclusive: changes.exclusive,
+            });
+        if pieces.is_empty() && deletes.is_none() {
+            return Ok(outcome);
+        }
+        let tables = tables_of(&grouped);
+        let names: Vec<String> = tables.iter().map(ToString::to_string).collect();
+        self.tables.before_write(&names).await?;
+        let mut conn = self.dialect.connect().await?;
+        self.ensure_tables(&mut conn, &tables).await?;
+        let cache = router.fixed().is_some();
+        let w = self
+            .write_pieces(&mut conn, rs, pieces, deletes.as_ref(), cache)
+            .await?;
+        for piece in &w.ok {
+            outcome.written.extend(piece.rows.iter().map(|r| r.key));
+        }
+        let mut landed = Vec::new();
+        if !w.retry.is_empty() {
+            let mut alone = Alone {
+                dialect: &self.dialect,
+                conn: &mut conn,
+                rs,
+            };
+            for (piece, refused) in w.retry {
+                bisect(&mut alone, piece, refused, &mut outcome, &mut landed).await?;
+            }
+        }
+        if let Some(d) = &deletes {
+            if !w.deletes_done {
+                // Nothing of the batch's transaction committed: its deletes, of what landed since.
+                self.delete_alone(&mut conn, rs, d, &landed).await?;
+            } else if d.exclusive && !landed.is_empty() {
+                // Bisection wrote `landed` outside the batch's transaction: remove those keys from every
+                // other table.
+                let moved = Deletes {
+                    every: d.every.clone(),
+                    delete: &[],
+                    exclusive: true,
+                };
+                self.delete_alone(&mut conn, rs, &moved, &landed).await?;
+            }
+        }
+        outcome.written.sort_unstable();
+        Ok(outcome)
+    }
 }

@@ -1,4 +1,4 @@
-//! SQL table sink for MySQL / MariaDB: one multi-row `INSERT … ON DUPLICATE KEY UPDATE` per target table
+//! The MySQL / MariaDB dialect of the SQL sink ([`super::SqlSink`], whose batch logic is shared): one multi-row `INSERT … ON DUPLICATE KEY UPDATE` per target table
 //! and batch over the binary protocol, split only where the 65 535-placeholder limit demands it.
 //!
 //! - One table, one statement: the batch is written by that one statement (its own transaction), the
@@ -22,20 +22,13 @@
 use async_trait::async_trait;
 use mysql_async::prelude::Queryable;
 use mysql_async::TxOpts;
-use tokio::sync::OnceCell;
-use tracing::info;
 
-use super::{bisect, check_version, group, pieces, placed, tables_of, Deletes, Piece, WriteAlone};
-use crate::job::{
-    DbUrl, Engine, Ident, JobSpec, SourceSpec, TableName, TableRoute, TargetSpec, WriteMode,
-};
+use super::{Dialect, SqlSink};
+use crate::job::{DbUrl, Engine, Ident, JobSpec, SourceSpec, SqlTarget, TableName, WriteMode};
 use crate::sink::create::{
-    mysql_body, mysql_source_columns, pg_source_columns, server_of, url_database, KnownTables,
+    mysql_body, mysql_source_columns, pg_source_columns, server_of, url_database,
 };
-use crate::sink::route::Router;
-use crate::sink::{
-    deletions, sql_tables_to_visit, Changes, OpenError, Sink, SinkError, Tables, WriteOutcome,
-};
+use crate::sink::{OpenError, SinkError};
 use crate::sql::{
     mysql_error_text, mysql_is_row_error, mysql_is_transient, mysql_pool, quote, quote_table,
 };
@@ -44,140 +37,19 @@ use crate::value::{Column, ColumnType, Row, RowSet, Value};
 /// MySQL's limit of placeholders in one prepared statement.
 const MAX_PLACEHOLDERS: usize = 65_535;
 
-pub struct MySqlSink {
+/// The SQL sink on MySQL / MariaDB.
+pub type MySqlSink = SqlSink<MySql>;
+
+/// MySQL / MariaDB as a [`Dialect`]: `ON DUPLICATE KEY UPDATE` upserts over the binary protocol (mysql_async
+/// keeps each statement prepared on its connection), InnoDB's statement rollback, `CREATE TABLE IF NOT
+/// EXISTS` (safe when consumers race, as it is).
+pub struct MySql {
     pool: mysql_async::Pool,
-    route: TableRoute,
     write: WriteMode,
-    /// `source.version`: an existing row is replaced only by a row whose version is not older.
     version: Option<Ident>,
-    /// `create = true`: how to create a missing table, and the tables known to exist.
-    create: Option<Creator>,
-    /// Records each table before the first write to it; lists every table for deletes.
-    tables: Tables,
 }
 
-/// Creates missing target tables (`[target] create = true`), once per table and process; many consumers
-/// racing on one table are safe because the statement is `CREATE TABLE IF NOT EXISTS`.
-struct Creator {
-    source: SourceSpec,
-    /// The source is on the target's server: `LIKE` can copy the table as it is.
-    same_server: bool,
-    how: OnceCell<CreateHow>,
-    created: KnownTables,
-}
-
-/// What follows `CREATE TABLE IF NOT EXISTS t`.
-enum CreateHow {
-    /// ` LIKE db.src`: every column, index and option of the source (same server, every column read).
-    Like(String),
-    /// ` (cols…, PRIMARY KEY (key)) …`: the columns read, with the source's own column types.
-    Columns(String),
-}
-
-impl MySqlSink {
-    /// A sink for the job's `[target]` (which must be `kind = "sql"` on MySQL). Connects to nothing yet.
-    pub fn new(job: &JobSpec, max_connections: usize) -> Result<Self, OpenError> {
-        let TargetSpec::Sql(t) = &job.target else {
-            return Err(OpenError("not a SQL target".into()));
-        };
-        Ok(Self {
-            pool: mysql_pool(&t.url, max_connections).map_err(OpenError)?,
-            route: t.table.clone(),
-            write: t.write,
-            version: job.source.version.clone(),
-            create: t.create.then(|| Creator {
-                same_server: same_mysql_server(&job.source.url, &t.url),
-                source: job.source.clone(),
-                how: OnceCell::new(),
-                created: Default::default(),
-            }),
-            tables: Tables::default(),
-        })
-    }
-
-    /// Record tables in, and list them from, `tables` (the consumer's ledger).
-    pub(crate) fn with_tables(mut self, tables: Tables) -> Self {
-        self.tables = tables;
-        self
-    }
-
-    /// How to create a missing table, worked out once from the source.
-    async fn create_how<'c>(&self, creator: &'c Creator) -> Result<&'c CreateHow, SinkError> {
-        creator
-            .how
-            .get_or_try_init(|| async {
-                let source = &creator.source;
-                if source.url.engine == Engine::Postgres {
-                    let columns = pg_source_columns(source).await?;
-                    return mysql_body(&columns, Engine::Postgres, &source.key)
-                        .map(CreateHow::Columns)
-                        .map_err(|e| SinkError::Batch(format!("target.create: {e}")));
-                }
-                let database = source
-                    .table
-                    .schema
-                    .as_ref()
-                    .map(|s| s.as_str().to_owned())
-                    .or_else(|| url_database(source.url.expose()));
-                if creator.same_server && source.columns.is_none() {
-                    let qualified = match &database {
-                        Some(db) => format!(
-                            "`{}`.{}",
-                            db.replace('`', "``"),
-                            quote(Engine::Mysql, &source.table.table)
-                        ),
-                        None => quote_table(Engine::Mysql, &source.table),
-                    };
-                    return Ok(CreateHow::Like(format!(" LIKE {qualified}")));
-                }
-                let columns = mysql_source_columns(source).await?;
-                mysql_body(&columns, Engine::Mysql, &source.key)
-                    .map(CreateHow::Columns)
-                    .map_err(|e| SinkError::Batch(format!("target.create: {e}")))
-            })
-            .await
-    }
-
-    /// Create those of `tables` not known to exist. DDL commits implicitly in MySQL, so this runs before
-    /// the batch's transaction, never inside it.
-    async fn ensure_tables(&self, tables: &[&TableName]) -> Result<(), SinkError> {
-        let Some(creator) = &self.create else {
-            return Ok(());
-        };
-        let missing = creator.created.missing(tables);
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let how = self.create_how(creator).await?;
-        let mut conn = self
-            .pool
-            .get_conn()
-            .await
-            .map_err(|e| self.error(&e, None))?;
-        for table in missing {
-            let sql = match how {
-                CreateHow::Like(tail) | CreateHow::Columns(tail) => format!(
-                    "CREATE TABLE IF NOT EXISTS {}{tail}",
-                    quote_table(Engine::Mysql, table)
-                ),
-            };
-            conn.query_drop(sql).await.map_err(|e| {
-                let e = self.error(&e, Some(table));
-                match e {
-                    SinkError::Batch(m) => SinkError::Batch(format!("creating it: {m}")),
-                    other => other,
-                }
-            })?;
-            info!(table = %table, "target table created (or already there)");
-            creator.created.insert(table);
-        }
-        Ok(())
-    }
-
-    fn router(&self, columns: &[Column]) -> Result<Router, SinkError> {
-        Router::new(&self.route, columns).map_err(SinkError::Batch)
-    }
-
+impl MySql {
     fn insert_sql(&self, table: &TableName, columns: &[Column], key: &str, rows: usize) -> String {
         let cols: Vec<String> = columns
             .iter()
@@ -200,153 +72,204 @@ impl MySqlSink {
         sql
     }
 
-    fn piece_sql(&self, rs: &RowSet, piece: &Piece<'_>) -> String {
-        let key = &rs.columns[rs.key_index].name;
-        self.insert_sql(piece.table, &rs.columns, key, piece.rows.len())
-    }
-
-    /// Write every piece and run the batch's deletes, all in one transaction (one statement alone needs
-    /// none). Returns the pieces written and those the server refused for a row's values; the others and
-    /// the deletes (of the written keys only) are committed when this returns `Ok`.
-    async fn write_pieces<'a>(
+    /// Upsert `rows` of `table` on `q` (a connection or a transaction).
+    async fn run<Q: Queryable + Send>(
         &self,
+        q: &mut Q,
         rs: &RowSet,
-        pieces: Vec<Piece<'a>>,
-        deletes: Option<&Deletes<'_>>,
-    ) -> Result<(Vec<Piece<'a>>, Vec<Piece<'a>>), SinkError> {
-        let mut conn = self
-            .pool
-            .get_conn()
-            .await
-            .map_err(|e| self.error(&e, None))?;
-        let (mut ok, mut refused) = (Vec::new(), Vec::new());
-        if pieces.len() == 1 && deletes.is_none() {
-            let piece = pieces.into_iter().next().expect("one piece");
-            match conn
-                .exec_drop(self.piece_sql(rs, &piece), params(&piece.rows))
-                .await
-            {
-                Ok(()) => ok.push(piece),
-                Err(e) if mysql_is_row_error(&e) => refused.push(piece),
-                Err(e) => return Err(self.error(&e, Some(piece.table))),
-            }
-            return Ok((ok, refused));
+        table: &TableName,
+        rows: &[&Row],
+    ) -> Result<Result<(), String>, SinkError> {
+        let key = &rs.columns[rs.key_index].name;
+        let sql = self.insert_sql(table, &rs.columns, key, rows.len());
+        match q.exec_drop(sql, params(rows)).await {
+            Ok(()) => Ok(Ok(())),
+            // InnoDB rolled back this statement only.
+            Err(e) if mysql_is_row_error(&e) => Ok(Err(mysql_error_text(&e))),
+            Err(e) => Err(error(&e, Some(table))),
         }
-        let mut tx = conn
-            .start_transaction(TxOpts::default())
-            .await
-            .map_err(|e| self.error(&e, None))?;
-        for piece in pieces {
-            match tx
-                .exec_drop(self.piece_sql(rs, &piece), params(&piece.rows))
-                .await
-            {
-                Ok(()) => ok.push(piece),
-                // InnoDB rolled back this statement only: the transaction goes on without it.
-                Err(e) if mysql_is_row_error(&e) => refused.push(piece),
-                Err(e) => return Err(self.error(&e, Some(piece.table))),
-            }
-        }
-        if let Some(d) = deletes {
-            self.delete_in(&mut tx, rs, d, &ok).await?;
-        }
-        tx.commit().await.map_err(|e| self.error(&e, None))?;
-        Ok((ok, refused))
+    }
+}
+
+fn error(e: &mysql_async::Error, table: Option<&TableName>) -> SinkError {
+    let text = match table {
+        Some(t) => format!("table {t}: {}", mysql_error_text(e)),
+        None => mysql_error_text(e),
+    };
+    if mysql_is_transient(e) {
+        SinkError::Transient(text)
+    } else {
+        SinkError::Batch(text)
+    }
+}
+
+#[async_trait]
+impl Dialect for MySql {
+    type Conn = mysql_async::Conn;
+    type Tx<'c> = mysql_async::Transaction<'c>;
+    const MAX_PARAMS: usize = MAX_PLACEHOLDERS;
+    const LAST_WINS: bool = false;
+    const STATEMENT_ROLLBACK: bool = true;
+
+    fn open(job: &JobSpec, target: &SqlTarget, max_connections: usize) -> Result<Self, OpenError> {
+        Ok(Self {
+            pool: mysql_pool(&target.url, max_connections).map_err(OpenError)?,
+            write: target.write,
+            version: job.source.version.clone(),
+        })
     }
 
-    /// Run `d`'s deletes in `tx`, the written keys being those of `written`.
+    fn same_place(source: &SourceSpec, target: &SqlTarget) -> bool {
+        same_mysql_server(&source.url, &target.url)
+    }
+
+    fn unmappable(&self, columns: &[Column]) -> Option<String> {
+        unmappable(columns)
+    }
+
+    fn refuse_row(&self, rs: &RowSet, row: &Row) -> Option<String> {
+        pg_only(rs, row)
+    }
+
+    fn key_column<'a>(&'a self, rs: &'a RowSet) -> &'a str {
+        &rs.columns[rs.key_index].name
+    }
+
+    async fn connect(&self) -> Result<Self::Conn, SinkError> {
+        self.pool.get_conn().await.map_err(|e| error(&e, None))
+    }
+
+    async fn begin<'c>(&self, conn: &'c mut Self::Conn) -> Result<Self::Tx<'c>, SinkError> {
+        conn.start_transaction(TxOpts::default())
+            .await
+            .map_err(|e| error(&e, None))
+    }
+
+    async fn commit(&self, tx: Self::Tx<'_>) -> Result<(), SinkError> {
+        tx.commit().await.map_err(|e| error(&e, None))
+    }
+
+    async fn rollback(&self, tx: Self::Tx<'_>) -> Result<(), SinkError> {
+        tx.rollback().await.map_err(|e| error(&e, None))
+    }
+
+    async fn upsert(
+        &self,
+        conn: &mut Self::Conn,
+        rs: &RowSet,
+        table: &TableName,
+        rows: &[&Row],
+        _cache: bool,
+    ) -> Result<Result<(), String>, SinkError> {
+        self.run(conn, rs, table, rows).await
+    }
+
+    async fn upsert_in(
+        &self,
+        tx: &mut Self::Tx<'_>,
+        rs: &RowSet,
+        table: &TableName,
+        rows: &[&Row],
+        _cache: bool,
+    ) -> Result<Result<(), String>, SinkError> {
+        self.run(tx, rs, table, rows).await
+    }
+
     async fn delete_in(
         &self,
-        tx: &mut mysql_async::Transaction<'_>,
-        rs: &RowSet,
-        d: &Deletes<'_>,
-        written: &[Piece<'_>],
+        tx: &mut Self::Tx<'_>,
+        key: &str,
+        todo: &[(TableName, Vec<u64>)],
     ) -> Result<(), SinkError> {
-        let placed = placed(written);
-        let key = quote(
-            Engine::Mysql,
-            &Ident::new(&rs.columns[rs.key_index].name).map_err(SinkError::Batch)?,
-        );
-        for (table, keys) in deletions(&d.every, d.delete, &placed, d.exclusive) {
+        let key = quote(Engine::Mysql, &Ident::new(key).map_err(SinkError::Batch)?);
+        for (table, keys) in todo {
             for chunk in keys.chunks(MAX_PLACEHOLDERS) {
                 let sql = format!(
                     "DELETE FROM {} WHERE {key} IN ({})",
-                    quote_table(Engine::Mysql, &table),
+                    quote_table(Engine::Mysql, table),
                     vec!["?"; chunk.len()].join(",")
                 );
                 match tx.exec_drop(sql, chunk.to_vec()).await {
                     Ok(()) => {}
                     // A listed table that does not exist holds no row: nothing to delete there.
                     Err(mysql_async::Error::Server(e)) if e.code == 1146 => break,
-                    Err(e) => return Err(self.error(&e, Some(&table))),
+                    Err(e) => return Err(error(&e, Some(table))),
                 }
             }
         }
         Ok(())
     }
 
-    /// After bisection wrote `written` outside the batch's transaction: remove those keys from every other
-    /// table, in a transaction of its own.
-    async fn delete_moved(
+    /// ` LIKE db.src` (every column, index and option of the source) when the source is on this server and
+    /// every column is read; otherwise ` (cols…, PRIMARY KEY (key)) …` with the source's column types.
+    async fn create_tail(
         &self,
-        rs: &RowSet,
-        d: &Deletes<'_>,
-        written: &[Piece<'_>],
-    ) -> Result<(), SinkError> {
-        let mut conn = self
-            .pool
-            .get_conn()
-            .await
-            .map_err(|e| self.error(&e, None))?;
-        let mut tx = conn
-            .start_transaction(TxOpts::default())
-            .await
-            .map_err(|e| self.error(&e, None))?;
-        let moved = Deletes {
-            every: d.every.clone(),
-            delete: &[],
-            exclusive: true,
-        };
-        self.delete_in(&mut tx, rs, &moved, written).await?;
-        tx.commit().await.map_err(|e| self.error(&e, None))
-    }
-
-    fn error(&self, e: &mysql_async::Error, table: Option<&TableName>) -> SinkError {
-        let text = match table {
-            Some(t) => format!("table {t}: {}", mysql_error_text(e)),
-            None => mysql_error_text(e),
-        };
-        if mysql_is_transient(e) {
-            SinkError::Transient(text)
-        } else {
-            SinkError::Batch(text)
+        source: &SourceSpec,
+        same_place: bool,
+    ) -> Result<String, SinkError> {
+        if source.url.engine == Engine::Postgres {
+            let columns = pg_source_columns(source).await?;
+            return mysql_body(&columns, Engine::Postgres, &source.key)
+                .map_err(|e| SinkError::Batch(format!("target.create: {e}")));
         }
+        let database = source
+            .table
+            .schema
+            .as_ref()
+            .map(|s| s.as_str().to_owned())
+            .or_else(|| url_database(source.url.expose()));
+        if same_place && source.columns.is_none() {
+            let qualified = match &database {
+                Some(db) => format!(
+                    "`{}`.{}",
+                    db.replace('`', "``"),
+                    quote(Engine::Mysql, &source.table.table)
+                ),
+                None => quote_table(Engine::Mysql, &source.table),
+            };
+            return Ok(format!(" LIKE {qualified}"));
+        }
+        let columns = mysql_source_columns(source).await?;
+        mysql_body(&columns, Engine::Mysql, &source.key)
+            .map_err(|e| SinkError::Batch(format!("target.create: {e}")))
     }
-}
 
-/// Writes pieces on their own connection, one autocommitted statement each, for [`bisect`].
-struct Alone<'s> {
-    sink: &'s MySqlSink,
-    conn: mysql_async::Conn,
-    rs: &'s RowSet,
-}
-
-#[async_trait]
-impl WriteAlone for Alone<'_> {
-    async fn write_alone(
-        &mut self,
+    /// `CREATE TABLE IF NOT EXISTS`: many consumers racing on one table are safe. DDL commits implicitly,
+    /// so this never runs inside a batch's transaction.
+    async fn create_table(
+        &self,
+        conn: &mut Self::Conn,
         table: &TableName,
-        rows: &[&Row],
-    ) -> Result<Result<(), String>, SinkError> {
-        let key = &self.rs.columns[self.rs.key_index].name;
-        let sql = self
-            .sink
-            .insert_sql(table, &self.rs.columns, key, rows.len());
-        match self.conn.exec_drop(sql, params(rows)).await {
-            Ok(()) => Ok(Ok(())),
-            Err(e) if mysql_is_row_error(&e) => Ok(Err(mysql_error_text(&e))),
-            Err(e) => Err(self.sink.error(&e, Some(table))),
-        }
+        tail: &str,
+    ) -> Result<(), SinkError> {
+        let sql = format!(
+            "CREATE TABLE IF NOT EXISTS {}{tail}",
+            quote_table(Engine::Mysql, table)
+        );
+        conn.query_drop(sql)
+            .await
+            .map_err(|e| error(&e, Some(table)))
+    }
+
+    async fn probe(
+        &self,
+        conn: &mut Self::Conn,
+        columns: &[Column],
+        table: &TableName,
+    ) -> Result<(), SinkError> {
+        let list = columns
+            .iter()
+            .map(|c| format!("`{}`", c.name.replace('`', "``")))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT {list} FROM {} WHERE 1 = 0",
+            quote_table(Engine::Mysql, table)
+        );
+        conn.prep(sql).await.map_err(|e| {
+            SinkError::Batch(format!("target table {table}: {}", mysql_error_text(&e)))
+        })?;
+        Ok(())
     }
 }
 
@@ -437,119 +360,6 @@ fn to_mysql(v: &Value) -> mysql_async::Value {
         Value::Uuid(u) => M::Bytes(crate::value::uuid_text(u).into_bytes()),
         // Rows holding one are failed before any statement is built (`pg_only`).
         Value::PgRaw { bytes, .. } => M::Bytes(bytes.clone()),
-    }
-}
-
-#[async_trait]
-impl Sink for MySqlSink {
-    async fn prepare(&self, columns: &[Column]) -> Result<(), SinkError> {
-        let router = self.router(columns)?;
-        if let Some(why) = unmappable(columns) {
-            return Err(SinkError::Batch(why));
-        }
-        check_version(self.version.as_ref(), columns)?;
-        if let Some(creator) = &self.create {
-            // The tables are created when rows are first routed to them; check now that they can be.
-            self.create_how(creator).await?;
-            return Ok(());
-        }
-        let Some(tables) = router.known_tables() else {
-            // Routed by value: the tables are known only when rows are routed to them.
-            return Ok(());
-        };
-        let list = columns
-            .iter()
-            .map(|c| format!("`{}`", c.name.replace('`', "``")))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let mut conn = self
-            .pool
-            .get_conn()
-            .await
-            .map_err(|e| self.error(&e, None))?;
-        for table in &tables {
-            let sql = format!(
-                "SELECT {list} FROM {} WHERE 1 = 0",
-                quote_table(Engine::Mysql, table)
-            );
-            conn.prep(sql).await.map_err(|e| {
-                SinkError::Batch(format!("target table {table}: {}", mysql_error_text(&e)))
-            })?;
-        }
-        Ok(())
-    }
-
-    async fn apply(&self, changes: &Changes<'_>) -> Result<WriteOutcome, SinkError> {
-        let rs = changes.rows;
-        let router = self.router(&rs.columns)?;
-        let mut outcome = WriteOutcome::default();
-        let pg_free: Vec<Row>;
-        let rs = if rs.rows.iter().any(|r| pg_only(rs, r).is_some()) {
-            pg_free = rs
-                .rows
-                .iter()
-                .filter(|r| match pg_only(rs, r) {
-                    Some(reason) => {
-                        outcome.failed.push((r.key, reason));
-                        false
-                    }
-                    None => true,
-                })
-                .cloned()
-                .collect();
-            &RowSet {
-                columns: rs.columns.clone(),
-                key_index: rs.key_index,
-                rows: pg_free,
-            }
-        } else {
-            rs
-        };
-        let per_stmt = (MAX_PLACEHOLDERS / rs.columns.len().max(1)).max(1);
-        let grouped = group(&router, rs, &mut outcome.failed, false);
-        let pieces = pieces(&grouped, per_stmt);
-        let deletes = sql_tables_to_visit(&self.tables, changes, &router)
-            .await?
-            .map(|every| Deletes {
-                every,
-                delete: changes.delete,
-                exclusive: changes.exclusive,
-            });
-        if pieces.is_empty() && deletes.is_none() {
-            return Ok(outcome);
-        }
-        let tables = tables_of(&grouped);
-        let names: Vec<String> = tables.iter().map(ToString::to_string).collect();
-        self.tables.before_write(&names).await?;
-        self.ensure_tables(&tables).await?;
-        let (ok, refused) = self.write_pieces(rs, pieces, deletes.as_ref()).await?;
-        for piece in &ok {
-            outcome.written.extend(piece.rows.iter().map(|r| r.key));
-        }
-        let mut landed = Vec::new();
-        if !refused.is_empty() {
-            let conn = self
-                .pool
-                .get_conn()
-                .await
-                .map_err(|e| self.error(&e, None))?;
-            let mut alone = Alone {
-                sink: self,
-                conn,
-                rs,
-            };
-            for piece in refused {
-                bisect(&mut alone, piece, true, &mut outcome, &mut landed).await?;
-            }
-        }
-        if let Some(d) = deletes
-            .as_ref()
-            .filter(|d| d.exclusive && !landed.is_empty())
-        {
-            self.delete_moved(rs, d, &landed).await?;
-        }
-        outcome.written.sort_unstable();
-        Ok(outcome)
     }
 }
 

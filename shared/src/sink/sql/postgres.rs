@@ -1,4 +1,4 @@
-//! SQL table sink for PostgreSQL: one multi-row `INSERT … VALUES … ON CONFLICT (key) DO UPDATE` per target
+//! The PostgreSQL dialect of the SQL sink ([`super::SqlSink`], whose batch logic is shared): one multi-row `INSERT … VALUES … ON CONFLICT (key) DO UPDATE` per target
 //! table and batch, in binary format, values encoded for the target column's type ([`crate::pg`]).
 //!
 //! - At most 65 535 parameters per statement (the protocol's limit): a larger piece is split.
@@ -18,51 +18,34 @@
 //!   are prepared per batch (one per table and row count would pile up on every connection).
 
 use async_trait::async_trait;
-use tokio::sync::OnceCell;
+use deadpool_postgres::GenericClient;
 use tokio_postgres::Statement;
-use tracing::info;
 
-use super::{bisect, check_version, group, pieces, placed, tables_of, Deletes, Piece, WriteAlone};
-use crate::job::{
-    Engine, Ident, JobSpec, SourceSpec, TableName, TableRoute, TargetSpec, WriteMode,
-};
+use super::{Dialect, SqlSink};
+use crate::job::{Engine, Ident, JobSpec, SourceSpec, SqlTarget, TableName, WriteMode};
 use crate::pg::{can_encode, pg_error_text, pg_is_row_error, pg_is_transient, pg_pool, PgParam};
 use crate::sink::create::{
-    mysql_source_columns, pg_body, pg_source_columns, server_of, url_database, KnownTables,
+    mysql_source_columns, pg_body, pg_source_columns, server_of, url_database,
 };
-use crate::sink::route::Router;
-use crate::sink::{
-    deletions, sql_tables_to_visit, Changes, OpenError, Sink, SinkError, Tables, WriteOutcome,
-};
+use crate::sink::{OpenError, SinkError};
 use crate::sql::{quote, quote_table};
 use crate::value::{Column, Row, RowSet};
 
 /// The protocol's limit of parameters in one statement.
 const MAX_PARAMS: usize = 65_535;
 
-pub struct PgSink {
+/// The SQL sink on PostgreSQL.
+pub type PgSink = SqlSink<Postgres>;
+
+/// PostgreSQL as a [`Dialect`]: `ON CONFLICT (key) DO UPDATE` upserts in binary format, values encoded for
+/// the target column's type; a refused statement aborts the transaction; tables created under an advisory
+/// lock.
+pub struct Postgres {
     pool: deadpool_postgres::Pool,
-    route: TableRoute,
     write: WriteMode,
     /// `source.key`: the conflict target (the target table needs a unique index or primary key on it).
     key: String,
     version: Option<Ident>,
-    /// `create = true`: how to create a missing table, and the tables known to exist.
-    create: Option<Creator>,
-    /// Records each table before the first write to it; lists every table for deletes.
-    tables: Tables,
-}
-
-/// Creates missing target tables, once per table and process. Consumers racing on one table serialise on a
-/// transaction-scoped advisory lock keyed by its name, so `CREATE TABLE IF NOT EXISTS` never meets the
-/// catalog race PostgreSQL has between two concurrent ones.
-struct Creator {
-    source: SourceSpec,
-    /// The source table is in the target's database: `LIKE` can copy it as it is.
-    same_database: bool,
-    /// What follows `CREATE TABLE IF NOT EXISTS t`, worked out once.
-    tail: OnceCell<String>,
-    created: KnownTables,
 }
 
 /// The PostgreSQL type name of a column read from PostgreSQL.
@@ -70,50 +53,154 @@ fn pg_type_name(c: &Column) -> Option<&str> {
     c.type_name.strip_suffix(" (PostgreSQL)")
 }
 
-impl PgSink {
-    /// A sink for the job's `[target]` (`kind = "sql"` on PostgreSQL). Connects to nothing yet.
-    pub fn new(job: &JobSpec, max_connections: usize) -> Result<Self, OpenError> {
-        let TargetSpec::Sql(t) = &job.target else {
-            return Err(OpenError("not a SQL target".into()));
-        };
+fn error(e: &tokio_postgres::Error, table: Option<&TableName>) -> SinkError {
+    let text = match table {
+        Some(t) => format!("table {t}: {}", pg_error_text(e)),
+        None => pg_error_text(e),
+    };
+    if pg_is_transient(e) {
+        SinkError::Transient(text)
+    } else {
+        SinkError::Batch(text)
+    }
+}
+
+impl Postgres {
+    /// Prepare the upsert of `rows` rows into `table` (kept prepared on the connection with `cache`) and
+    /// check that every column can go into the target's column.
+    async fn statement<C: GenericClient>(
+        &self,
+        client: &C,
+        columns: &[Column],
+        table: &TableName,
+        rows: usize,
+        cache: bool,
+    ) -> Result<Statement, SinkError> {
+        let sql = insert_sql(
+            table,
+            columns,
+            rows,
+            &self.key,
+            self.write,
+            self.version.as_ref(),
+        );
+        let stmt = if cache {
+            client.prepare_cached(&sql).await
+        } else {
+            client.prepare(&sql).await
+        }
+        .map_err(|e| error(&e, Some(table)))?;
+        for (column, target) in columns.iter().zip(stmt.params()) {
+            can_encode(column.ty, pg_type_name(column), target).map_err(|why| {
+                SinkError::Batch(format!(
+                    "table {table}: column `{}` ({}): {why}",
+                    column.name, column.type_name
+                ))
+            })?;
+        }
+        Ok(stmt)
+    }
+
+    /// Upsert `rows` of `table` on `client` (a connection or a transaction).
+    async fn run<C: GenericClient>(
+        &self,
+        client: &C,
+        rs: &RowSet,
+        table: &TableName,
+        rows: &[&Row],
+        cache: bool,
+    ) -> Result<Result<(), String>, SinkError> {
+        let stmt = self
+            .statement(client, &rs.columns, table, rows.len(), cache)
+            .await?;
+        match client.execute_raw(&stmt, params(rs, rows)).await {
+            Ok(_) => Ok(Ok(())),
+            Err(e) if pg_is_row_error(&e) => {
+                Ok(Err(format!("table {table}: {}", pg_error_text(&e))))
+            }
+            Err(e) => Err(error(&e, Some(table))),
+        }
+    }
+}
+
+#[async_trait]
+impl Dialect for Postgres {
+    type Conn = deadpool_postgres::Object;
+    type Tx<'c> = deadpool_postgres::Transaction<'c>;
+    const MAX_PARAMS: usize = MAX_PARAMS;
+    /// `ON CONFLICT DO UPDATE` cannot affect a row twice in one statement.
+    const LAST_WINS: bool = true;
+    const STATEMENT_ROLLBACK: bool = false;
+
+    fn open(job: &JobSpec, target: &SqlTarget, max_connections: usize) -> Result<Self, OpenError> {
         Ok(Self {
-            pool: pg_pool(&t.url, max_connections).map_err(OpenError)?,
-            route: t.table.clone(),
-            write: t.write,
+            pool: pg_pool(&target.url, max_connections).map_err(OpenError)?,
+            write: target.write,
             key: job.source.key.as_str().to_owned(),
             version: job.source.version.clone(),
-            create: t.create.then(|| Creator {
-                same_database: job.source.url.engine == Engine::Postgres
-                    && server_of(job.source.url.expose(), 5432).is_some()
-                    && server_of(job.source.url.expose(), 5432) == server_of(t.url.expose(), 5432)
-                    && url_database(job.source.url.expose()) == url_database(t.url.expose()),
-                source: job.source.clone(),
-                tail: OnceCell::new(),
-                created: Default::default(),
-            }),
-            tables: Tables::default(),
         })
     }
 
-    /// Record tables in, and list them from, `tables` (the consumer's ledger).
-    pub(crate) fn with_tables(mut self, tables: Tables) -> Self {
-        self.tables = tables;
-        self
+    /// The source table is in the target's database.
+    fn same_place(source: &SourceSpec, target: &SqlTarget) -> bool {
+        source.url.engine == Engine::Postgres
+            && server_of(source.url.expose(), 5432).is_some()
+            && server_of(source.url.expose(), 5432) == server_of(target.url.expose(), 5432)
+            && url_database(source.url.expose()) == url_database(target.url.expose())
     }
 
-    /// Run `d`'s deletes in `tx`, the written keys being `placed` (table → keys). Listed tables that do not
-    /// exist hold no row and are skipped (checked first: an error would abort the transaction).
+    fn key_column<'a>(&'a self, _rs: &'a RowSet) -> &'a str {
+        &self.key
+    }
+
+    async fn connect(&self) -> Result<Self::Conn, SinkError> {
+        self.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(e) => error(&e, None),
+            other => SinkError::Transient(format!("PostgreSQL: {other}")),
+        })
+    }
+
+    async fn begin<'c>(&self, conn: &'c mut Self::Conn) -> Result<Self::Tx<'c>, SinkError> {
+        conn.transaction().await.map_err(|e| error(&e, None))
+    }
+
+    async fn commit(&self, tx: Self::Tx<'_>) -> Result<(), SinkError> {
+        tx.commit().await.map_err(|e| error(&e, None))
+    }
+
+    async fn rollback(&self, tx: Self::Tx<'_>) -> Result<(), SinkError> {
+        tx.rollback().await.map_err(|e| error(&e, None))
+    }
+
+    async fn upsert(
+        &self,
+        conn: &mut Self::Conn,
+        rs: &RowSet,
+        table: &TableName,
+        rows: &[&Row],
+        cache: bool,
+    ) -> Result<Result<(), String>, SinkError> {
+        self.run(&*conn, rs, table, rows, cache).await
+    }
+
+    async fn upsert_in(
+        &self,
+        tx: &mut Self::Tx<'_>,
+        rs: &RowSet,
+        table: &TableName,
+        rows: &[&Row],
+        cache: bool,
+    ) -> Result<Result<(), String>, SinkError> {
+        self.run(&*tx, rs, table, rows, cache).await
+    }
+
+    /// Listed tables that do not exist are found first (an error would abort the transaction).
     async fn delete_in(
         &self,
-        tx: &tokio_postgres::Transaction<'_>,
+        tx: &mut Self::Tx<'_>,
         key: &str,
-        d: &Deletes<'_>,
-        placed: &[(TableName, Vec<u64>)],
+        todo: &[(TableName, Vec<u64>)],
     ) -> Result<(), SinkError> {
-        let todo = deletions(&d.every, d.delete, placed, d.exclusive);
-        if todo.is_empty() {
-            return Ok(());
-        }
         let names: Vec<String> = todo
             .iter()
             .map(|(t, _)| quote_table(Engine::Postgres, t))
@@ -124,7 +211,7 @@ impl PgSink {
                 &[&names],
             )
             .await
-            .map_err(|e| self.error(&e, None))?;
+            .map_err(|e| error(&e, None))?;
         let present: std::collections::HashSet<String> =
             present.iter().map(|r| r.get::<_, String>(0)).collect();
         let key = format!("\"{}\"", key.replace('"', "\"\""));
@@ -139,218 +226,76 @@ impl PgSink {
                 &[&keys],
             )
             .await
-            .map_err(|e| self.error(&e, Some(table)))?;
+            .map_err(|e| error(&e, Some(table)))?;
         }
         Ok(())
     }
 
-    /// What follows `CREATE TABLE IF NOT EXISTS t`, from the source.
-    async fn create_tail<'c>(&self, creator: &'c Creator) -> Result<&'c String, SinkError> {
-        creator
-            .tail
-            .get_or_try_init(|| async {
-                let source = &creator.source;
-                if creator.same_database && source.columns.is_none() {
-                    return Ok(format!(
-                        " (LIKE {} INCLUDING ALL)",
-                        quote_table(Engine::Postgres, &source.table)
-                    ));
-                }
-                let columns = match source.url.engine {
-                    Engine::Postgres => pg_source_columns(source).await?,
-                    Engine::Mysql => mysql_source_columns(source).await?,
-                };
-                pg_body(&columns, source.url.engine, &source.key)
-                    .map_err(|e| SinkError::Batch(format!("target.create: {e}")))
-            })
-            .await
-    }
-
-    /// Create those of `tables` not known to exist, before the batch's transaction.
-    async fn ensure_tables(
+    /// ` (LIKE src INCLUDING ALL)` when the source table is in this database and every column is read,
+    /// otherwise the body from the source's catalog.
+    async fn create_tail(
         &self,
-        client: &mut deadpool_postgres::Object,
-        tables: &[&TableName],
-    ) -> Result<(), SinkError> {
-        let Some(creator) = &self.create else {
-            return Ok(());
+        source: &SourceSpec,
+        same_place: bool,
+    ) -> Result<String, SinkError> {
+        if same_place && source.columns.is_none() {
+            return Ok(format!(
+                " (LIKE {} INCLUDING ALL)",
+                quote_table(Engine::Postgres, &source.table)
+            ));
+        }
+        let columns = match source.url.engine {
+            Engine::Postgres => pg_source_columns(source).await?,
+            Engine::Mysql => mysql_source_columns(source).await?,
         };
-        let missing = creator.created.missing(tables);
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let tail = self.create_tail(creator).await?;
-        for table in missing {
-            let qualified = quote_table(Engine::Postgres, table);
-            let result = async {
-                let tx = client.transaction().await?;
-                tx.execute(
-                    "SELECT pg_advisory_xact_lock(hashtext($1::text))",
-                    &[&format!("bitmig create {table}")],
-                )
-                .await?;
-                tx.batch_execute(&format!("CREATE TABLE IF NOT EXISTS {qualified}{tail}"))
-                    .await?;
-                tx.commit().await
-            }
-            .await;
-            match result {
-                Ok(()) => {}
-                // Created meanwhile by a session that did not take the lock: it exists.
-                Err(e)
-                    if e.code()
-                        .is_some_and(|c| matches!(c.code(), "42P07" | "23505")) => {}
-                Err(e) => {
-                    return Err(match self.error(&e, Some(table)) {
-                        SinkError::Batch(m) => SinkError::Batch(format!("creating it: {m}")),
-                        other => other,
-                    })
-                }
-            }
-            info!(table = %table, "target table created (or already there)");
-            creator.created.insert(table);
-        }
-        Ok(())
+        pg_body(&columns, source.url.engine, &source.key)
+            .map_err(|e| SinkError::Batch(format!("target.create: {e}")))
     }
 
-    fn router(&self, columns: &[Column]) -> Result<Router, SinkError> {
-        Router::new(&self.route, columns).map_err(SinkError::Batch)
-    }
-
-    fn error(&self, e: &tokio_postgres::Error, table: Option<&TableName>) -> SinkError {
-        let text = match table {
-            Some(t) => format!("table {t}: {}", pg_error_text(e)),
-            None => pg_error_text(e),
-        };
-        if pg_is_transient(e) {
-            SinkError::Transient(text)
-        } else {
-            SinkError::Batch(text)
-        }
-    }
-
-    async fn client(&self) -> Result<deadpool_postgres::Object, SinkError> {
-        self.pool.get().await.map_err(|e| match e {
-            deadpool_postgres::PoolError::Backend(e) => self.error(&e, None),
-            other => SinkError::Transient(format!("PostgreSQL: {other}")),
-        })
-    }
-
-    /// Prepare the piece's statement and check that every column can go into the target's column.
-    async fn statement(
+    /// Consumers racing on one table serialise on a transaction-scoped advisory lock keyed by its name, so
+    /// `CREATE TABLE IF NOT EXISTS` never meets the catalog race PostgreSQL has between two concurrent ones.
+    async fn create_table(
         &self,
-        client: &tokio_postgres::Client,
-        rs: &RowSet,
-        piece: &Piece<'_>,
-        cached: Option<&deadpool_postgres::Object>,
-    ) -> Result<Statement, SinkError> {
-        let sql = insert_sql(
-            piece.table,
-            &rs.columns,
-            piece.rows.len(),
-            &self.key,
-            self.write,
-            self.version.as_ref(),
-        );
-        let stmt = match cached {
-            Some(object) => object.prepare_cached(&sql).await,
-            None => client.prepare(&sql).await,
-        }
-        .map_err(|e| self.error(&e, Some(piece.table)))?;
-        for (column, target) in rs.columns.iter().zip(stmt.params()) {
-            can_encode(column.ty, pg_type_name(column), target).map_err(|why| {
-                SinkError::Batch(format!(
-                    "table {}: column `{}` ({}): {why}",
-                    piece.table, column.name, column.type_name
-                ))
-            })?;
-        }
-        Ok(stmt)
-    }
-
-    /// Write every piece in one transaction. `Ok(true)`: all committed; `Ok(false)`: a row was refused
-    /// and nothing is committed.
-    async fn write_together(
-        &self,
-        client: &mut deadpool_postgres::Object,
-        rs: &RowSet,
-        pieces: &[Piece<'_>],
-        cache: bool,
-        deletes: Option<&Deletes<'_>>,
-    ) -> Result<bool, SinkError> {
-        if let ([piece], None) = (pieces, deletes) {
-            let stmt = self
-                .statement(client, rs, piece, cache.then_some(&*client))
-                .await?;
-            return match client.execute_raw(&stmt, params(rs, &piece.rows)).await {
-                Ok(_) => Ok(true),
-                Err(e) if pg_is_row_error(&e) => Ok(false),
-                Err(e) => Err(self.error(&e, Some(piece.table))),
-            };
-        }
-        let mut stmts = Vec::with_capacity(pieces.len());
-        for piece in pieces {
-            stmts.push(
-                self.statement(client, rs, piece, cache.then_some(&*client))
-                    .await?,
-            );
-        }
-        let tx = client
-            .transaction()
-            .await
-            .map_err(|e| self.error(&e, None))?;
-        for (piece, stmt) in pieces.iter().zip(&stmts) {
-            match tx.execute_raw(stmt, params(rs, &piece.rows)).await {
-                Ok(_) => {}
-                Err(e) if pg_is_row_error(&e) => {
-                    // The transaction is aborted: roll it back (dropping it would too).
-                    tx.rollback().await.map_err(|e| self.error(&e, None))?;
-                    return Ok(false);
-                }
-                Err(e) => return Err(self.error(&e, Some(piece.table))),
-            }
-        }
-        if let Some(d) = deletes {
-            self.delete_in(&tx, &self.key, d, &placed(pieces)).await?;
-        }
-        tx.commit().await.map_err(|e| self.error(&e, None))?;
-        Ok(true)
-    }
-}
-
-/// Writes pieces on the batch's connection, one autocommitted statement each, for [`bisect`].
-struct Alone<'s> {
-    sink: &'s PgSink,
-    client: &'s deadpool_postgres::Object,
-    rs: &'s RowSet,
-}
-
-#[async_trait]
-impl WriteAlone for Alone<'_> {
-    async fn write_alone(
-        &mut self,
+        conn: &mut Self::Conn,
         table: &TableName,
-        rows: &[&Row],
-    ) -> Result<Result<(), String>, SinkError> {
-        let part = Piece {
-            table,
-            rows: rows.to_vec(),
-        };
-        let stmt = self
-            .sink
-            .statement(self.client, self.rs, &part, None)
+        tail: &str,
+    ) -> Result<(), SinkError> {
+        let qualified = quote_table(Engine::Postgres, table);
+        let result = async {
+            let tx = conn.transaction().await?;
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtext($1::text))",
+                &[&format!("bitmig create {table}")],
+            )
             .await?;
-        match self
-            .client
-            .execute_raw(&stmt, params(self.rs, &part.rows))
-            .await
-        {
-            Ok(_) => Ok(Ok(())),
-            Err(e) if pg_is_row_error(&e) => {
-                Ok(Err(format!("table {table}: {}", pg_error_text(&e))))
-            }
-            Err(e) => Err(self.sink.error(&e, Some(table))),
+            tx.batch_execute(&format!("CREATE TABLE IF NOT EXISTS {qualified}{tail}"))
+                .await?;
+            tx.commit().await
         }
+        .await;
+        match result {
+            Ok(()) => Ok(()),
+            // Created meanwhile by a session that did not take the lock: it exists.
+            Err(e)
+                if e.code()
+                    .is_some_and(|c| matches!(c.code(), "42P07" | "23505")) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(error(&e, Some(table))),
+        }
+    }
+
+    /// A one-row statement: the server reports every target column's type.
+    async fn probe(
+        &self,
+        conn: &mut Self::Conn,
+        columns: &[Column],
+        table: &TableName,
+    ) -> Result<(), SinkError> {
+        self.statement(&*conn, columns, table, 1, false)
+            .await
+            .map(drop)
     }
 }
 
@@ -421,99 +366,6 @@ fn params<'a>(rs: &'a RowSet, rows: &[&'a Row]) -> Vec<PgParam<'a>> {
         }
     }
     out
-}
-
-#[async_trait]
-impl Sink for PgSink {
-    async fn prepare(&self, columns: &[Column]) -> Result<(), SinkError> {
-        let router = self.router(columns)?;
-        check_version(self.version.as_ref(), columns)?;
-        if let Some(creator) = &self.create {
-            // The tables are created when rows are first routed to them; check now that they can be.
-            self.create_tail(creator).await?;
-            return Ok(());
-        }
-        let Some(tables) = router.known_tables() else {
-            return Ok(());
-        };
-        let client = self.client().await?;
-        // A one-row statement per table: the server reports every target column's type.
-        let probe = RowSet {
-            columns: columns.to_vec().into(),
-            key_index: 0,
-            rows: Vec::new(),
-        };
-        let row = Row {
-            key: 0,
-            values: Vec::new(),
-        };
-        for table in &tables {
-            let piece = Piece {
-                table,
-                rows: vec![&row],
-            };
-            self.statement(&client, &probe, &piece, None).await?;
-        }
-        Ok(())
-    }
-
-    async fn apply(&self, changes: &Changes<'_>) -> Result<WriteOutcome, SinkError> {
-        let rs = changes.rows;
-        let router = self.router(&rs.columns)?;
-        let mut outcome = WriteOutcome::default();
-        let per_stmt = (MAX_PARAMS / rs.columns.len().max(1)).max(1);
-        let grouped = group(&router, rs, &mut outcome.failed, true);
-        let pieces = pieces(&grouped, per_stmt);
-        let deletes = sql_tables_to_visit(&self.tables, changes, &router)
-            .await?
-            .map(|every| Deletes {
-                every,
-                delete: changes.delete,
-                exclusive: changes.exclusive,
-            });
-        if pieces.is_empty() && deletes.is_none() {
-            return Ok(outcome);
-        }
-        let mut client = self.client().await?;
-        let tables = tables_of(&grouped);
-        let names: Vec<String> = tables.iter().map(ToString::to_string).collect();
-        self.tables.before_write(&names).await?;
-        self.ensure_tables(&mut client, &tables).await?;
-        let cache = router.fixed().is_some();
-        if self
-            .write_together(&mut client, rs, &pieces, cache, deletes.as_ref())
-            .await?
-        {
-            for piece in &pieces {
-                outcome.written.extend(piece.rows.iter().map(|r| r.key));
-            }
-        } else {
-            // A row was refused and nothing is committed: write piece by piece, then the deletes of what
-            // landed in one transaction of their own.
-            let mut landed = Vec::new();
-            {
-                let mut alone = Alone {
-                    sink: self,
-                    client: &client,
-                    rs,
-                };
-                for piece in pieces {
-                    bisect(&mut alone, piece, false, &mut outcome, &mut landed).await?;
-                }
-            }
-            if let Some(d) = &deletes {
-                let placed = placed(&landed);
-                let tx = client
-                    .transaction()
-                    .await
-                    .map_err(|e| self.error(&e, None))?;
-                self.delete_in(&tx, &self.key, d, &placed).await?;
-                tx.commit().await.map_err(|e| self.error(&e, None))?;
-            }
-        }
-        outcome.written.sort_unstable();
-        Ok(outcome)
-    }
 }
 
 #[cfg(test)]
