@@ -13,6 +13,7 @@ use crate::job::{Engine, JobSpec};
 use crate::value::{Column, Row, RowSet};
 
 pub use mysql::MySqlSource;
+pub(crate) use mysql::{describe_column as describe_mysql_column, from_mysql as from_mysql_value};
 pub use postgres::PgSource;
 
 #[derive(Debug, thiserror::Error)]

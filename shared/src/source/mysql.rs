@@ -99,7 +99,7 @@ impl MySqlSource {
     }
 }
 
-fn describe_column(c: &mysql_async::Column) -> Column {
+pub(crate) fn describe_column(c: &mysql_async::Column) -> Column {
     let unsigned = c.flags().contains(ColumnFlags::UNSIGNED_FLAG);
     let binary = c.character_set() == 63;
     let (ty, type_name) = match c.column_type() {

@@ -34,7 +34,8 @@ use crate::sink::create::{
 };
 use crate::sink::route::Router;
 use crate::sink::{
-    deletions, sql_tables_to_visit, Changes, OpenError, Sink, SinkError, Tables, WriteOutcome,
+    deletions, sql_tables_to_read, sql_tables_to_visit, Changes, OpenError, Sink, SinkError,
+    Tables, WriteOutcome,
 };
 use crate::sql::{
     mysql_error_text, mysql_is_row_error, mysql_is_transient, mysql_pool, quote, quote_table,
@@ -311,6 +312,57 @@ impl MySqlSink {
         tx.commit().await.map_err(|e| self.error(&e, None))
     }
 
+    /// Every row of `table` whose `key` is in `first..=last`, all columns, ascending by key; `None` when
+    /// the table does not exist (a listed table that holds nothing).
+    async fn read_table(
+        &self,
+        conn: &mut mysql_async::Conn,
+        table: &TableName,
+        key: &str,
+        first: u64,
+        last: u64,
+    ) -> Result<Option<RowSet>, SinkError> {
+        let k = format!("`{}`", key.replace('`', "``"));
+        let sql = format!(
+            "SELECT * FROM {} WHERE {k} BETWEEN ? AND ? ORDER BY {k}",
+            quote_table(Engine::Mysql, table)
+        );
+        let stmt = match conn.prep(sql).await {
+            Ok(s) => s,
+            Err(mysql_async::Error::Server(e)) if e.code == 1146 => return Ok(None),
+            Err(e) => return Err(self.error(&e, Some(table))),
+        };
+        let columns: Vec<Column> = stmt
+            .columns()
+            .iter()
+            .map(crate::source::describe_mysql_column)
+            .collect();
+        let key_index = columns
+            .iter()
+            .position(|c| c.name.eq_ignore_ascii_case(key))
+            .ok_or_else(|| SinkError::Batch(format!("table {table}: no key column `{key}`")))?;
+        let raw: Vec<mysql_async::Row> = conn
+            .exec(&stmt, (first, last))
+            .await
+            .map_err(|e| self.error(&e, Some(table)))?;
+        let mut rows = Vec::with_capacity(raw.len());
+        for r in raw {
+            let values: Vec<Value> = r
+                .unwrap()
+                .into_iter()
+                .map(crate::source::from_mysql_value)
+                .collect();
+            if let Some(key) = values[key_index].as_key() {
+                rows.push(Row { key, values });
+            }
+        }
+        Ok(Some(RowSet {
+            columns: columns.into(),
+            key_index,
+            rows,
+        }))
+    }
+
     fn error(&self, e: &mysql_async::Error, table: Option<&TableName>) -> SinkError {
         let text = match table {
             Some(t) => format!("table {t}: {}", mysql_error_text(e)),
@@ -477,6 +529,27 @@ impl Sink for MySqlSink {
             })?;
         }
         Ok(())
+    }
+
+    async fn read_range(
+        &self,
+        key: &str,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<(String, RowSet)>, SinkError> {
+        let tables = sql_tables_to_read(&self.tables, &self.route).await?;
+        let mut conn = self
+            .pool
+            .get_conn()
+            .await
+            .map_err(|e| self.error(&e, None))?;
+        let mut out = Vec::with_capacity(tables.len());
+        for table in tables {
+            if let Some(rs) = self.read_table(&mut conn, &table, key, first, last).await? {
+                out.push((table.to_string(), rs));
+            }
+        }
+        Ok(out)
     }
 
     async fn apply(&self, changes: &Changes<'_>) -> Result<WriteOutcome, SinkError> {

@@ -32,7 +32,8 @@ use crate::sink::create::{
 };
 use crate::sink::route::Router;
 use crate::sink::{
-    deletions, sql_tables_to_visit, Changes, OpenError, Sink, SinkError, Tables, WriteOutcome,
+    deletions, sql_tables_to_read, sql_tables_to_visit, Changes, OpenError, Sink, SinkError,
+    Tables, WriteOutcome,
 };
 use crate::sql::{quote, quote_table};
 use crate::value::{Column, Row, RowSet};
@@ -227,6 +228,73 @@ impl PgSink {
         } else {
             SinkError::Batch(text)
         }
+    }
+
+    /// Every row of `table` whose `key` is in `first..=last`, all columns, ascending by key; `None` when
+    /// the table does not exist (a listed table that holds nothing).
+    async fn read_table(
+        &self,
+        client: &tokio_postgres::Client,
+        table: &TableName,
+        key: &str,
+        first: u64,
+        last: u64,
+    ) -> Result<Option<RowSet>, SinkError> {
+        let k = format!("\"{}\"", key.replace('"', "\"\""));
+        let sql = format!(
+            "SELECT * FROM {} WHERE {k} BETWEEN $1::int8 AND $2::int8 ORDER BY {k}",
+            quote_table(Engine::Postgres, table)
+        );
+        let stmt = match client.prepare(&sql).await {
+            Ok(s) => s,
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+                return Ok(None)
+            }
+            Err(e) => return Err(self.error(&e, Some(table))),
+        };
+        let types: Vec<tokio_postgres::types::Type> =
+            stmt.columns().iter().map(|c| c.type_().clone()).collect();
+        let columns: Vec<Column> = stmt
+            .columns()
+            .iter()
+            .map(|c| Column {
+                name: c.name().to_owned(),
+                ty: crate::pg::column_type(c.type_()),
+                type_name: format!("{} (PostgreSQL)", c.type_().name()),
+            })
+            .collect();
+        let key_index = columns
+            .iter()
+            .position(|c| c.name.eq_ignore_ascii_case(key))
+            .ok_or_else(|| SinkError::Batch(format!("table {table}: no key column `{key}`")))?;
+        let (lo, hi) = (
+            i64::try_from(first).unwrap_or(i64::MAX),
+            i64::try_from(last).unwrap_or(i64::MAX),
+        );
+        let raw = client
+            .query(&stmt, &[&lo, &hi])
+            .await
+            .map_err(|e| self.error(&e, Some(table)))?;
+        let mut rows = Vec::with_capacity(raw.len());
+        for r in raw {
+            let mut values = Vec::with_capacity(types.len());
+            for (i, ty) in types.iter().enumerate() {
+                let crate::pg::RawPg(bytes) = r
+                    .try_get::<_, crate::pg::RawPg<'_>>(i)
+                    .map_err(|e| self.error(&e, Some(table)))?;
+                values.push(crate::pg::decode(ty, bytes).map_err(|m| {
+                    SinkError::Batch(format!("table {table}, column `{}`: {m}", columns[i].name))
+                })?);
+            }
+            if let Some(key) = values[key_index].as_key() {
+                rows.push(Row { key, values });
+            }
+        }
+        Ok(Some(RowSet {
+            columns: columns.into(),
+            key_index,
+            rows,
+        }))
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, SinkError> {
@@ -425,6 +493,23 @@ fn params<'a>(rs: &'a RowSet, rows: &[&'a Row]) -> Vec<PgParam<'a>> {
 
 #[async_trait]
 impl Sink for PgSink {
+    async fn read_range(
+        &self,
+        key: &str,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<(String, RowSet)>, SinkError> {
+        let tables = sql_tables_to_read(&self.tables, &self.route).await?;
+        let client = self.client().await?;
+        let mut out = Vec::with_capacity(tables.len());
+        for table in tables {
+            if let Some(rs) = self.read_table(&client, &table, key, first, last).await? {
+                out.push((table.to_string(), rs));
+            }
+        }
+        Ok(out)
+    }
+
     async fn prepare(&self, columns: &[Column]) -> Result<(), SinkError> {
         let router = self.router(columns)?;
         check_version(self.version.as_ref(), columns)?;
