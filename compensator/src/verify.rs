@@ -124,6 +124,8 @@ struct Comparer {
     source: Box<dyn Source>,
     sink: Box<dyn Sink>,
     key: String,
+    /// Source columns that hold JSON as text (MariaDB): compared as JSON.
+    json_columns: Vec<String>,
 }
 
 /// Both sides' rows of one range, as read.
@@ -155,7 +157,7 @@ impl Comparer {
     }
 
     /// The differing ids of `first..=last` in `read`.
-    fn compare(read: &Read, first: u64, last: u64) -> anyhow::Result<Vec<KeyDiff>> {
+    fn compare(&self, read: &Read, first: u64, last: u64) -> anyhow::Result<Vec<KeyDiff>> {
         let names: Vec<&str> = read
             .source
             .columns
@@ -164,7 +166,7 @@ impl Comparer {
             .collect();
         let mut sides: Vec<&[bitmig_shared::value::Column]> = vec![&read.source.columns];
         sides.extend(read.target.iter().map(|(_, rs)| &rs.columns[..]));
-        let plan = RowPlan::new(&names, &sides).map_err(|e| {
+        let mut plan = RowPlan::new(&names, &sides).map_err(|e| {
             let side = match &e {
                 bitmig_shared::digest::DigestError::NoColumn { side, .. } if *side > 0 => {
                     format!(" (target table {})", read.target[*side - 1].0)
@@ -175,6 +177,9 @@ impl Comparer {
                 "cannot compare the rows: {e}{side}"
             )))
         })?;
+        for c in &self.json_columns {
+            plan.compare_as_json(c);
+        }
         let mut s_enc = plan.encoder(&read.source.columns)?;
         let mut t_encs: Vec<RowEncoder> = read
             .target
@@ -274,10 +279,15 @@ pub async fn verify(job: &JobSpec, opts: &VerifyOptions) -> anyhow::Result<Verif
     let source = source::open(job, 2).context("opening the source")?;
     let log: Arc<dyn sink::TableLog> = Arc::new(ledger.clone());
     let sink = sink::open_logged(job, 2, log).context("opening the target")?;
+    let json_columns = source
+        .json_text_columns()
+        .await
+        .map_err(bitmig_shared::cli::source_error)?;
     let cmp = Comparer {
         source,
         sink,
         key: job.source.key.as_str().to_owned(),
+        json_columns,
     };
 
     let firsts: Vec<u64> = ledger
@@ -320,7 +330,7 @@ pub async fn verify(job: &JobSpec, opts: &VerifyOptions) -> anyhow::Result<Verif
         let rows = read.source.rows.len() as u64 + read.target_rows();
         summary.source_rows += read.source.rows.len() as u64;
         summary.target_rows += read.target_rows();
-        let diffs = Comparer::compare(&read, first, last)?;
+        let diffs = cmp.compare(&read, first, last)?;
         drop(read);
         summary.groups_verified += 1;
         if diffs.is_empty() {
@@ -347,7 +357,7 @@ pub async fn verify(job: &JobSpec, opts: &VerifyOptions) -> anyhow::Result<Verif
     for (first, (last, before)) in differing {
         let read = cmp.read(first, last).await?;
         let rows = read.source.rows.len() as u64 + read.target_rows();
-        let again = Comparer::compare(&read, first, last)?;
+        let again = cmp.compare(&read, first, last)?;
         drop(read);
         let still: Vec<KeyDiff> = again
             .into_iter()
