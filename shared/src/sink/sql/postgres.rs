@@ -36,7 +36,7 @@ use crate::sink::{
     Tables, WriteOutcome,
 };
 use crate::sql::{quote, quote_table};
-use crate::value::{Column, Row, RowSet};
+use crate::value::{Column, Row, RowSet, Value};
 
 /// The protocol's limit of parameters in one statement.
 const MAX_PARAMS: usize = 65_535;
@@ -286,7 +286,14 @@ impl PgSink {
                     SinkError::Batch(format!("table {table}, column `{}`: {m}", columns[i].name))
                 })?);
             }
-            if let Some(key) = values[key_index].as_key() {
+            // A BIGINT UNSIGNED key becomes numeric(20,0) in PostgreSQL: its text is the key.
+            let key = values[key_index]
+                .as_key()
+                .or_else(|| match &values[key_index] {
+                    Value::Bytes(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+                    _ => None,
+                });
+            if let Some(key) = key {
                 rows.push(Row { key, values });
             }
         }
