@@ -177,7 +177,14 @@ impl Comparer {
                 "cannot compare the rows: {e}{side}"
             )))
         })?;
-        for c in &self.json_columns {
+        // JSON in the source is compared as JSON whatever the target holds it in (MariaDB: text).
+        let json_typed = read
+            .source
+            .columns
+            .iter()
+            .filter(|c| c.ty == bitmig_shared::value::ColumnType::Json)
+            .map(|c| &c.name);
+        for c in self.json_columns.iter().chain(json_typed) {
             plan.compare_as_json(c);
         }
         let mut s_enc = plan.encoder(&read.source.columns)?;

@@ -404,3 +404,101 @@ create = true
     let (_, report) = job.report().await;
     assert_eq!(report["verified"], Value::Bool(true), "{report:#}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_to_mariadb_verify_sees_equal_types_and_each_damage() {
+    let job = TestJob::new(1_000, 100).await;
+    let pg = job.pg().await;
+    pg.sql(
+        "CREATE TABLE src (id bigint PRIMARY KEY, amount numeric(12,2) NOT NULL, note varchar(64), \
+         flag boolean, body jsonb, at timestamptz, created_at timestamp(6));
+         INSERT INTO src SELECT s, s * 1.25 - 999, CASE WHEN s % 7 = 0 THEN NULL ELSE 'n' || s END, s % 2 = 1, \
+         jsonb_build_object('s', s, 'a', jsonb_build_array(1, 2.50)), to_timestamp(s * 1000), \
+         timestamp '2024-01-01' + s * interval '1 minute' + s * interval '1 microsecond' \
+         FROM generate_series(1, 1500) s",
+    )
+    .await;
+    let toml = format!(
+        r#"name = "{name}"
+group_size = 1000
+batch_size = 100
+
+[source]
+url = "{src}"
+table = "src"
+key = "id"
+
+[target]
+kind = "sql"
+url = "{dst}"
+table = "dst"
+create = true
+"#,
+        name = job.name,
+        src = pg.url,
+        dst = job.database_url
+    );
+    job.write_file("job.toml", &toml);
+    job.produce(&[]).await;
+    job.consume_until_idle(1, &[]).await;
+
+    let (code, summary) = verify(&job, &["--recheck-after", "0s"]).await;
+    assert_eq!(code, 0, "a complete copy must verify equal: {summary:#}");
+    assert_eq!(summary["target_rows"].as_u64(), Some(1500), "{summary:#}");
+
+    let changed = 10;
+    job.sql(&format!(
+        "UPDATE dst SET flag = NOT flag WHERE id = {changed}"
+    ))
+    .await;
+    let null_vs_empty = 14; // 14 % 7 = 0: note is NULL
+    job.sql(&format!(
+        "UPDATE dst SET note = '' WHERE id = {null_vs_empty}"
+    ))
+    .await;
+    let micro = 20;
+    job.sql(&format!(
+        "UPDATE dst SET created_at = created_at + INTERVAL 1 MICROSECOND WHERE id = {micro}"
+    ))
+    .await;
+    let space = 22;
+    job.sql(&format!(
+        "UPDATE dst SET note = CONCAT(note, ' ') WHERE id = {space}"
+    ))
+    .await;
+    let deleted = 1200;
+    job.sql(&format!("DELETE FROM dst WHERE id = {deleted}"))
+        .await;
+    let extra = 1300;
+    pg.sql(&format!("DELETE FROM src WHERE id = {extra}")).await;
+
+    let want: BTreeMap<u64, (String, Vec<String>)> = [
+        (changed, ("differs", vec!["flag"])),
+        (null_vs_empty, ("differs", vec!["note"])),
+        (micro, ("differs", vec!["created_at"])),
+        (space, ("differs", vec!["note"])),
+        (deleted, ("missing", vec![])),
+        (extra, ("extra", vec![])),
+    ]
+    .into_iter()
+    .map(|(id, (kind, cols))| {
+        (
+            id,
+            (
+                kind.to_owned(),
+                cols.into_iter().map(str::to_owned).collect(),
+            ),
+        )
+    })
+    .collect();
+    let (code, summary) = verify(&job, &["--recheck-after", "0s", "--redrive"]).await;
+    assert_eq!(code, 3, "{summary:#}");
+    assert_eq!(diffs_of(&summary), want, "{summary:#}");
+    job.consume_until_idle(1, &[]).await;
+
+    let (code, summary) = verify(&job, &["--recheck-after", "0s"]).await;
+    assert_eq!(
+        code, 0,
+        "after the repair the target must verify equal: {summary:#}"
+    );
+}
