@@ -174,3 +174,20 @@ async fn main() {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_groups;
+
+    #[test]
+    fn group_ranges_are_first_dot_dot_last_inclusive() {
+        assert_eq!(parse_groups("0..99999"), Ok((0, 99_999)));
+        assert_eq!(parse_groups(" 5 .. 5 "), Ok((5, 5)));
+        assert!(parse_groups("9..1")
+            .unwrap_err()
+            .contains("FIRST is after LAST"));
+        for bad in ["", "5", "a..b", "1...2", "-1..3"] {
+            assert!(parse_groups(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+}
