@@ -106,6 +106,25 @@ impl TestJob {
         job_keys(&mut redis, &self.name).await.expect("SCAN")
     }
 
+    /// The ids of the group's `diff` bitmap (DESIGN.md §9): those that differed at its last verification.
+    pub async fn diff_ids(&self, first: u64) -> Vec<u64> {
+        let mut redis = self.redis.clone();
+        let bytes: Option<Vec<u8>> = redis
+            .get(self.group_key(first, "diff"))
+            .await
+            .expect("GET diff");
+        ids_from_bitmap(first, &bytes.unwrap_or_default())
+    }
+
+    /// `bitmig:{JOB}:diffs`: the sample of differing ids, id → JSON.
+    pub async fn diff_sample(&self) -> HashMap<String, String> {
+        let mut redis = self.redis.clone();
+        redis
+            .hgetall(self.job_key("diffs"))
+            .await
+            .expect("HGETALL diffs")
+    }
+
     /// `GET bitmig:{JOB}:spec`: the job as the ledger recorded it, if any.
     pub async fn recorded_spec(&self) -> Option<String> {
         let mut redis = self.redis.clone();

@@ -5,13 +5,17 @@
 //!
 //! - [`redrive`]: `run` — one pass ([`run_once`]) or one every `--every` until cancelled ([`run_every`]).
 //! - [`report`](mod@report): `report` — what the ledger says ([`report()`]), exit 3 unless complete.
+//! - [`verify`](mod@verify): `verify` — content compared group by group ([`verify()`]), exit 3 unless
+//!   every group is equal.
 
 pub mod redrive;
 pub mod report;
+pub mod verify;
 
 pub use redrive::{run_every, run_once, PassSummary, RunOptions};
 pub use report::{report, Report};
+pub use verify::{verify, VerifyOptions, VerifySummary};
 
-/// Fields of the spec the compensator does not depend on: it never opens the databases, so it may run
-/// where their host names differ.
+/// Fields of the spec the compensator does not depend on: `run` and `report` never open the databases,
+/// so they may run where their host names differ (`verify` opens them with the URLs it is given).
 pub(crate) const SPEC_FIELDS_IGNORED: &[&str] = &["source.url", "target.url"];

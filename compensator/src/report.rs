@@ -33,6 +33,14 @@ pub struct Report {
     pub extra_ids: u64,
     pub failed_ids: u64,
     pub complete: bool,
+    /// Groups with a verification result (meta `verify`, DESIGN.md §9).
+    pub groups_verified: u64,
+    /// Groups whose last verification found differing ids.
+    pub groups_differing: u64,
+    /// Ids that differed at the groups' last verifications (sum of meta `differs`).
+    pub diff_ids: u64,
+    /// Every group verified, none differing (says nothing about rows changed since).
+    pub verified: bool,
     /// Up to 20 groups with missing ids: first → count.
     pub groups_missing: BTreeMap<u64, u64>,
     /// Why the job is not complete, in words.
@@ -69,6 +77,18 @@ pub async fn report(job: &JobSpec, redis_url: &str) -> anyhow::Result<Report> {
                 Some(GroupStatus::Complete) => r.groups_complete += 1,
                 Some(GroupStatus::Produced) => r.groups_produced += 1,
                 _ => r.groups_producing += 1,
+            }
+            match meta.get("verify").map(String::as_str) {
+                Some("equal") => r.groups_verified += 1,
+                Some("differs") => {
+                    r.groups_verified += 1;
+                    r.groups_differing += 1;
+                    r.diff_ids += meta
+                        .get("differs")
+                        .and_then(|d| d.parse::<u64>().ok())
+                        .unwrap_or(0);
+                }
+                _ => {}
             }
             r.source_ids += popcount(&b.src);
             r.target_ids += popcount(&b.tgt);
@@ -124,6 +144,7 @@ pub async fn report(job: &JobSpec, redis_url: &str) -> anyhow::Result<Report> {
         ));
     }
     r.complete = r.reasons.is_empty();
+    r.verified = r.groups > 0 && r.groups_verified == r.groups && r.groups_differing == 0;
     Ok(r)
 }
 
@@ -154,6 +175,15 @@ impl std::fmt::Display for Report {
         writeln!(f, "  missing ids  {:>12}", self.missing_ids)?;
         writeln!(f, "  failed ids   {:>12}", self.failed_ids)?;
         writeln!(f, "  extra ids    {:>12}", self.extra_ids)?;
+        writeln!(
+            f,
+            "  verified     {:>12}  ({} of {} groups verified, {} differing, {} differing ids)",
+            if self.verified { "yes" } else { "no" },
+            self.groups_verified,
+            self.groups,
+            self.groups_differing,
+            self.diff_ids
+        )?;
         if !self.groups_missing.is_empty() {
             let list: Vec<String> = self
                 .groups_missing

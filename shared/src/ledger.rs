@@ -479,6 +479,70 @@ impl Ledger {
         Ok(())
     }
 
+    /// Record a group's verification (DESIGN.md §9): its `diff` bitmap becomes exactly `ids` (removed when
+    /// none differ) and its meta says `verify` (`equal`/`differs`), `verified_at` and `differs`, atomically.
+    pub async fn record_verify(&self, first: u64, ids: &[u64]) -> Result<(), LedgerError> {
+        let mut con = self.con.clone();
+        let now = now_rfc3339();
+        let diff = self.group_key(first, "diff");
+        let mut p = redis::pipe();
+        p.atomic();
+        if ids.is_empty() {
+            p.del(&diff).ignore();
+        } else {
+            p.set(&diff, crate::ids::bitmap_of(first, ids.iter().copied()))
+                .ignore();
+        }
+        p.hset_multiple(
+            self.group_key(first, "meta"),
+            &[
+                ("verify", if ids.is_empty() { "equal" } else { "differs" }),
+                ("verified_at", now.as_str()),
+                ("differs", &ids.len().to_string()),
+            ],
+        )
+        .ignore();
+        p.query_async::<()>(&mut con).await?;
+        Ok(())
+    }
+
+    /// Replace the sampled differences of ids in `first..=last` in `bitmig:{JOB}:diffs` by `entries`
+    /// (id → JSON), keeping the sample at most `cap` entries: entries beyond it are not added.
+    pub async fn sample_diffs(
+        &self,
+        first: u64,
+        last: u64,
+        entries: &[(u64, String)],
+        cap: usize,
+    ) -> Result<(), LedgerError> {
+        let mut con = self.con.clone();
+        let key = self.job_key("diffs");
+        let keys: Vec<String> = con.hkeys(&key).await?;
+        let stale: Vec<&String> = keys
+            .iter()
+            .filter(|k| k.parse::<u64>().is_ok_and(|id| id >= first && id <= last))
+            .collect();
+        if !stale.is_empty() {
+            let _: () = con.hdel(&key, stale.as_slice()).await?;
+        }
+        let room = cap.saturating_sub(keys.len() - stale.len());
+        let add: Vec<(String, &str)> = entries
+            .iter()
+            .take(room)
+            .map(|(id, v)| (id.to_string(), v.as_str()))
+            .collect();
+        if !add.is_empty() {
+            let _: () = con.hset_multiple(&key, &add).await?;
+        }
+        Ok(())
+    }
+
+    /// The sample of differing ids (`bitmig:{JOB}:diffs`): id → JSON.
+    pub async fn diff_sample(&self) -> Result<HashMap<String, String>, LedgerError> {
+        let mut con = self.con.clone();
+        Ok(con.hgetall(self.job_key("diffs")).await?)
+    }
+
     /// Nothing is missing: the group is `complete`.
     pub async fn mark_complete(&self, first: u64) -> Result<(), LedgerError> {
         let mut con = self.con.clone();

@@ -29,3 +29,4 @@ mod rollover;
 mod routes;
 mod secrets;
 mod spec_mismatch;
+mod verify;

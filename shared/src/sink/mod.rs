@@ -85,6 +85,21 @@ pub trait Sink: Send + Sync {
     async fn write(&self, rows: &RowSet) -> Result<WriteOutcome, SinkError> {
         self.apply(&Changes::upsert(rows)).await
     }
+
+    /// The target rows whose key column `key` lies in `first..=last`, across every table or index of the
+    /// job (the route's own list and every name in `bitmig:{JOB}:tables`): one set per table that exists,
+    /// each ascending by key, as `(table, rows)`. Verify (DESIGN.md §9) digests them against the source.
+    async fn read_range(
+        &self,
+        key: &str,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<(String, RowSet)>, SinkError> {
+        let _ = (key, first, last);
+        Err(SinkError::Batch(
+            "this target cannot be read back for verification yet".into(),
+        ))
+    }
 }
 
 /// Where the job's target tables and indices are listed (`bitmig:{JOB}:tables`); the ledger in production.
@@ -164,6 +179,32 @@ impl Tables {
             )),
         }
     }
+}
+
+/// Every table a verification reads: the route's own list (plain names, ranges) and every name the log
+/// holds (routes by value, and tables a former route wrote to), once each, parsed.
+pub(crate) async fn sql_tables_to_read(
+    tables: &Tables,
+    route: &crate::job::TableRoute,
+) -> Result<Vec<TableName>, SinkError> {
+    // A route by value needs its columns to resolve rows, not to be listed: no columns here.
+    let mut names: Vec<TableName> = route::Router::new(route, &[])
+        .ok()
+        .and_then(|r| r.known_tables())
+        .unwrap_or_default();
+    if let Some(log) = &tables.log {
+        for n in log.members().await? {
+            let t = TableName::parse(&n).map_err(|e| {
+                SinkError::Batch(format!(
+                    "bitmig:{{JOB}}:tables lists `{n}`, not a table name: {e}"
+                ))
+            })?;
+            if !names.contains(&t) {
+                names.push(t);
+            }
+        }
+    }
+    Ok(names)
 }
 
 /// The tables a SQL batch that deletes must visit: `every` listed name parsed, the list being the route's

@@ -13,6 +13,7 @@ use crate::job::{Engine, JobSpec};
 use crate::value::{Column, Row, RowSet, Value};
 
 pub use mysql::MySqlSource;
+pub(crate) use mysql::{describe_column as describe_mysql_column, from_mysql as from_mysql_value};
 pub use postgres::PgSource;
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +56,11 @@ pub trait Source: Send + Sync {
     async fn keys_between(&self, first: u64, last: u64) -> Result<Vec<u64>, SourceError>;
     /// The current rows whose keys lie in `ranges` (ascending, non-overlapping), ascending by key.
     async fn read_rows(&self, ranges: &[IdRange]) -> Result<RowSet, SourceError>;
+    /// Columns that hold JSON although the reader sees text (MariaDB's JSON is a checked LONGTEXT), so
+    /// that verification compares them as JSON (DESIGN.md §9). None by default.
+    async fn json_text_columns(&self) -> Result<Vec<String>, SourceError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Open the source the job names.

@@ -16,6 +16,8 @@ use crate::value::{Column, ColumnType, RowSet, Value};
 pub struct MySqlSource {
     pool: mysql_async::Pool,
     sql: super::SourceSql,
+    /// The source table, for catalog look-ups.
+    table: crate::job::TableName,
     described: OnceCell<Described>,
 }
 
@@ -35,6 +37,7 @@ impl MySqlSource {
         Ok(Self {
             pool,
             sql: super::SourceSql::new(job, Engine::Mysql),
+            table: s.table.clone(),
             described: OnceCell::new(),
         })
     }
@@ -99,7 +102,7 @@ impl MySqlSource {
     }
 }
 
-fn describe_column(c: &mysql_async::Column) -> Column {
+pub(crate) fn describe_column(c: &mysql_async::Column) -> Column {
     let unsigned = c.flags().contains(ColumnFlags::UNSIGNED_FLAG);
     let binary = c.character_set() == 63;
     let (ty, type_name) = match c.column_type() {
@@ -206,6 +209,28 @@ impl Source for MySqlSource {
             f = self.sql.filter
         );
         conn.exec(sql, (first, last)).await.map_err(|e| self.err(e))
+    }
+
+    async fn json_text_columns(&self) -> Result<Vec<String>, SourceError> {
+        let mut conn = self.conn().await?;
+        let (schema, table) = (self.table.schema.as_ref(), &self.table.table);
+        crate::digest::pushdown::mariadb_json_columns(
+            &mut conn,
+            schema.map(|s| s.as_str()),
+            table.as_str(),
+        )
+        .await
+        .map_err(|e| SourceError::Query {
+            table: self.sql.table_label.clone(),
+            message: e.to_string(),
+            transient: matches!(
+                e,
+                crate::digest::DigestError::Query {
+                    transient: true,
+                    ..
+                }
+            ),
+        })
     }
 
     async fn read_rows(&self, ranges: &[IdRange]) -> Result<RowSet, SourceError> {

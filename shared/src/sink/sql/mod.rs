@@ -263,6 +263,17 @@ pub trait Dialect: Send + Sync + Sized + 'static {
         tail: &str,
     ) -> Result<(), SinkError>;
     /// Check that `table` exists and can take rows with these columns.
+    /// Every row of `table` whose `key` lies in `first..=last`, all columns, ascending by key; `None` when
+    /// the table does not exist (a listed table that holds nothing). Verify (DESIGN.md §9) digests them.
+    async fn read_table(
+        &self,
+        conn: &mut Self::Conn,
+        table: &TableName,
+        key: &str,
+        first: u64,
+        last: u64,
+    ) -> Result<Option<RowSet>, SinkError>;
+
     async fn probe(
         &self,
         conn: &mut Self::Conn,
@@ -476,6 +487,27 @@ impl<D: Dialect> WriteAlone for Alone<'_, D> {
 
 #[async_trait]
 impl<D: Dialect> Sink for SqlSink<D> {
+    async fn read_range(
+        &self,
+        key: &str,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<(String, RowSet)>, SinkError> {
+        let tables = crate::sink::sql_tables_to_read(&self.tables, &self.route).await?;
+        let mut conn = self.dialect.connect().await?;
+        let mut out = Vec::with_capacity(tables.len());
+        for table in tables {
+            if let Some(rs) = self
+                .dialect
+                .read_table(&mut conn, &table, key, first, last)
+                .await?
+            {
+                out.push((table.to_string(), rs));
+            }
+        }
+        Ok(out)
+    }
+
     async fn prepare(&self, columns: &[Column]) -> Result<(), SinkError> {
         let router = self.router(columns)?;
         if let Some(why) = self.dialect.unmappable(columns) {

@@ -29,7 +29,7 @@ use crate::sink::create::{
 };
 use crate::sink::{OpenError, SinkError};
 use crate::sql::{quote, quote_table};
-use crate::value::{Column, Row, RowSet};
+use crate::value::{Column, Row, RowSet, Value};
 
 /// The protocol's limit of parameters in one statement.
 const MAX_PARAMS: usize = 65_535;
@@ -287,6 +287,78 @@ impl Dialect for Postgres {
     }
 
     /// A one-row statement: the server reports every target column's type.
+    async fn read_table(
+        &self,
+        conn: &mut Self::Conn,
+        table: &TableName,
+        key: &str,
+        first: u64,
+        last: u64,
+    ) -> Result<Option<RowSet>, SinkError> {
+        let k = format!("\"{}\"", key.replace('"', "\"\""));
+        let sql = format!(
+            "SELECT * FROM {} WHERE {k} BETWEEN $1::int8 AND $2::int8 ORDER BY {k}",
+            quote_table(Engine::Postgres, table)
+        );
+        let stmt = match conn.prepare(&sql).await {
+            Ok(s) => s,
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+                return Ok(None)
+            }
+            Err(e) => return Err(error(&e, Some(table))),
+        };
+        let types: Vec<tokio_postgres::types::Type> =
+            stmt.columns().iter().map(|c| c.type_().clone()).collect();
+        let columns: Vec<Column> = stmt
+            .columns()
+            .iter()
+            .map(|c| Column {
+                name: c.name().to_owned(),
+                ty: crate::pg::column_type(c.type_()),
+                type_name: format!("{} (PostgreSQL)", c.type_().name()),
+            })
+            .collect();
+        let key_index = columns
+            .iter()
+            .position(|c| c.name.eq_ignore_ascii_case(key))
+            .ok_or_else(|| SinkError::Batch(format!("table {table}: no key column `{key}`")))?;
+        let (lo, hi) = (
+            i64::try_from(first).unwrap_or(i64::MAX),
+            i64::try_from(last).unwrap_or(i64::MAX),
+        );
+        let raw = conn
+            .query(&stmt, &[&lo, &hi])
+            .await
+            .map_err(|e| error(&e, Some(table)))?;
+        let mut rows = Vec::with_capacity(raw.len());
+        for r in raw {
+            let mut values = Vec::with_capacity(types.len());
+            for (i, ty) in types.iter().enumerate() {
+                let crate::pg::RawPg(bytes) = r
+                    .try_get::<_, crate::pg::RawPg<'_>>(i)
+                    .map_err(|e| error(&e, Some(table)))?;
+                values.push(crate::pg::decode(ty, bytes).map_err(|m| {
+                    SinkError::Batch(format!("table {table}, column `{}`: {m}", columns[i].name))
+                })?);
+            }
+            // A BIGINT UNSIGNED key becomes numeric(20,0) in PostgreSQL: its text is the key.
+            let key = values[key_index]
+                .as_key()
+                .or_else(|| match &values[key_index] {
+                    Value::Bytes(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+                    _ => None,
+                });
+            if let Some(key) = key {
+                rows.push(Row { key, values });
+            }
+        }
+        Ok(Some(RowSet {
+            columns: columns.into(),
+            key_index,
+            rows,
+        }))
+    }
+
     async fn probe(
         &self,
         conn: &mut Self::Conn,

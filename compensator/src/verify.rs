@@ -1,0 +1,436 @@
+//! `bitmig-compensator verify`: prove, group by group, that every target row equals its source row
+//! (DESIGN.md §9), and re-drive what differs.
+//!
+//! Per group of the ledger (or of `--groups FIRST..LAST`): the source's rows of the group's id range (with
+//! `filter`) and the target's rows with keys in that range across every table of the job (the route's own
+//! list and `bitmig:{JOB}:tables`) are hashed with the canonical encoding of [`bitmig_shared::digest`] into
+//! chunk digests. Equal digests: the group is equal. Otherwise both sides' `(key, hash)` are merged by key
+//! and each differing id is classified `missing`, `extra` or `differs` (naming the columns).
+//!
+//! The source is live, so a difference counts only if it is still there after `--recheck-after`: every
+//! differing group is compared again then, and only the ids that differ both times are recorded — the
+//! group's `diff` bitmap, meta `verify`/`verified_at`/`differs`, a sample of at most 1 000 in
+//! `bitmig:{JOB}:diffs` — and, with `--redrive`, re-published as `verify` batches (a consumer writes or
+//! deletes them, §8.3). An equal group gets `verify = equal` and its `diff` bitmap is removed.
+//!
+//! Hashing is client-side for every pair of engines; rows are read one group at a time, so memory is
+//! bounded by `group_size` rows.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bitmig_shared::digest::{merge_keyed, ChunkDigests, DiffKind, KeyDiff, RowEncoder, RowPlan};
+use bitmig_shared::ids::{batches, group_last};
+use bitmig_shared::job::JobSpec;
+use bitmig_shared::ledger::{now_rfc3339, Ledger};
+use bitmig_shared::progress::Progress;
+use bitmig_shared::queue::{self, Cause, Message, Publisher};
+use bitmig_shared::sink::{self, Sink};
+use bitmig_shared::source::{self, Source};
+use bitmig_shared::value::RowSet;
+use serde::Serialize;
+use tracing::info;
+
+/// At most this many differing ids are sampled into `bitmig:{JOB}:diffs`.
+pub const SAMPLE_CAP: usize = 1_000;
+
+/// Keys per chunk digest: a differing group is narrowed to its differing chunks before per-key work.
+const CHUNK_KEYS: u64 = 65_536;
+
+/// What `verify` needs besides the job.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    pub amqp_url: String,
+    pub redis_url: String,
+    /// Only groups whose first id lies in `FIRST..=LAST`.
+    pub groups: Option<(u64, u64)>,
+    /// Read at most this many rows per second (both sides together); `None`: unthrottled.
+    pub rate: Option<u64>,
+    /// How long to wait before re-checking the ids found differing.
+    pub recheck_after: Duration,
+    /// Re-publish the differing ids as `verify` batches.
+    pub redrive: bool,
+}
+
+/// What a verification found.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct VerifySummary {
+    pub job: String,
+    pub groups_verified: u64,
+    pub groups_equal: u64,
+    pub groups_differing: u64,
+    pub source_rows: u64,
+    pub target_rows: u64,
+    pub diff_ids: u64,
+    pub missing: u64,
+    pub extra: u64,
+    pub differs: u64,
+    /// Ids that differed at the first pass and no longer at the re-check.
+    pub settled_on_recheck: u64,
+    pub republished_ids: u64,
+    pub messages: u64,
+    /// Every differing id of this run (at most [`SAMPLE_CAP`]), ascending.
+    pub diffs: Vec<KeyDiff>,
+}
+
+impl VerifySummary {
+    /// Whether every verified group is equal.
+    pub fn equal(&self) -> bool {
+        self.groups_differing == 0
+    }
+}
+
+impl std::fmt::Display for VerifySummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "job {}: {} — {} groups verified ({} equal, {} differing), {} source rows, {} target rows",
+            self.job,
+            if self.equal() { "EQUAL" } else { "DIFFERS" },
+            self.groups_verified,
+            self.groups_equal,
+            self.groups_differing,
+            self.source_rows,
+            self.target_rows
+        )?;
+        if !self.equal() {
+            writeln!(
+                f,
+                "  differing ids {} ({} missing, {} extra, {} differs); re-published {}",
+                self.diff_ids, self.missing, self.extra, self.differs, self.republished_ids
+            )?;
+            for d in self.diffs.iter().take(20) {
+                if d.columns.is_empty() {
+                    writeln!(f, "  id {} {}", d.key, d.kind.as_str())?;
+                } else {
+                    writeln!(
+                        f,
+                        "  id {} {} ({})",
+                        d.key,
+                        d.kind.as_str(),
+                        d.columns.join(", ")
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Compares one group's rows on both sides; the differing ids ascending, with their kind and columns.
+struct Comparer {
+    source: Box<dyn Source>,
+    sink: Box<dyn Sink>,
+    key: String,
+    /// Source columns that hold JSON as text (MariaDB): compared as JSON.
+    json_columns: Vec<String>,
+}
+
+/// Both sides' rows of one range, as read.
+struct Read {
+    source: RowSet,
+    target: Vec<(String, RowSet)>,
+}
+
+impl Read {
+    fn target_rows(&self) -> u64 {
+        self.target.iter().map(|(_, rs)| rs.rows.len() as u64).sum()
+    }
+}
+
+impl Comparer {
+    async fn read(&self, first: u64, last: u64) -> anyhow::Result<Read> {
+        let source = self
+            .source
+            .read_rows(&[[first, last]])
+            .await
+            .map_err(bitmig_shared::cli::source_error)
+            .with_context(|| format!("reading the source rows of {first}..={last}"))?;
+        let target = self
+            .sink
+            .read_range(&self.key, first, last)
+            .await
+            .with_context(|| format!("reading the target rows of {first}..={last}"))?;
+        Ok(Read { source, target })
+    }
+
+    /// The differing ids of `first..=last` in `read`.
+    fn compare(&self, read: &Read, first: u64, last: u64) -> anyhow::Result<Vec<KeyDiff>> {
+        let names: Vec<&str> = read
+            .source
+            .columns
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        let mut sides: Vec<&[bitmig_shared::value::Column]> = vec![&read.source.columns];
+        sides.extend(read.target.iter().map(|(_, rs)| &rs.columns[..]));
+        let mut plan = RowPlan::new(&names, &sides).map_err(|e| {
+            let side = match &e {
+                bitmig_shared::digest::DigestError::NoColumn { side, .. } if *side > 0 => {
+                    format!(" (target table {})", read.target[*side - 1].0)
+                }
+                _ => String::new(),
+            };
+            anyhow::Error::from(bitmig_shared::cli::BadInput(format!(
+                "cannot compare the rows: {e}{side}"
+            )))
+        })?;
+        // JSON in the source is compared as JSON whatever the target holds it in (MariaDB: text).
+        let json_typed = read
+            .source
+            .columns
+            .iter()
+            .filter(|c| c.ty == bitmig_shared::value::ColumnType::Json)
+            .map(|c| &c.name);
+        for c in self.json_columns.iter().chain(json_typed) {
+            plan.compare_as_json(c);
+        }
+        let mut s_enc = plan.encoder(&read.source.columns)?;
+        let mut t_encs: Vec<RowEncoder> = read
+            .target
+            .iter()
+            .map(|(_, rs)| plan.encoder(&rs.columns))
+            .collect::<Result<_, _>>()?;
+
+        // 1. chunk digests of both sides: equal → nothing differs.
+        let mut s_dig = ChunkDigests::new(first, last, CHUNK_KEYS);
+        s_enc.digest_rows(&read.source.rows, &mut s_dig);
+        let mut t_dig = ChunkDigests::new(first, last, CHUNK_KEYS);
+        for ((_, rs), enc) in read.target.iter().zip(t_encs.iter_mut()) {
+            enc.digest_rows(&rs.rows, &mut t_dig);
+        }
+        if s_dig == t_dig {
+            return Ok(Vec::new());
+        }
+
+        // 2. per differing chunk: (key, hash) merged by key.
+        let mut diffs = Vec::new();
+        for [lo, hi] in s_dig.differing_ranges(&t_dig) {
+            let in_range = |k: u64| k >= lo && k <= hi;
+            let s_hashes: Vec<(u64, u128)> = read
+                .source
+                .rows
+                .iter()
+                .filter(|r| in_range(r.key))
+                .map(|r| (r.key, s_enc.hash(r.key, &r.values)))
+                .collect();
+            // target rows of every table, ascending by key: (key, hash, table, row)
+            let mut t_rows: Vec<(u64, u128, usize, usize)> = Vec::new();
+            for (ti, ((_, rs), enc)) in read.target.iter().zip(t_encs.iter_mut()).enumerate() {
+                for (ri, r) in rs.rows.iter().enumerate().filter(|(_, r)| in_range(r.key)) {
+                    t_rows.push((r.key, enc.hash(r.key, &r.values), ti, ri));
+                }
+            }
+            t_rows.sort_by_key(|t| (t.0, t.2, t.3));
+            let mut found: Vec<(u64, DiffKind)> = Vec::new();
+            merge_keyed(
+                s_hashes.iter().copied(),
+                t_rows.iter().map(|t| (t.0, t.1)),
+                |k, kind| found.push((k, kind)),
+            )?;
+            for (key, kind) in found {
+                let mut columns = Vec::new();
+                if kind == DiffKind::Differs {
+                    let s_row = read
+                        .source
+                        .rows
+                        .binary_search_by_key(&key, |r| r.key)
+                        .ok()
+                        .map(|i| &read.source.rows[i]);
+                    let t_at = t_rows.iter().find(|t| t.0 == key);
+                    if let (Some(s_row), Some(&(_, _, ti, ri))) = (s_row, t_at) {
+                        let t_row = &read.target[ti].1.rows[ri];
+                        columns = plan.differing_columns(
+                            &mut s_enc,
+                            &s_row.values,
+                            &mut t_encs[ti],
+                            &t_row.values,
+                        );
+                    }
+                }
+                diffs.push(KeyDiff { key, kind, columns });
+            }
+        }
+        Ok(diffs)
+    }
+}
+
+/// Keeps the read rate under `rate` rows per second.
+struct Pace {
+    rate: Option<u64>,
+    started: Instant,
+    rows: u64,
+}
+
+impl Pace {
+    async fn after(&mut self, rows: u64) {
+        self.rows += rows;
+        if let Some(rate) = self.rate.filter(|r| *r > 0) {
+            let due = Duration::from_secs_f64(self.rows as f64 / rate as f64);
+            let spent = self.started.elapsed();
+            if due > spent {
+                tokio::time::sleep(due - spent).await;
+            }
+        }
+    }
+}
+
+/// Verify the job's groups: compare, re-check, record, and (with `--redrive`) re-publish what differs.
+pub async fn verify(job: &JobSpec, opts: &VerifyOptions) -> anyhow::Result<VerifySummary> {
+    let ledger = Ledger::connect(&opts.redis_url, &job.name)
+        .await
+        .context("connecting to Redis")?;
+    bitmig_shared::cli::check_spec(&ledger, job, false, crate::SPEC_FIELDS_IGNORED).await?;
+    let source = source::open(job, 2).context("opening the source")?;
+    let log: Arc<dyn sink::TableLog> = Arc::new(ledger.clone());
+    let sink = sink::open_logged(job, 2, log).context("opening the target")?;
+    let json_columns = source
+        .json_text_columns()
+        .await
+        .map_err(bitmig_shared::cli::source_error)?;
+    let cmp = Comparer {
+        source,
+        sink,
+        key: job.source.key.as_str().to_owned(),
+        json_columns,
+    };
+
+    let firsts: Vec<u64> = ledger
+        .groups()
+        .await?
+        .into_iter()
+        .filter(|f| opts.groups.is_none_or(|(lo, hi)| *f >= lo && *f <= hi))
+        .collect();
+    let metas = ledger.metas(&firsts).await?;
+    let ranges: Vec<(u64, u64)> = firsts
+        .iter()
+        .zip(&metas)
+        .map(|(f, m)| {
+            let last = m
+                .get("last")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or_else(|| group_last(*f, job.group_size));
+            (*f, last)
+        })
+        .collect();
+    let mut summary = VerifySummary {
+        job: job.name.clone(),
+        ..Default::default()
+    };
+    let mut pace = Pace {
+        rate: opts.rate,
+        started: Instant::now(),
+        rows: 0,
+    };
+    let (lo, hi) = (
+        ranges.first().map_or(0, |r| r.0),
+        ranges.last().map_or(0, |r| r.1),
+    );
+    let mut progress = Progress::new(lo, hi);
+
+    // Pass 1: every group.
+    let mut differing: BTreeMap<u64, (u64, Vec<KeyDiff>)> = BTreeMap::new();
+    for &(first, last) in &ranges {
+        let read = cmp.read(first, last).await?;
+        let rows = read.source.rows.len() as u64 + read.target_rows();
+        summary.source_rows += read.source.rows.len() as u64;
+        summary.target_rows += read.target_rows();
+        let diffs = cmp.compare(&read, first, last)?;
+        drop(read);
+        summary.groups_verified += 1;
+        if diffs.is_empty() {
+            ledger.record_verify(first, &[]).await?;
+            ledger.sample_diffs(first, last, &[], SAMPLE_CAP).await?;
+            summary.groups_equal += 1;
+        } else {
+            info!(job = %job.name, group = first, ids = diffs.len(), "group differs; re-checking later");
+            differing.insert(first, (last, diffs));
+        }
+        progress.ids += rows;
+        progress.groups += 1;
+        progress.update(last);
+        pace.after(rows).await;
+    }
+    progress.finish();
+
+    // Pass 2: the source is live — an id counts only if it still differs after the delay.
+    if !differing.is_empty() && !opts.recheck_after.is_zero() {
+        info!(job = %job.name, groups = differing.len(), after = ?opts.recheck_after, "waiting before the re-check");
+        tokio::time::sleep(opts.recheck_after).await;
+    }
+    let mut to_publish: Vec<(u64, Vec<u64>)> = Vec::new();
+    for (first, (last, before)) in differing {
+        let read = cmp.read(first, last).await?;
+        let rows = read.source.rows.len() as u64 + read.target_rows();
+        let again = cmp.compare(&read, first, last)?;
+        drop(read);
+        let still: Vec<KeyDiff> = again
+            .into_iter()
+            .filter(|d| before.iter().any(|b| b.key == d.key))
+            .collect();
+        summary.settled_on_recheck += (before.len() - still.len()) as u64;
+        let ids: Vec<u64> = still.iter().map(|d| d.key).collect();
+        ledger.record_verify(first, &ids).await?;
+        let at = now_rfc3339();
+        let sample: Vec<(u64, String)> = still
+            .iter()
+            .map(|d| {
+                let v =
+                    serde_json::json!({"kind": d.kind.as_str(), "columns": d.columns, "at": at});
+                (d.key, v.to_string())
+            })
+            .collect();
+        ledger
+            .sample_diffs(first, last, &sample, SAMPLE_CAP)
+            .await?;
+        if ids.is_empty() {
+            summary.groups_equal += 1;
+        } else {
+            summary.groups_differing += 1;
+            summary.diff_ids += ids.len() as u64;
+            for d in &still {
+                match d.kind {
+                    DiffKind::Missing => summary.missing += 1,
+                    DiffKind::Extra => summary.extra += 1,
+                    DiffKind::Differs => summary.differs += 1,
+                }
+            }
+            let room = SAMPLE_CAP.saturating_sub(summary.diffs.len());
+            summary.diffs.extend(still.into_iter().take(room));
+            to_publish.push((first, ids));
+        }
+        pace.after(rows).await;
+    }
+
+    if opts.redrive && !to_publish.is_empty() {
+        let conn = queue::connect(&opts.amqp_url, "bitmig-compensator")
+            .await
+            .context("connecting to RabbitMQ")?;
+        let mut publisher = Publisher::new(&conn).await?;
+        queue::declare_topology(publisher.channel(), &job.name).await?;
+        for (first, mut ids) in to_publish {
+            ids.dedup();
+            for ranges in batches(&ids, job.batch_size as usize) {
+                let m = Message {
+                    job: job.name.clone(),
+                    group: first,
+                    ids: ranges,
+                    cause: Cause::Verify,
+                    attempt: 0,
+                };
+                publisher.publish_message(&job.name, &m).await?;
+                summary.messages += 1;
+            }
+            publisher
+                .wait()
+                .await
+                .with_context(|| format!("re-publishing group {first}"))?;
+            info!(job = %job.name, group = first, cause = "verify", ids = ids.len(), "re-published differing ids");
+            summary.republished_ids += ids.len() as u64;
+        }
+        let _ = conn.close(200, "done".into()).await;
+    }
+    Ok(summary)
+}
