@@ -6,7 +6,8 @@
 //!   stored in `bitmig:{JOB}:follow` (`from`, `position`, `started_at`, then `checkpoint_at`,
 //!   `last_event_at`, `lag_s`, `events`, `ids_published`, `settling`).
 //! - Changed keys gather in a [`RoaringTreemap`] for one [`WINDOW`] (a hot row is published once per
-//!   window), then per group: plan the group when nobody did, set the `src` bits, publish `catchup`
+//!   window), then per group: plan the group when nobody did (reading all its ids, as the walk does),
+//!   set the `src` bits, publish `catchup`
 //!   batches, wait for the confirms, mark the group `produced` again ([`Ledger::mark_caught_up`]).
 //! - Every published id is published once more after `[follow] settle` (seed 001's late-write race).
 //! - The stored position (and [`ChangeReader::checkpoint`]) advances, at most about once a second, only
@@ -18,7 +19,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use bitmig_shared::cli::BadInput;
+use bitmig_shared::cli::{source_error, BadInput};
 use bitmig_shared::ids::{batches, group_last, group_of};
 use bitmig_shared::job::{FollowFrom, FollowSpec, JobSpec};
 use bitmig_shared::ledger::{now_rfc3339, Ledger};
@@ -215,6 +216,8 @@ struct Follower<'a> {
     opts: &'a Options,
     spec: FollowSpec,
     ledger: Ledger,
+    /// For the ids of a group nobody planned yet (the follower plans it whole).
+    source: Box<dyn bitmig_shared::source::Source>,
     amqp: Option<Amqp>,
     /// Keys read, not yet published, and the newest change they came from.
     pending: RoaringTreemap,
@@ -242,6 +245,7 @@ impl<'a> Follower<'a> {
         let state = ledger.follow_state().await?;
         let num = |k: &str| state.get(k).and_then(|v| v.parse().ok()).unwrap_or(0);
         Ok(Self {
+            source: bitmig_shared::source::open(job, 2).map_err(source_error)?,
             amqp: Some(Amqp::connect(&opts.amqp_url, &job.name).await?),
             job,
             opts,
@@ -428,12 +432,28 @@ impl<'a> Follower<'a> {
         let job = self.job;
         let gs = job.group_size;
         for (first, ids) in groups {
-            if self.ledger.group_status(*first).await?.is_none() {
+            let mut ids = ids.clone();
+            if self.ledger.group_status(*first).await?.is_none()
+                || planned_here.iter().any(|(f, _)| f == first)
+            {
+                // Nobody planned this group (ids above the walk's range, or a group the walk has not
+                // reached): plan it whole, as the walk would, so it never passes for produced with only
+                // its changed ids. The changed ids stay in, so those gone are deleted.
                 self.ledger
                     .begin_group(*first, group_last(*first, gs))
                     .await?;
-                planned_here.push((*first, ids.len() as u64));
+                let existing = self
+                    .source
+                    .keys_between(*first, group_last(*first, gs))
+                    .await
+                    .map_err(source_error)?;
+                planned_here.retain(|(f, _)| f != first);
+                planned_here.push((*first, existing.len() as u64));
+                ids.extend(existing);
+                ids.sort_unstable();
+                ids.dedup();
             }
+            let ids = &ids;
             self.ledger.add_src(*first, ids).await?;
             let amqp = self.amqp().await?;
             for ranges in batches(ids, job.batch_size as usize) {
@@ -455,7 +475,7 @@ impl<'a> Follower<'a> {
             .context("catch-up batches not confirmed")?;
         for (first, _) in groups {
             match planned_here.iter().find(|(f, _)| f == first) {
-                // Planned by the follower: its ids are the ones it published.
+                // Planned by the follower, whole.
                 Some((_, n)) => self.ledger.finish_group(*first, *n).await?,
                 None => self.ledger.mark_caught_up(*first).await?,
             }
