@@ -211,3 +211,23 @@ async fn the_target_equals_the_source_after_following_a_writer() {
 async fn a_follower_killed_mid_stream_resumes_and_misses_nothing() {
     follow_while_writing(true).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn follow_without_a_follow_section_is_refused_with_exit_2() {
+    let job = TestJob::new(1_000, 200).await;
+    job.create_source(100).await;
+    let done = job
+        .run(Bin::Producer, &["--job", job.job_arg(), "--follow"])
+        .await;
+    done.expect_code(2);
+    assert!(
+        done.stderr.contains("--follow needs a [follow] section"),
+        "{}",
+        done.describe()
+    );
+    assert_eq!(
+        follow_field(&job, "position").await,
+        None,
+        "nothing may be stored for a refused follower"
+    );
+}
