@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use mysql_async::prelude::Queryable;
 use rand::Rng;
 
 use crate::helpers::{wait_for, Bin, Proc, TestJob, TWO_POW_40};
@@ -230,4 +231,125 @@ async fn follow_without_a_follow_section_is_refused_with_exit_2() {
         None,
         "nothing may be stored for a refused follower"
     );
+}
+
+/// Drops the test's replication slot when the test ends, whatever its outcome (a slot left behind keeps
+/// WAL forever and stops its database from being dropped).
+struct DropSlot {
+    url: String,
+    slot: String,
+}
+
+impl Drop for DropSlot {
+    fn drop(&mut self) {
+        let (url, slot) = (self.url.clone(), self.slot.clone());
+        crate::helpers::clean_up(format!("drop slot {slot}"), async move {
+            if let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+                tokio::spawn(conn);
+                let _ = client
+                    .execute(
+                        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+                        &[&slot],
+                    )
+                    .await;
+            }
+        });
+    }
+}
+
+/// PostgreSQL → MariaDB with `from = "logical"`: changes made while the copy runs reach the target.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_changes_reach_mariadb_through_logical_replication() {
+    let job = TestJob::new(1_000, 200).await;
+    let pg = job.pg().await;
+    let slot = format!("bitmig_{}", job.name);
+    let _slot = DropSlot {
+        url: pg.url.clone(),
+        slot: slot.clone(),
+    };
+    pg.sql(
+        "CREATE TABLE src (id BIGINT PRIMARY KEY, v TEXT, n INT); \
+         INSERT INTO src SELECT g, 'row ' || g, g FROM generate_series(1, 5000) g",
+    )
+    .await;
+    job.sql("CREATE TABLE dst (id BIGINT UNSIGNED PRIMARY KEY, v TEXT, n INT)")
+        .await;
+    job.write_file(
+        "job.toml",
+        &format!(
+            "name = \"{name}\"\ngroup_size = 1000\nbatch_size = 200\n\n[source]\nurl = \"{pg}\"\n\
+             table = \"src\"\nkey = \"id\"\n\n[target]\nkind = \"sql\"\nurl = \"{my}\"\ntable = \"dst\"\n\n\
+             [follow]\nfrom = \"logical\"\nsettle = \"2s\"\n",
+            name = job.name,
+            pg = pg.url,
+            my = job.database_url
+        ),
+    );
+    let follower = spawn_follower(&job);
+    let consumers: Vec<Proc> = (0..2).map(|_| job.spawn_consumer(&[])).collect();
+    wait_for(
+        "the follow position",
+        DEADLINE,
+        Duration::from_millis(50),
+        || async {
+            follow_field(&job, "position")
+                .await
+                .ok_or_else(|| "no position yet".to_owned())
+        },
+    )
+    .await;
+    for n in 0..200u64 {
+        let id = 1 + (n * 37) % 5000;
+        let sql = match n % 5 {
+            0 => format!("INSERT INTO src VALUES ({}, 'new {n}', {n})", 1_000_000 + n),
+            1 | 2 => format!("UPDATE src SET v = 'changed {n}', n = -{n} WHERE id = {id}"),
+            3 => format!("UPDATE src SET id = {} WHERE id = {id}", 2_000_000 + n),
+            _ => format!("DELETE FROM src WHERE id = {id}"),
+        };
+        pg.sql(&sql).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let report = wait_for(
+        "caught_up",
+        DEADLINE,
+        Duration::from_millis(500),
+        || async {
+            job.compensate(Some("3s")).await;
+            let (_, report) = job.report().await;
+            if report["caught_up"].as_bool() == Some(true) {
+                Ok(report)
+            } else {
+                Err(report.to_string())
+            }
+        },
+    )
+    .await;
+    assert_eq!(report["follow"]["from"], "logical", "{report:#}");
+    let source: Vec<String> = pg
+        .texts("SELECT id::text || '|' || coalesce(v, '') || '|' || coalesce(n::text, '') FROM src ORDER BY id")
+        .await
+        .into_iter()
+        .map(|r| r[0].clone().unwrap_or_default())
+        .collect();
+    let mut conn = job.conn().await;
+    let target: Vec<String> = conn
+        .query("SELECT CONCAT(id, '|', COALESCE(v, ''), '|', COALESCE(n, '')) FROM dst ORDER BY id")
+        .await
+        .expect("read dst");
+    assert_eq!(source.len(), target.len(), "row counts differ");
+    let differing: Vec<_> = source
+        .iter()
+        .zip(&target)
+        .filter(|(s, t)| s != t)
+        .take(5)
+        .collect();
+    assert!(differing.is_empty(), "rows differ: {differing:?}");
+
+    follower
+        .terminate(Duration::from_secs(60))
+        .await
+        .expect_code(0);
+    for c in consumers {
+        c.terminate(Duration::from_secs(60)).await.expect_code(0);
+    }
 }
