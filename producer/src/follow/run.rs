@@ -183,7 +183,9 @@ async fn open_reader(
                 amqp_url: opts.amqp_url.clone(),
                 queue: queue.clone(),
                 keys: keys.clone(),
-                prefetch: 1000,
+                // Messages stay unacked until their settle re-drive (the checkpoint), so the window must
+                // hold `settle` worth of events: 10 000 is 1 000 events/s at the default 10 s.
+                prefetch: 10_000,
             })
             .await
             .map_err(follow_error)?,
