@@ -158,7 +158,15 @@ async fn main() {
         }
         Command::Report { common, json } => {
             let job = cli::load_job(&common);
-            match bitmig_compensator::report(&job, &common.redis_url).await {
+            let result = async {
+                let mut r = bitmig_compensator::report(&job, &common.redis_url).await?;
+                if r.follow.is_some() {
+                    bitmig_compensator::report::check_queues(&mut r, &common.amqp_url).await?;
+                }
+                anyhow::Ok(r)
+            }
+            .await;
+            match result {
                 Ok(r) => {
                     if json {
                         println!("{}", serde_json::to_string(&r).unwrap_or_default());

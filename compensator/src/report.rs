@@ -4,6 +4,11 @@
 //! as `extra`, an anomaly an operator should look at. The job is complete when a ledger exists, the
 //! producer is `done` and planned no more groups than the ledger holds, every group is produced, and
 //! nothing is missing or failed; otherwise [`Report::reasons`] says why, in words.
+//!
+//! A followed job (DESIGN.md §8) adds `follow` (from `bitmig:{JOB}:follow`) and `caught_up`: every group
+//! complete, no settle re-drive waiting, lag under a second and — checked by [`check_queues`], which
+//! `report` on the command line runs — the work and retry queues empty. `caught_up` is the moment an
+//! operator may switch the application over.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -15,7 +20,7 @@ use bitmig_shared::ledger::{GroupStatus, Ledger, SpecCheck};
 use serde::Serialize;
 
 /// What the ledger says about a job.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Report {
     pub job: String,
     /// Whether a ledger exists at all (`spec` is stored).
@@ -45,6 +50,70 @@ pub struct Report {
     pub groups_missing: BTreeMap<u64, u64>,
     /// Why the job is not complete, in words.
     pub reasons: Vec<String>,
+    /// The follower's state, for a job run with `bitmig-producer --follow`.
+    pub follow: Option<FollowReport>,
+    /// Messages in the work and retry queues (`None`: not checked, see [`check_queues`]).
+    pub queued: Option<u64>,
+    /// Followed, complete, nothing settling, lag under a second and the queues checked and empty.
+    pub caught_up: bool,
+}
+
+/// `bitmig:{JOB}:follow` as `report` shows it (DESIGN.md §4).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct FollowReport {
+    pub from: String,
+    pub position: String,
+    /// Now − commit time of the newest change published; 0 when the follower has nothing new.
+    pub lag_s: f64,
+    pub events: u64,
+    pub ids_published: u64,
+    pub last_event_at: Option<String>,
+    /// Ids published whose settle re-drive (or first publish) is still to come.
+    pub settling: u64,
+    /// When the follower last wrote its state; a follower that stopped is not caught up.
+    pub checkpoint_at: Option<String>,
+}
+
+/// Counts the messages waiting in the job's work and retry queues (passive declares, read only) and
+/// settles `caught_up`.
+pub async fn check_queues(r: &mut Report, amqp_url: &str) -> anyhow::Result<()> {
+    use lapin::options::QueueDeclareOptions;
+    let conn = bitmig_shared::queue::connect(amqp_url, "bitmig-compensator-report")
+        .await
+        .context("connecting to RabbitMQ")?;
+    let ch = conn.create_channel().await?;
+    let mut names = vec![bitmig_shared::queue::work_queue(&r.job)];
+    names.extend(
+        (1..=bitmig_shared::queue::RETRY_DELAYS.len())
+            .map(|n| bitmig_shared::queue::retry_queue(&r.job, n)),
+    );
+    let mut queued = 0u64;
+    for name in names {
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        match ch
+            .queue_declare(name.as_str().into(), passive, Default::default())
+            .await
+        {
+            Ok(q) => queued += u64::from(q.message_count()),
+            // No such queue: nothing waits in it (a passive declare closes the channel, so stop here).
+            Err(_) => break,
+        }
+    }
+    let _ = conn.close(200, "done".into()).await;
+    r.queued = Some(queued);
+    r.caught_up = caught_up(r);
+    Ok(())
+}
+
+fn caught_up(r: &Report) -> bool {
+    r.complete
+        && r.queued == Some(0)
+        && r.follow
+            .as_ref()
+            .is_some_and(|f| f.lag_s < 1.0 && f.settling == 0)
 }
 
 /// Add up the ledger of `job` (read only): counts per kind of bit, groups per status, and the reasons
@@ -145,6 +214,21 @@ pub async fn report(job: &JobSpec, redis_url: &str) -> anyhow::Result<Report> {
     }
     r.complete = r.reasons.is_empty();
     r.verified = r.groups > 0 && r.groups_verified == r.groups && r.groups_differing == 0;
+    let f = ledger.follow_state().await?;
+    if let Some(from) = f.get("from") {
+        let num = |k: &str| f.get(k).and_then(|v| v.parse().ok()).unwrap_or(0);
+        r.follow = Some(FollowReport {
+            from: from.clone(),
+            position: f.get("position").cloned().unwrap_or_default(),
+            lag_s: f.get("lag_s").and_then(|v| v.parse().ok()).unwrap_or(0.0),
+            events: num("events"),
+            ids_published: num("ids_published"),
+            last_event_at: f.get("last_event_at").cloned(),
+            settling: num("settling"),
+            checkpoint_at: f.get("checkpoint_at").cloned(),
+        });
+    }
+    r.caught_up = caught_up(&r);
     Ok(r)
 }
 
@@ -192,9 +276,71 @@ impl std::fmt::Display for Report {
                 .collect();
             writeln!(f, "  missing in groups: {}", list.join(", "))?;
         }
+        if let Some(fo) = &self.follow {
+            writeln!(
+                f,
+                "  follow       from {} at {}, lag {:.1}s, {} events, {} ids published, {} settling, last event {}",
+                fo.from,
+                fo.position,
+                fo.lag_s,
+                fo.events,
+                fo.ids_published,
+                fo.settling,
+                fo.last_event_at.as_deref().unwrap_or("none")
+            )?;
+            let queued = self
+                .queued
+                .map_or("not checked".to_owned(), |q| q.to_string());
+            writeln!(
+                f,
+                "  caught up    {}  (queued {queued})",
+                if self.caught_up { "yes" } else { "no" }
+            )?;
+        }
         for reason in &self.reasons {
             writeln!(f, "  - {reason}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn followed(lag_s: f64, settling: u64, queued: Option<u64>) -> Report {
+        Report {
+            job: "orders".into(),
+            complete: true,
+            queued,
+            follow: Some(FollowReport {
+                from: "binlog".into(),
+                position: "mariadb-bin.000002:1234".into(),
+                lag_s,
+                settling,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn caught_up_needs_every_condition() {
+        assert!(caught_up(&followed(0.2, 0, Some(0))));
+        assert!(!caught_up(&followed(1.5, 0, Some(0))), "lag");
+        assert!(!caught_up(&followed(0.0, 3, Some(0))), "settling");
+        assert!(!caught_up(&followed(0.0, 0, Some(1))), "queued");
+        assert!(!caught_up(&followed(0.0, 0, None)), "queues not checked");
+        let mut incomplete = followed(0.0, 0, Some(0));
+        incomplete.complete = false;
+        assert!(!caught_up(&incomplete), "incomplete");
+        let mut unfollowed = followed(0.0, 0, Some(0));
+        unfollowed.follow = None;
+        assert!(!caught_up(&unfollowed), "not followed");
+        let text = followed(0.2, 0, Some(0)).to_string();
+        assert!(
+            text.contains("follow       from binlog at mariadb-bin.000002:1234"),
+            "{text}"
+        );
     }
 }

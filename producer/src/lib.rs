@@ -31,6 +31,8 @@ pub struct Options {
     pub to: Option<u64>,
     /// At most this many ids published per second.
     pub rate: Option<u64>,
+    /// `--follow`: also follow the source's changes until cancelled ([`follow::run::run`]).
+    pub follow: bool,
 }
 
 /// What one run did.
@@ -238,13 +240,13 @@ const GROUP_ATTEMPTS: u32 = 10;
 const RETRY_MAX: Duration = Duration::from_secs(15);
 
 /// The broker connection and its confirm-mode channel.
-struct Amqp {
-    conn: lapin::Connection,
-    publisher: Publisher,
+pub(crate) struct Amqp {
+    pub(crate) conn: lapin::Connection,
+    pub(crate) publisher: Publisher,
 }
 
 impl Amqp {
-    async fn connect(url: &str, job: &str) -> anyhow::Result<Self> {
+    pub(crate) async fn connect(url: &str, job: &str) -> anyhow::Result<Self> {
         let conn = queue::connect(url, "bitmig-producer")
             .await
             .context("connecting to RabbitMQ")?;

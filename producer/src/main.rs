@@ -16,6 +16,9 @@ struct Args {
     /// Publish at most this many ids per second.
     #[arg(long, value_name = "ROWS_PER_S")]
     rate: Option<u64>,
+    /// Keep following the source's changes (the job's [follow] section) after the walk, until SIGTERM.
+    #[arg(long)]
+    follow: bool,
 }
 
 #[tokio::main]
@@ -34,9 +37,15 @@ async fn main() {
         from: args.from,
         to: args.to,
         rate: args.rate,
+        follow: args.follow,
     };
     let cancel = cli::shutdown_token();
-    match bitmig_producer::run(&job, &opts, cancel).await {
+    let result = if opts.follow {
+        bitmig_producer::follow::run::run(&job, &opts, cancel).await
+    } else {
+        bitmig_producer::run(&job, &opts, cancel).await
+    };
+    match result {
         Ok(s) => {
             println!(
                 "produced {} groups ({} already done), {} ids in {} messages",

@@ -560,6 +560,47 @@ impl Ledger {
         Ok(())
     }
 
+    /// A group's `status`, `None` when the group is not planned (the follower plans it then).
+    pub async fn group_status(&self, first: u64) -> Result<Option<GroupStatus>, LedgerError> {
+        let mut con = self.con.clone();
+        let s: Option<String> = con.hget(self.group_key(first, "meta"), "status").await?;
+        Ok(s.as_deref().and_then(GroupStatus::parse))
+    }
+
+    /// After a catch-up of a group's ids is confirmed (DESIGN.md §8.2): a `complete` group is `produced`
+    /// again, and `driven_at` moves to now, so the compensator checks it again once the batches had time
+    /// to land. A group the walk is still `producing` is left to the walk.
+    pub async fn mark_caught_up(&self, first: u64) -> Result<(), LedgerError> {
+        let mut con = self.con.clone();
+        let meta = self.group_key(first, "meta");
+        let status: Option<String> = con.hget(&meta, "status").await?;
+        if status.as_deref().and_then(GroupStatus::parse) == Some(GroupStatus::Producing) {
+            return Ok(());
+        }
+        let _: () = con
+            .hset_multiple(
+                &meta,
+                &[
+                    ("status", GroupStatus::Produced.as_str()),
+                    ("driven_at", &now_rfc3339()),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The follower's state (`bitmig:{JOB}:follow`, DESIGN.md §4).
+    pub async fn follow_state(&self) -> Result<HashMap<String, String>, LedgerError> {
+        let mut con = self.con.clone();
+        Ok(con.hgetall(self.job_key("follow")).await?)
+    }
+
+    pub async fn set_follow_state(&self, fields: &[(&str, String)]) -> Result<(), LedgerError> {
+        let mut con = self.con.clone();
+        let _: () = con.hset_multiple(self.job_key("follow"), fields).await?;
+        Ok(())
+    }
+
     /// The producer's own state (`bitmig:{JOB}:producer`): `status` (`running`/`done`), range, times.
     pub async fn producer_state(&self) -> Result<HashMap<String, String>, LedgerError> {
         let mut con = self.con.clone();

@@ -17,7 +17,6 @@
 //! - [`sql`]: SQL quoting, the MySQL pool and MySQL error classes the MySQL source and sink share.
 //! - [`digest`]: canonical row encoding, row hashes and group digests, diffs by key (verify, purge).
 //! - [`es`]: the Elasticsearch client the sink and `bitmig-rollover` share.
-//! - [`follow_spec`]: the `[follow]` section (DESIGN.md §8).
 //! - [`cli`]: the options and exit codes every binary shares, the stored-spec check.
 //! - [`progress`]: progress output of long runs.
 //! - [`throttle`], [`throttle_spec`]: the `[throttle]` section and the waits it imposes on workers.
@@ -27,7 +26,6 @@ pub mod cli;
 pub mod control;
 pub mod digest;
 pub mod es;
-pub mod follow_spec;
 pub mod ids;
 pub mod job;
 pub mod ledger;

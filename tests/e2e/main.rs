@@ -18,6 +18,7 @@ mod deleted_rows;
 mod deletes;
 mod digest;
 mod elasticsearch;
+mod follow;
 mod follow_readers;
 mod hostile;
 mod operating;

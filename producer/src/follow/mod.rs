@@ -1,6 +1,6 @@
 //! Readers of the source's changes (DESIGN.md §8): one interface over the MySQL/MariaDB binlog
 //! ([`binlog`]), PostgreSQL logical replication ([`logical`]) and change events in a RabbitMQ queue
-//! ([`queue`]).
+//! ([`queue`]); [`run`] drives one of them beside the walk (`bitmig-producer --follow`).
 //!
 //! Contract, the same for the three:
 //! 1. the position is taken **before** the walk reads anything (`position_now` on each reader type);
@@ -18,6 +18,7 @@
 pub mod binlog;
 pub mod logical;
 pub mod queue;
+pub mod run;
 
 use chrono::{DateTime, Utc};
 

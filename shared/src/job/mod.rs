@@ -14,9 +14,11 @@
 //! - [`url`]: database and Elasticsearch URLs, whose `Debug`/`Display` never show credentials;
 //! - [`route`]: table and index routes (`{col % N}`, `{col:FORMAT}`, `[target.ranges]`);
 //! - [`env`]: `${VAR}` expansion;
-//! - [`spec`]: the credential-free spec stored in the ledger, and how two specs differ.
+//! - [`spec`]: the credential-free spec stored in the ledger, and how two specs differ;
+//! - [`follow`]: the `[follow]` section (DESIGN.md §8).
 
 mod env;
+pub mod follow;
 mod ident;
 mod raw;
 mod route;
@@ -34,6 +36,7 @@ pub use spec::spec_differences;
 pub use url::{redact_url, DbUrl, Engine, EsUrl};
 
 pub use env::expand_env;
+pub use follow::{FollowFrom, FollowSpec};
 use raw::RawJob;
 
 /// Largest `group_size` accepted: one group's bitmap stays at 512 KiB, so three bitmaps per group and a
@@ -65,6 +68,9 @@ pub struct JobSpec {
     pub batch_size: u64,
     pub source: SourceSpec,
     pub target: TargetSpec,
+    /// `[follow]`: where `bitmig-producer --follow` reads the source's changes from (DESIGN.md §8). Not
+    /// part of the ledger spec: it says how changes are found, not what is copied.
+    pub follow: Option<FollowSpec>,
 }
 
 #[derive(Debug, Clone)]

@@ -13,6 +13,8 @@ pub(super) struct RawJob {
     pub(super) batch_size: Option<i64>,
     pub(super) source: RawSource,
     pub(super) target: RawTarget,
+    /// `[follow]` (DESIGN.md §8), checked by [`super::follow::FollowSpec::from_toml`].
+    pub(super) follow: Option<toml::Value>,
 }
 
 #[derive(Deserialize)]

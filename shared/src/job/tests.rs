@@ -260,3 +260,26 @@ fn urls_with_credentials_never_print_them() {
     assert!(es.expose().contains("hunter2"));
     assert!(EsUrl::parse("ftp://es.example").is_err());
 }
+
+#[test]
+fn the_follow_section_is_read_and_its_mistakes_name_the_file_and_key() {
+    assert!(parse(GOOD).unwrap().follow.is_none());
+    let job = parse(&format!(
+        "{GOOD}\n[follow]\nfrom = \"binlog\"\nserver_id = 4242\nsettle = \"2s\"\n"
+    ))
+    .unwrap();
+    let follow = job.follow.expect("a [follow] section");
+    assert_eq!(follow.from, FollowFrom::Binlog { server_id: 4242 });
+    assert_eq!(follow.settle, std::time::Duration::from_secs(2));
+    // Not part of the stored spec: following does not change what is copied.
+    assert!(!parse(GOOD)
+        .unwrap()
+        .ledger_spec()
+        .to_string()
+        .contains("follow"));
+    let err = parse(&format!("{GOOD}\n[follow]\nfrom = \"binlog\"\n")).unwrap_err();
+    assert!(
+        err.contains("job.toml") && err.contains("follow.server_id: missing"),
+        "{err}"
+    );
+}

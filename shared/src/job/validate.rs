@@ -173,6 +173,11 @@ impl JobSpec {
             }
         };
 
+        let follow = raw
+            .follow
+            .map(|v| FollowSpec::from_toml(&v, &name))
+            .transpose()?;
+
         Ok(Self {
             path: path.to_owned(),
             name,
@@ -187,6 +192,7 @@ impl JobSpec {
                 version,
             },
             target,
+            follow,
         })
     }
 }

@@ -3,7 +3,7 @@
 //! Contract: [`FollowSpec::from_toml`] takes the section's TOML value and either returns a spec whose every
 //! field is usable as it is, or a message naming the offending key (`follow.server_id`, …) and saying what
 //! is accepted. Unknown keys and keys of another `from` are refused, so a typo never silently falls back to
-//! a default. This file is standalone so it can move into `job/follow.rs` unchanged.
+//! a default. [`super::JobSpec::follow`] holds the result; only `bitmig-producer --follow` acts on it.
 
 use std::time::Duration;
 

@@ -1,0 +1,525 @@
+//! `bitmig-producer --follow` (DESIGN.md §8): the walk of §6 and, beside it, the follower that turns the
+//! source's changes into `catchup` batches until SIGTERM.
+//!
+//! Contract:
+//! - The follow position is taken (or the stored checkpoint read) **before** the walk reads anything, and
+//!   stored in `bitmig:{JOB}:follow` (`from`, `position`, `started_at`, then `checkpoint_at`,
+//!   `last_event_at`, `lag_s`, `events`, `ids_published`, `settling`).
+//! - Changed keys gather in a [`RoaringTreemap`] for one [`WINDOW`] (a hot row is published once per
+//!   window), then per group: plan the group when nobody did (reading all its ids, as the walk does),
+//!   set the `src` bits, publish `catchup`
+//!   batches, wait for the confirms, mark the group `produced` again ([`Ledger::mark_caught_up`]).
+//! - Every published id is published once more after `[follow] settle` (seed 001's late-write race).
+//! - The stored position (and [`ChangeReader::checkpoint`]) advances, at most about once a second, only
+//!   to a change whose ids **and** their settle re-drive are confirmed: a restart, `kill -9` included,
+//!   resumes from there and at worst publishes some ids again (harmless: a catch-up is idempotent).
+//! - `lag_s`: now − commit time of the newest change published; 0 once a window passes with nothing new.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bitmig_shared::cli::{source_error, BadInput};
+use bitmig_shared::ids::{batches, group_last, group_of};
+use bitmig_shared::job::{FollowFrom, FollowSpec, JobSpec};
+use bitmig_shared::ledger::{now_rfc3339, Ledger};
+use bitmig_shared::queue::{dead_queue, Cause, Message};
+use chrono::{DateTime, Utc};
+use roaring::RoaringTreemap;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::binlog::{BinlogReader, BinlogSource};
+use super::logical::{LogicalReader, LogicalSource};
+use super::queue::{QueueReader, QueueSource};
+use super::{Change, ChangeReader, FollowError};
+use crate::{Amqp, Options, Summary};
+
+/// How long changed keys gather before they are published (and the settle windows' width).
+pub const WINDOW: Duration = Duration::from_millis(200);
+/// At most one checkpoint (Redis write and reader checkpoint) per this interval.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// Ids waiting before the follower stops reading to publish them (memory bound under a burst).
+const MAX_PENDING: u64 = 200_000;
+/// Publish attempts of one window before the follower gives up (a broker restart fits inside).
+const PUBLISH_ATTEMPTS: u32 = 10;
+
+/// Plan, publish and follow: the walk ([`crate::run`]) and the follower run side by side; returns when
+/// `cancel` fires (the walk's summary), or with the first error of either.
+pub async fn run(
+    job: &JobSpec,
+    opts: &Options,
+    cancel: CancellationToken,
+) -> anyhow::Result<Summary> {
+    let spec = job.follow.clone().ok_or_else(|| {
+        BadInput(format!(
+            "job file {}: --follow needs a [follow] section (DESIGN.md §8), e.g. from = \"binlog\" and server_id = 4242",
+            job.path.display()
+        ))
+    })?;
+    let ledger = Ledger::connect(&opts.redis_url, &job.name)
+        .await
+        .context("connecting to Redis")?;
+    bitmig_shared::cli::check_spec(&ledger, job, true, &[]).await?;
+    let position = start_position(job, &spec, &ledger).await?;
+    let reader = open_reader(job, opts, &spec, &position).await?;
+    info!(job = %job.name, from = spec.from.name(), %position, "following");
+
+    let follower = Follower::new(job, opts, spec, ledger, position).await?;
+    let walk_cancel = cancel.child_token();
+    let walk = crate::run(job, opts, walk_cancel.clone());
+    let follow = follower.follow(reader, cancel.clone());
+    tokio::pin!(walk, follow);
+    let mut summary = None;
+    loop {
+        tokio::select! {
+            r = &mut walk, if summary.is_none() => {
+                summary = Some(r?);
+                info!(job = %job.name, "the walk is done; following until SIGTERM");
+            }
+            r = &mut follow => {
+                r?;
+                // The follower returns only when cancelled; let an unfinished walk say so.
+                return match summary {
+                    Some(s) => Ok(s),
+                    None => walk.await,
+                };
+            }
+        }
+    }
+}
+
+/// The stored checkpoint, or (first run) the source's position now, stored before anything is read.
+async fn start_position(
+    job: &JobSpec,
+    spec: &FollowSpec,
+    ledger: &Ledger,
+) -> anyhow::Result<String> {
+    let state = ledger.follow_state().await?;
+    if let Some(position) = state.get("position") {
+        let stored = state.get("from").map(String::as_str).unwrap_or("");
+        if stored != spec.from.name() {
+            return Err(BadInput(format!(
+                "job file {}: follow.from is \"{}\" but {} was followed from \"{stored}\"; \
+                 a job follows one source (delete {} to start over)",
+                job.path.display(),
+                spec.from.name(),
+                ledger.job_key("follow"),
+                ledger.job_key("follow")
+            ))
+            .into());
+        }
+        info!(job = %job.name, %position, "resuming from the stored follow checkpoint");
+        return Ok(position.clone());
+    }
+    let position = match &spec.from {
+        FollowFrom::Binlog { .. } => super::binlog::position_now(&binlog_source(job, spec)).await,
+        FollowFrom::Logical { .. } => {
+            super::logical::position_now(&logical_source(job, spec)).await
+        }
+        FollowFrom::Queue { .. } => Ok(super::queue::position_now()),
+    }
+    .map_err(follow_error)?;
+    ledger
+        .set_follow_state(&[
+            ("from", spec.from.name().to_owned()),
+            ("position", position.clone()),
+            ("started_at", now_rfc3339()),
+            ("events", "0".into()),
+            ("ids_published", "0".into()),
+        ])
+        .await?;
+    Ok(position)
+}
+
+fn binlog_source(job: &JobSpec, spec: &FollowSpec) -> BinlogSource {
+    let server_id = match spec.from {
+        FollowFrom::Binlog { server_id } => server_id,
+        _ => 0,
+    };
+    BinlogSource {
+        url: job.source.url.expose().to_owned(),
+        database: job.source.table.schema.as_ref().map(|s| s.to_string()),
+        table: job.source.table.table.to_string(),
+        key: job.source.key.to_string(),
+        server_id,
+    }
+}
+
+fn logical_source(job: &JobSpec, spec: &FollowSpec) -> LogicalSource {
+    let (slot, publication) = match &spec.from {
+        FollowFrom::Logical { slot, publication } => (slot.clone(), publication.clone()),
+        _ => Default::default(),
+    };
+    LogicalSource {
+        url: job.source.url.expose().to_owned(),
+        schema: job.source.table.schema.as_ref().map(|s| s.to_string()),
+        table: job.source.table.table.to_string(),
+        key: job.source.key.to_string(),
+        slot,
+        publication,
+    }
+}
+
+async fn open_reader(
+    job: &JobSpec,
+    opts: &Options,
+    spec: &FollowSpec,
+    position: &str,
+) -> anyhow::Result<Box<dyn ChangeReader>> {
+    let reader: Box<dyn ChangeReader> = match &spec.from {
+        FollowFrom::Binlog { .. } => Box::new(
+            BinlogReader::start(binlog_source(job, spec), position)
+                .await
+                .map_err(follow_error)?,
+        ),
+        FollowFrom::Logical { .. } => Box::new(
+            LogicalReader::start(logical_source(job, spec), position)
+                .await
+                .map_err(follow_error)?,
+        ),
+        FollowFrom::Queue { queue, keys } => Box::new(
+            QueueReader::start(&QueueSource {
+                amqp_url: opts.amqp_url.clone(),
+                queue: queue.clone(),
+                keys: keys.clone(),
+                // Messages stay unacked until their settle re-drive (the checkpoint), so the window must
+                // hold `settle` worth of events: 10 000 is 1 000 events/s at the default 10 s.
+                prefetch: 10_000,
+            })
+            .await
+            .map_err(follow_error)?,
+        ),
+    };
+    Ok(reader)
+}
+
+/// A reader's error as the binaries' exit codes want it: refusals and bad positions exit 2.
+fn follow_error(e: FollowError) -> anyhow::Error {
+    match e {
+        FollowError::Refused(b) => anyhow::Error::new(b).context("the source cannot be followed"),
+        FollowError::BadPosition { position, reason } => {
+            anyhow::Error::new(reason).context(format!("bad follow position `{position}`"))
+        }
+        other => anyhow::Error::new(other),
+    }
+}
+
+/// Ids published in one window, to be published again once `due`; `position` is the newest change they
+/// cover (`None`: a settle-only window).
+struct Settling {
+    due: Instant,
+    ids: RoaringTreemap,
+    position: Option<String>,
+}
+
+struct Follower<'a> {
+    job: &'a JobSpec,
+    opts: &'a Options,
+    spec: FollowSpec,
+    ledger: Ledger,
+    /// For the ids of a group nobody planned yet (the follower plans it whole).
+    source: Box<dyn bitmig_shared::source::Source>,
+    amqp: Option<Amqp>,
+    /// Keys read, not yet published, and the newest change they came from.
+    pending: RoaringTreemap,
+    pending_position: Option<String>,
+    newest_commit: Option<DateTime<Utc>>,
+    settling: VecDeque<Settling>,
+    /// The newest position whose ids and settle re-drive are confirmed, and the one stored.
+    safe_position: String,
+    stored_position: String,
+    last_checkpoint: Instant,
+    events: u64,
+    ids_published: u64,
+    last_event_at: Option<DateTime<Utc>>,
+    lag_s: f64,
+}
+
+impl<'a> Follower<'a> {
+    async fn new(
+        job: &'a JobSpec,
+        opts: &'a Options,
+        spec: FollowSpec,
+        ledger: Ledger,
+        position: String,
+    ) -> anyhow::Result<Self> {
+        let state = ledger.follow_state().await?;
+        let num = |k: &str| state.get(k).and_then(|v| v.parse().ok()).unwrap_or(0);
+        Ok(Self {
+            source: bitmig_shared::source::open(job, 2).map_err(source_error)?,
+            amqp: Some(Amqp::connect(&opts.amqp_url, &job.name).await?),
+            job,
+            opts,
+            spec,
+            events: num("events"),
+            ids_published: num("ids_published"),
+            ledger,
+            pending: RoaringTreemap::new(),
+            pending_position: None,
+            newest_commit: None,
+            settling: VecDeque::new(),
+            safe_position: position.clone(),
+            stored_position: position,
+            last_checkpoint: Instant::now(),
+            last_event_at: None,
+            lag_s: 0.0,
+        })
+    }
+
+    /// Reads and publishes until `cancel`; then stores the last safe checkpoint.
+    async fn follow(
+        mut self,
+        mut reader: Box<dyn ChangeReader>,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let mut tick = tokio::time::interval(WINDOW);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut read_in_window = false;
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                _ = tick.tick() => {
+                    if !read_in_window && self.pending.is_empty() {
+                        self.lag_s = 0.0;
+                    }
+                    read_in_window = false;
+                    self.flush().await?;
+                    self.checkpoint(&mut *reader, false).await?;
+                }
+                c = reader.next(), if self.pending.len() < MAX_PENDING => {
+                    read_in_window = true;
+                    self.take(c.map_err(follow_error)?).await?;
+                }
+            }
+        }
+        self.checkpoint(&mut *reader, true).await?;
+        if let Some(a) = self.amqp.take() {
+            let _ = a.conn.close(200, "done".into()).await;
+        }
+        Ok(())
+    }
+
+    async fn take(&mut self, c: Change) -> anyhow::Result<()> {
+        self.events += 1;
+        self.last_event_at = Some(c.committed_at);
+        self.newest_commit = Some(c.committed_at);
+        if let Some(nk) = &c.no_key {
+            // A change event without a key: to the dead queue with the reason, confirmed before its
+            // position can be checkpointed.
+            let dead = dead_queue(&self.job.name);
+            let reason = format!("change event with no key: {}", nk.reason);
+            let mut attempt = 1;
+            loop {
+                let r = match self.amqp().await {
+                    Ok(a) => a
+                        .publisher
+                        .publish_confirmed(&dead, &nk.body, Some(&reason))
+                        .await
+                        .map_err(anyhow::Error::from),
+                    Err(e) => Err(e),
+                };
+                match r {
+                    Ok(()) => break,
+                    Err(e) if attempt >= PUBLISH_ATTEMPTS => {
+                        return Err(e.context("dead-lettering a change event"))
+                    }
+                    Err(e) => {
+                        warn!(job = %self.job.name, attempt, error = %format!("{e:#}"), "dead-lettering failed; redoing it");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        attempt += 1;
+                    }
+                }
+            }
+        }
+        self.pending.extend(c.keys.iter().copied());
+        self.pending_position = Some(c.position);
+        Ok(())
+    }
+
+    /// The broker connection, opened again when it was lost.
+    async fn amqp(&mut self) -> anyhow::Result<&mut Amqp> {
+        if !self
+            .amqp
+            .as_ref()
+            .is_some_and(|a| a.conn.status().connected())
+        {
+            let a = Amqp::connect(&self.opts.amqp_url, &self.job.name).await?;
+            info!(job = %self.job.name, "reconnected to RabbitMQ");
+            self.amqp = Some(a);
+        }
+        // Set just above when it was not.
+        self.amqp.as_mut().context("no broker connection")
+    }
+
+    /// Publishes the window's pending ids, then the settle re-drives that are due.
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        if !self.pending.is_empty() {
+            let ids = std::mem::take(&mut self.pending);
+            self.publish(&ids).await?;
+            self.ids_published += ids.len();
+            if let Some(at) = self.newest_commit {
+                self.lag_s = ((Utc::now() - at).num_milliseconds().max(0) as f64) / 1000.0;
+            }
+            self.settling.push_back(Settling {
+                due: Instant::now() + self.spec.settle,
+                ids,
+                position: self.pending_position.take(),
+            });
+        } else if let Some(position) = self.pending_position.take() {
+            // Changes with no key of ours (a queue event dead-lettered): safe once those before it are.
+            self.settling.push_back(Settling {
+                due: Instant::now(),
+                ids: RoaringTreemap::new(),
+                position: Some(position),
+            });
+        }
+        while self
+            .settling
+            .front()
+            .is_some_and(|s| s.due <= Instant::now())
+        {
+            let Some(s) = self.settling.pop_front() else {
+                break;
+            };
+            if !s.ids.is_empty() {
+                self.publish(&s.ids).await?;
+            }
+            if let Some(p) = s.position {
+                self.safe_position = p;
+            }
+        }
+        Ok(())
+    }
+
+    /// One window's ids as `catchup` batches, group by group, in the order of DESIGN.md §8.2.
+    async fn publish(&mut self, ids: &RoaringTreemap) -> anyhow::Result<()> {
+        let gs = self.job.group_size;
+        let mut groups: Vec<(u64, Vec<u64>)> = Vec::new();
+        for id in ids.iter() {
+            let first = group_of(id, gs);
+            match groups.last_mut() {
+                Some((f, v)) if *f == first => v.push(id),
+                _ => groups.push((first, vec![id])),
+            }
+        }
+        let mut delay = Duration::from_millis(500);
+        let mut attempt = 1;
+        // Groups this window planned, kept across attempts (a redone attempt finds them `producing`).
+        let mut planned_here = Vec::new();
+        loop {
+            match self.publish_once(&groups, &mut planned_here).await {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt >= PUBLISH_ATTEMPTS => {
+                    return Err(e.context(format!(
+                        "publishing catch-up batches: giving up after {attempt} attempts"
+                    )))
+                }
+                Err(e) => {
+                    warn!(job = %self.job.name, attempt, retry_in = ?delay, error = %format!("{e:#}"), "catch-up publish failed; redoing it");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(15));
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    async fn publish_once(
+        &mut self,
+        groups: &[(u64, Vec<u64>)],
+        planned_here: &mut Vec<(u64, u64)>,
+    ) -> anyhow::Result<()> {
+        let job = self.job;
+        let gs = job.group_size;
+        for (first, ids) in groups {
+            let mut ids = ids.clone();
+            if self.ledger.group_status(*first).await?.is_none()
+                || planned_here.iter().any(|(f, _)| f == first)
+            {
+                // Nobody planned this group (ids above the walk's range, or a group the walk has not
+                // reached): plan it whole, as the walk would, so it never passes for produced with only
+                // its changed ids. The changed ids stay in, so those gone are deleted.
+                self.ledger
+                    .begin_group(*first, group_last(*first, gs))
+                    .await?;
+                let existing = self
+                    .source
+                    .keys_between(*first, group_last(*first, gs))
+                    .await
+                    .map_err(source_error)?;
+                planned_here.retain(|(f, _)| f != first);
+                planned_here.push((*first, existing.len() as u64));
+                ids.extend(existing);
+                ids.sort_unstable();
+                ids.dedup();
+            }
+            let ids = &ids;
+            self.ledger.add_src(*first, ids).await?;
+            let amqp = self.amqp().await?;
+            for ranges in batches(ids, job.batch_size as usize) {
+                let m = Message {
+                    job: job.name.clone(),
+                    group: *first,
+                    ids: ranges,
+                    cause: Cause::Catchup,
+                    attempt: 0,
+                };
+                amqp.publisher.publish_message(&job.name, &m).await?;
+            }
+        }
+        self.amqp()
+            .await?
+            .publisher
+            .wait()
+            .await
+            .context("catch-up batches not confirmed")?;
+        for (first, _) in groups {
+            match planned_here.iter().find(|(f, _)| f == first) {
+                // Planned by the follower, whole.
+                Some((_, n)) => self.ledger.finish_group(*first, *n).await?,
+                None => self.ledger.mark_caught_up(*first).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores the state, and advances the stored position and the reader's checkpoint to the newest safe
+    /// position, at most once per [`CHECKPOINT_EVERY`] (always when `last`).
+    async fn checkpoint(
+        &mut self,
+        reader: &mut dyn ChangeReader,
+        last: bool,
+    ) -> anyhow::Result<()> {
+        if !last && self.last_checkpoint.elapsed() < CHECKPOINT_EVERY {
+            return Ok(());
+        }
+        self.last_checkpoint = Instant::now();
+        let settling: u64 =
+            self.settling.iter().map(|s| s.ids.len()).sum::<u64>() + self.pending.len();
+        let mut fields = vec![
+            ("lag_s", format!("{:.3}", self.lag_s)),
+            ("events", self.events.to_string()),
+            ("ids_published", self.ids_published.to_string()),
+            ("settling", settling.to_string()),
+        ];
+        if let Some(at) = self.last_event_at {
+            fields.push((
+                "last_event_at",
+                at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            ));
+        }
+        if self.safe_position != self.stored_position {
+            reader
+                .checkpoint(&self.safe_position)
+                .await
+                .map_err(follow_error)?;
+            fields.push(("position", self.safe_position.clone()));
+            fields.push(("checkpoint_at", now_rfc3339()));
+            self.stored_position = self.safe_position.clone();
+        }
+        self.ledger.set_follow_state(&fields).await?;
+        Ok(())
+    }
+}
