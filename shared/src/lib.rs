@@ -20,7 +20,7 @@
 //! - [`follow_spec`]: the `[follow]` section (DESIGN.md §8).
 //! - [`cli`]: the options and exit codes every binary shares, the stored-spec check.
 //! - [`progress`]: progress output of long runs.
-//! - [`throttle`], [`throttle_spec`]: the `[throttle]` section and the waits it imposes on workers.
+//! - [`throttle`]: the waits the job's `[throttle]` section (`job::ThrottleSpec`) imposes on workers.
 //! - [`telemetry`]: logging set-up and (`telemetry::metrics`) Prometheus metrics with health and readiness.
 
 pub mod cli;
@@ -40,5 +40,4 @@ pub mod source;
 pub mod sql;
 pub mod telemetry;
 pub mod throttle;
-pub mod throttle_spec;
 pub mod value;

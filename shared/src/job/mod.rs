@@ -14,13 +14,15 @@
 //! - [`url`]: database and Elasticsearch URLs, whose `Debug`/`Display` never show credentials;
 //! - [`route`]: table and index routes (`{col % N}`, `{col:FORMAT}`, `[target.ranges]`);
 //! - [`env`]: `${VAR}` expansion;
-//! - [`spec`]: the credential-free spec stored in the ledger, and how two specs differ.
+//! - [`spec`]: the credential-free spec stored in the ledger, and how two specs differ;
+//! - [`throttle`]: the `[throttle]` section (DESIGN.md §11), not part of the stored spec.
 
 mod env;
 mod ident;
 mod raw;
 mod route;
 mod spec;
+mod throttle;
 mod url;
 mod validate;
 
@@ -31,6 +33,7 @@ use serde::{Deserialize, Serialize};
 pub use ident::{Ident, TableName};
 pub use route::{KeyRangeTable, RangeMap, Route, RoutePart, TableRoute};
 pub use spec::spec_differences;
+pub use throttle::ThrottleSpec;
 pub use url::{redact_url, DbUrl, Engine, EsUrl};
 
 pub use env::expand_env;
@@ -65,6 +68,8 @@ pub struct JobSpec {
     pub batch_size: u64,
     pub source: SourceSpec,
     pub target: TargetSpec,
+    /// `[throttle]`: the limits work waits for (empty when the section is absent). Not stored in the ledger.
+    pub throttle: ThrottleSpec,
 }
 
 #[derive(Debug, Clone)]

@@ -13,6 +13,8 @@ pub(super) struct RawJob {
     pub(super) batch_size: Option<i64>,
     pub(super) source: RawSource,
     pub(super) target: RawTarget,
+    /// `[throttle]`, already `${VAR}`-expanded; parsed by [`super::ThrottleSpec::from_toml`].
+    pub(super) throttle: Option<toml::Value>,
 }
 
 #[derive(Deserialize)]

@@ -173,6 +173,11 @@ impl JobSpec {
             }
         };
 
+        let throttle = match raw.throttle {
+            Some(t) => ThrottleSpec::from_toml(t)?,
+            None => ThrottleSpec::default(),
+        };
+
         Ok(Self {
             path: path.to_owned(),
             name,
@@ -187,6 +192,7 @@ impl JobSpec {
                 version,
             },
             target,
+            throttle,
         })
     }
 }
