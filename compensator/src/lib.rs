@@ -5,10 +5,13 @@
 //!
 //! - [`redrive`]: `run` — one pass ([`run_once`]) or one every `--every` until cancelled ([`run_every`]).
 //! - [`report`](mod@report): `report` — what the ledger says ([`report()`]), exit 3 unless complete.
+//! - [`control`]: `pause` / `resume` — the job's `control` hash ([`set_paused`]).
 
+pub mod control;
 pub mod redrive;
 pub mod report;
 
+pub use control::set_paused;
 pub use redrive::{run_every, run_once, PassSummary, RunOptions};
 pub use report::{report, Report};
 

@@ -1,5 +1,5 @@
 //! `bitmig-compensator`: parses the command line and dispatches each subcommand to its module of
-//! `bitmig_compensator` (`run` → `redrive`, `report` → `report`); exit codes per DESIGN.md §3.
+//! `bitmig_compensator` (`run` → `redrive`, `report` → `report`, `pause`/`resume` → `control`); exit codes per DESIGN.md §3.
 
 use std::time::Duration;
 
@@ -40,6 +40,19 @@ enum Command {
         /// One JSON object instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Stop every program of the job taking new work (within 2 s; in-flight batches finish).
+    Pause {
+        #[command(flatten)]
+        common: Common,
+        /// Why, for the other operators (shown by `report`).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Let the programs of a paused job go on.
+    Resume {
+        #[command(flatten)]
+        common: Common,
     },
 }
 
@@ -103,6 +116,21 @@ async fn main() {
                         std::process::exit(exit::INCOMPLETE);
                     }
                 }
+                Err(e) => cli::exit_with(&e),
+            }
+        }
+        Command::Pause { common, reason } => {
+            let job = cli::load_job(&common);
+            match bitmig_compensator::set_paused(&job, &common.redis_url, Some(&reason)).await {
+                Ok(_) if reason.is_empty() => println!("job {}: paused", job.name),
+                Ok(_) => println!("job {}: paused ({reason})", job.name),
+                Err(e) => cli::exit_with(&e),
+            }
+        }
+        Command::Resume { common } => {
+            let job = cli::load_job(&common);
+            match bitmig_compensator::set_paused(&job, &common.redis_url, None).await {
+                Ok(_) => println!("job {}: resumed", job.name),
                 Err(e) => cli::exit_with(&e),
             }
         }
