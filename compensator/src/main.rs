@@ -32,6 +32,9 @@ enum Command {
         /// Print each pass's summary as one JSON object.
         #[arg(long)]
         json: bool,
+        /// With `--every`: serve /metrics (`bitmig_missing_ids`), /healthz, /readyz.
+        #[command(flatten)]
+        metrics: bitmig_shared::telemetry::metrics::MetricsArgs,
     },
     /// Say what the ledger says: exit 0 when complete, 3 when anything is missing, unproduced or failed.
     Report {
@@ -68,6 +71,38 @@ fn print_pass(s: &bitmig_compensator::PassSummary, json: bool) {
     }
 }
 
+/// `--metrics-addr` of `run --every`: the registry, with `/readyz` checking Redis and the broker.
+async fn serve_metrics(
+    args: &bitmig_shared::telemetry::metrics::MetricsArgs,
+    metrics: &bitmig_shared::telemetry::metrics::Metrics,
+    common: &Common,
+    cancel: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<Option<bitmig_shared::telemetry::metrics::MetricsServer>> {
+    use bitmig_shared::telemetry::metrics::{serve, Readiness};
+    let Some(addr) = &args.metrics_addr else {
+        return Ok(None);
+    };
+    let readiness = Readiness::default();
+    let redis = bitmig_shared::redis_con::RedisCon::connect(&common.redis_url).await?;
+    readiness.register_redis(redis);
+    let url = common.amqp_url.clone();
+    readiness.register("broker", move || {
+        let url = url.clone();
+        async move {
+            let conn = bitmig_shared::queue::connect(&url, "bitmig-compensator-readyz")
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = conn.close(200, "ready".into()).await;
+            Ok(())
+        }
+    });
+    let server = serve(addr, metrics.clone(), readiness, cancel)
+        .await
+        .map_err(cli::BadInput)?;
+    tracing::info!(addr = %server.addr, "serving /metrics, /healthz, /readyz");
+    Ok(Some(server))
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -79,6 +114,7 @@ async fn main() {
             every,
             retry_failed,
             json,
+            metrics,
         } => {
             let job = cli::load_job(&common);
             let opts = bitmig_compensator::RunOptions {
@@ -93,10 +129,17 @@ async fn main() {
                     .map(|s| print_pass(&s, json)),
                 Some(every) => {
                     let cancel = cli::shutdown_token();
-                    bitmig_compensator::run_every(&job, &opts, every, cancel, |s| {
-                        print_pass(s, json)
-                    })
-                    .await
+                    let gauge = bitmig_shared::telemetry::metrics::Metrics::new(&job.name);
+                    match serve_metrics(&metrics, &gauge, &common, cancel.clone()).await {
+                        Ok(_server) => {
+                            bitmig_compensator::run_every(&job, &opts, every, cancel, |s| {
+                                gauge.set_missing_ids(s.republished_ids);
+                                print_pass(s, json)
+                            })
+                            .await
+                        }
+                        Err(e) => Err(e),
+                    }
                 }
             };
             if let Err(e) = done {

@@ -16,6 +16,8 @@ struct Args {
     /// Publish at most this many ids per second.
     #[arg(long, value_name = "ROWS_PER_S")]
     rate: Option<u64>,
+    #[command(flatten)]
+    metrics: bitmig_shared::telemetry::metrics::MetricsArgs,
 }
 
 #[tokio::main]
@@ -34,6 +36,7 @@ async fn main() {
         from: args.from,
         to: args.to,
         rate: args.rate,
+        metrics_addr: args.metrics.metrics_addr,
     };
     let cancel = cli::shutdown_token();
     match bitmig_producer::run(&job, &opts, cancel).await {
