@@ -57,7 +57,7 @@ where
 /// Read → write → record, for one valid message.
 pub(crate) async fn process(ctx: &Ctx, m: &Message) -> Result<(), Failure> {
     check_planned(ctx, m.group).await?;
-    wait_for_budget(ctx, m.ids.len() as u64).await?;
+    wait_for_budget(ctx, bitmig_shared::ids::count_in(&m.ids)).await?;
     let started = Instant::now();
     let rows = quick_retry(&ctx.cancel, SourceError::is_transient, || {
         ctx.source.read_rows(&m.ids)

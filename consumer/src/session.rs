@@ -51,9 +51,20 @@ pub(crate) async fn session(
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut lost = None;
     let mut paused = ctx.pause.clone();
+    // Deliveries taken but not started when a pause came: kept unacked (nobody else gets them, nothing is
+    // nacked) and started first after the resume; a shutdown's channel close returns them to the queue.
+    let mut held: Vec<Delivery> = Vec::new();
     // One subscription per stretch of running: a pause cancels it (the broker keeps the queue's
     // messages, nothing is nacked), a resume subscribes again.
     'running: while wait_running(ctx, &mut paused, idle_since).await {
+        for delivery in std::mem::take(&mut held) {
+            let permit = slots.clone().acquire_owned().await?;
+            let (ctx, publisher) = (ctx.clone(), publisher.clone());
+            tracker.spawn(async move {
+                handle(&ctx, &publisher, delivery).await;
+                drop(permit);
+            });
+        }
         let mut deliveries = ch
             .basic_consume(
                 queue::work_queue(job).as_str().into(),
@@ -84,13 +95,20 @@ pub(crate) async fn session(
                             break 'running;
                         }
                     };
+                    let mut pause = ctx.pause.clone();
                     let permit = tokio::select! {
-                        p = slots.clone().acquire_owned() => p?,
+                        biased;
                         _ = cancel.cancelled() => {
                             // Not started: give it back to the queue at once.
                             let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
                             break;
                         }
+                        Ok(_) = pause.wait_for(|p| *p) => {
+                            held.push(delivery);
+                            pausing = true;
+                            break;
+                        }
+                        p = slots.clone().acquire_owned() => p?,
                     };
                     let (ctx, publisher) = (ctx.clone(), publisher.clone());
                     tracker.spawn(async move {
@@ -116,25 +134,19 @@ pub(crate) async fn session(
             break;
         }
         // Paused: stop the subscription. Deliveries the broker pushed before the cancel (at most the
-        // prefetch) are in flight already: process and ack them; the stream ends after the last one.
+        // prefetch) are held, not started, until the resume; the stream ends after the last one.
         ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
             .await?;
-        info!(job = %job, "job paused: stopped taking deliveries; in-flight batches finish");
         while let Some(next) = deliveries.next().await {
-            let delivery = match next {
-                Ok(d) => d,
+            match next {
+                Ok(d) => held.push(d),
                 Err(e) => {
                     lost = Some(anyhow::Error::from(e));
                     break 'running;
                 }
-            };
-            let permit = slots.clone().acquire_owned().await?;
-            let (ctx, publisher) = (ctx.clone(), publisher.clone());
-            tracker.spawn(async move {
-                handle(&ctx, &publisher, delivery).await;
-                drop(permit);
-            });
+            }
         }
+        info!(job = %job, held = held.len(), "job paused: stopped taking deliveries; in-flight batches finish");
     }
 
     // Stop taking deliveries, finish in-flight batches, then close.
