@@ -5,8 +5,9 @@
 //! under a broker confirm. A crash anywhere before the ack means a redelivery and an idempotent rewrite.
 //!
 //! Operating (DESIGN.md §11): a [`PauseWatch`] polls `bitmig:{JOB}:control`; while the job is paused the
-//! session holds no subscription on the work queue (so the broker keeps every message), in-flight batches
-//! finish and are acked, and a consumer started while paused waits. Before each batch the job's
+//! session holds no subscription on the work queue: deliveries taken but not started are requeued to the work
+//! queue (never to a retry queue), in-flight batches finish and are acked, and a consumer started while
+//! paused waits. Before each batch the job's
 //! `[throttle]` ([`Throttle::wait_for_budget`]) may hold it. `--metrics-addr` serves [`Metrics`] with
 //! `/readyz` checking the broker, Redis and the databases.
 //!

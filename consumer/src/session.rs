@@ -51,20 +51,9 @@ pub(crate) async fn session(
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut lost = None;
     let mut paused = ctx.pause.clone();
-    // Deliveries taken but not started when a pause came: kept unacked (nobody else gets them, nothing is
-    // nacked) and started first after the resume; a shutdown's channel close returns them to the queue.
-    let mut held: Vec<Delivery> = Vec::new();
     // One subscription per stretch of running: a pause cancels it (the broker keeps the queue's
     // messages, nothing is nacked), a resume subscribes again.
     'running: while wait_running(ctx, &mut paused, idle_since).await {
-        for delivery in std::mem::take(&mut held) {
-            let permit = slots.clone().acquire_owned().await?;
-            let (ctx, publisher) = (ctx.clone(), publisher.clone());
-            tracker.spawn(async move {
-                handle(&ctx, &publisher, delivery).await;
-                drop(permit);
-            });
-        }
         let mut deliveries = ch
             .basic_consume(
                 queue::work_queue(job).as_str().into(),
@@ -104,7 +93,8 @@ pub(crate) async fn session(
                             break;
                         }
                         Ok(_) = pause.wait_for(|p| *p) => {
-                            held.push(delivery);
+                            // Not started: back to the head of the work queue (not a retry queue).
+                            let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
                             pausing = true;
                             break;
                         }
@@ -134,19 +124,29 @@ pub(crate) async fn session(
             break;
         }
         // Paused: stop the subscription. Deliveries the broker pushed before the cancel (at most the
-        // prefetch) are held, not started, until the resume; the stream ends after the last one.
+        // prefetch) were not started: they go back to the head of the work queue (requeued, not retried);
+        // the stream ends after the last one.
         ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
             .await?;
+        let mut requeued = 0u32;
         while let Some(next) = deliveries.next().await {
             match next {
-                Ok(d) => held.push(d),
+                Ok(d) => {
+                    requeued += 1;
+                    let _ = d
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            ..Default::default()
+                        })
+                        .await;
+                }
                 Err(e) => {
                     lost = Some(anyhow::Error::from(e));
                     break 'running;
                 }
             }
         }
-        info!(job = %job, held = held.len(), "job paused: stopped taking deliveries; in-flight batches finish");
+        info!(job = %job, requeued, "job paused: stopped taking deliveries; in-flight batches finish");
     }
 
     // Stop taking deliveries, finish in-flight batches, then close.

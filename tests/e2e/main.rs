@@ -21,6 +21,7 @@ mod elasticsearch;
 mod follow_readers;
 mod hostile;
 mod operating;
+mod operating_wired;
 mod postgres;
 mod producer_resume;
 mod redis_cluster;
