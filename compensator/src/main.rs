@@ -1,5 +1,6 @@
 //! `bitmig-compensator`: parses the command line and dispatches each subcommand to its module of
-//! `bitmig_compensator` (`run` → `redrive`, `verify` → `verify`, `report` → `report`); exit codes per DESIGN.md §3.
+//! `bitmig_compensator` (`run` → `redrive`, `verify` → `verify`, `report` → `report`, `pause`/`resume` →
+//! `control`); exit codes per DESIGN.md §3.
 
 use std::time::Duration;
 
@@ -32,6 +33,9 @@ enum Command {
         /// Print each pass's summary as one JSON object.
         #[arg(long)]
         json: bool,
+        /// With `--every`: serve /metrics (`bitmig_missing_ids`), /healthz, /readyz.
+        #[command(flatten)]
+        metrics: bitmig_shared::telemetry::metrics::MetricsArgs,
     },
     /// Compare every target row with its source row, group by group: exit 0 when every group is equal,
     /// 3 when not (DESIGN.md §9).
@@ -62,6 +66,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Stop every program of the job taking new work (within 2 s; in-flight batches finish).
+    Pause {
+        #[command(flatten)]
+        common: Common,
+        /// Why, for the other operators (shown by `report`).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Let the programs of a paused job go on.
+    Resume {
+        #[command(flatten)]
+        common: Common,
+    },
 }
 
 /// `FIRST..LAST`, both inclusive, `FIRST <= LAST`.
@@ -90,6 +107,38 @@ fn print_pass(s: &bitmig_compensator::PassSummary, json: bool) {
     }
 }
 
+/// `--metrics-addr` of `run --every`: the registry, with `/readyz` checking Redis and the broker.
+async fn serve_metrics(
+    args: &bitmig_shared::telemetry::metrics::MetricsArgs,
+    metrics: &bitmig_shared::telemetry::metrics::Metrics,
+    common: &Common,
+    cancel: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<Option<bitmig_shared::telemetry::metrics::MetricsServer>> {
+    use bitmig_shared::telemetry::metrics::{serve, Readiness};
+    let Some(addr) = &args.metrics_addr else {
+        return Ok(None);
+    };
+    let readiness = Readiness::default();
+    let redis = bitmig_shared::redis_con::RedisCon::connect(&common.redis_url).await?;
+    readiness.register_redis(redis);
+    let url = common.amqp_url.clone();
+    readiness.register("broker", move || {
+        let url = url.clone();
+        async move {
+            let conn = bitmig_shared::queue::connect(&url, "bitmig-compensator-readyz")
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = conn.close(200, "ready".into()).await;
+            Ok(())
+        }
+    });
+    let server = serve(addr, metrics.clone(), readiness, cancel)
+        .await
+        .map_err(cli::BadInput)?;
+    tracing::info!(addr = %server.addr, "serving /metrics, /healthz, /readyz");
+    Ok(Some(server))
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -101,6 +150,7 @@ async fn main() {
             every,
             retry_failed,
             json,
+            metrics,
         } => {
             let job = cli::load_job(&common);
             let opts = bitmig_compensator::RunOptions {
@@ -115,10 +165,17 @@ async fn main() {
                     .map(|s| print_pass(&s, json)),
                 Some(every) => {
                     let cancel = cli::shutdown_token();
-                    bitmig_compensator::run_every(&job, &opts, every, cancel, |s| {
-                        print_pass(s, json)
-                    })
-                    .await
+                    let gauge = bitmig_shared::telemetry::metrics::Metrics::new(&job.name);
+                    match serve_metrics(&metrics, &gauge, &common, cancel.clone()).await {
+                        Ok(_server) => {
+                            bitmig_compensator::run_every(&job, &opts, every, cancel, |s| {
+                                gauge.set_missing_ids(s.republished_ids);
+                                print_pass(s, json)
+                            })
+                            .await
+                        }
+                        Err(e) => Err(e),
+                    }
                 }
             };
             if let Err(e) = done {
@@ -177,6 +234,21 @@ async fn main() {
                         std::process::exit(exit::INCOMPLETE);
                     }
                 }
+                Err(e) => cli::exit_with(&e),
+            }
+        }
+        Command::Pause { common, reason } => {
+            let job = cli::load_job(&common);
+            match bitmig_compensator::set_paused(&job, &common.redis_url, Some(&reason)).await {
+                Ok(_) if reason.is_empty() => println!("job {}: paused", job.name),
+                Ok(_) => println!("job {}: paused ({reason})", job.name),
+                Err(e) => cli::exit_with(&e),
+            }
+        }
+        Command::Resume { common } => {
+            let job = cli::load_job(&common);
+            match bitmig_compensator::set_paused(&job, &common.redis_url, None).await {
+                Ok(_) => println!("job {}: resumed", job.name),
                 Err(e) => cli::exit_with(&e),
             }
         }

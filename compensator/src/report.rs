@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use anyhow::Context;
 use bitmig_shared::cli;
+use bitmig_shared::control::Control;
 use bitmig_shared::ids::{and_not, ids_of, popcount};
 use bitmig_shared::job::JobSpec;
 use bitmig_shared::ledger::{GroupStatus, Ledger, SpecCheck};
@@ -46,6 +47,12 @@ pub struct Report {
     pub diff_ids: u64,
     /// Every group verified, none differing (says nothing about rows changed since).
     pub verified: bool,
+    /// `bitmig-compensator pause` holds the job (`control.paused`).
+    pub paused: bool,
+    /// The reason given to `pause` (empty when none, or not paused).
+    pub reason: String,
+    /// Why work waits for `[throttle]` right now (`control.throttled`), if it does.
+    pub throttled: Option<String>,
     /// Up to 20 groups with missing ids: first → count.
     pub groups_missing: BTreeMap<u64, u64>,
     /// Why the job is not complete, in words.
@@ -128,6 +135,14 @@ pub async fn report(job: &JobSpec, redis_url: &str) -> anyhow::Result<Report> {
     };
     let found = cli::check_spec(&ledger, job, false, crate::SPEC_FIELDS_IGNORED).await?;
     r.ledger_present = !matches!(found, SpecCheck::Absent);
+    let control = Control::new(ledger.connection(), &job.name).state().await?;
+    r.paused = control.paused;
+    r.reason = if control.paused {
+        control.reason
+    } else {
+        String::new()
+    };
+    r.throttled = control.throttled;
     let producer = ledger.producer_state().await?;
     r.producer = producer
         .get("status")
@@ -253,6 +268,18 @@ impl std::fmt::Display for Report {
             self.groups_producing,
             self.producer
         )?;
+        if self.paused {
+            match self.reason.as_str() {
+                "" => writeln!(f, "  PAUSED (`bitmig-compensator resume` lets it go on)")?,
+                why => writeln!(
+                    f,
+                    "  PAUSED: {why} (`bitmig-compensator resume` lets it go on)"
+                )?,
+            }
+        }
+        if let Some(why) = &self.throttled {
+            writeln!(f, "  throttled: {why}")?;
+        }
         writeln!(f, "  source ids   {:>12}", self.source_ids)?;
         writeln!(f, "  target ids   {:>12}", self.target_ids)?;
         writeln!(f, "  gone ids     {:>12}", self.gone_ids)?;

@@ -4,7 +4,14 @@
 //! Nothing is acked that is not committed, recorded as gone or failed, or handed to a retry or dead queue
 //! under a broker confirm. A crash anywhere before the ack means a redelivery and an idempotent rewrite.
 //!
-//! - [`session`]: the AMQP connection, deliveries under the concurrency limit, settling each one.
+//! Operating (DESIGN.md §11): a [`PauseWatch`] polls `bitmig:{JOB}:control`; while the job is paused the
+//! session holds no subscription on the work queue: deliveries taken but not started are requeued to the work
+//! queue (never to a retry queue), in-flight batches finish and are acked, and a consumer started while
+//! paused waits. Before each batch the job's
+//! `[throttle]` ([`Throttle::wait_for_budget`]) may hold it. `--metrics-addr` serves [`Metrics`] with
+//! `/readyz` checking the broker, Redis and the databases.
+//!
+//! - [`session`]: the AMQP connection, deliveries under the concurrency limit, settling each one, pausing.
 //! - [`process`]: one message end to end: read, decide, apply to the sink, record in the ledger.
 //! - [`batch`]: the decision itself, pure: what to write, delete and record.
 
@@ -18,10 +25,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bitmig_shared::cli::BadInput;
-use bitmig_shared::job::JobSpec;
+use bitmig_shared::control::{Control, PauseWatch, WATCH_EVERY};
+use bitmig_shared::job::{JobSpec, TargetSpec};
 use bitmig_shared::ledger::Ledger;
 use bitmig_shared::sink::{self, Sink, SinkError};
 use bitmig_shared::source::{self, Source, SourceError};
+use bitmig_shared::telemetry::metrics::{self, Metrics, Readiness};
+use bitmig_shared::throttle::Throttle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -49,6 +59,8 @@ pub struct Options {
     pub prefetch: u16,
     /// Stop once the work queue has given nothing for this long and nothing is in flight.
     pub exit_when_idle: Option<Duration>,
+    /// `--metrics-addr`: serve `/metrics`, `/healthz`, `/readyz` here.
+    pub metrics_addr: Option<String>,
 }
 
 /// Counters of one run.
@@ -71,6 +83,11 @@ pub(crate) struct Ctx {
     planned: std::sync::Mutex<std::collections::HashSet<u64>>,
     stats: Stats,
     cancel: CancellationToken,
+    /// The job's `paused` flag as last polled (the watch's task lives as long as `_pause`).
+    pause: tokio::sync::watch::Receiver<bool>,
+    _pause: PauseWatch,
+    throttle: Throttle,
+    metrics: Metrics,
 }
 
 /// The sink's table log: the ledger, bound once connected (no batch runs before).
@@ -134,6 +151,30 @@ pub async fn run(
         .set(ledger.clone())
         .map_err(|_| anyhow::anyhow!("the table log was bound twice"))?;
 
+    let metrics = Metrics::new(&job.name);
+    let mut loads = vec![("source", &job.source.url)];
+    if let TargetSpec::Sql(t) = &job.target {
+        loads.push(("target", &t.url));
+    }
+    let throttle = Throttle::new(ledger.connection(), &job.name, &job.throttle, &loads)
+        .map_err(|e| BadInput(format!("`throttle`: {e}")))?
+        .with_metrics(metrics.clone());
+    let pause_watch = Control::new(ledger.connection(), &job.name)
+        .watch(WATCH_EVERY)
+        .await
+        .context("reading the job's control hash")?;
+    let _server = match &opts.metrics_addr {
+        Some(addr) => {
+            let readiness = readiness(&job, &ledger, &opts.amqp_url)?;
+            let server = metrics::serve(addr, metrics.clone(), readiness, cancel.clone())
+                .await
+                .map_err(BadInput)?;
+            info!(addr = %server.addr, "serving /metrics, /healthz, /readyz");
+            Some(server)
+        }
+        None => None,
+    };
+
     let ctx = Arc::new(Ctx {
         job,
         source,
@@ -142,6 +183,10 @@ pub async fn run(
         planned: Default::default(),
         stats: Stats::default(),
         cancel: cancel.clone(),
+        pause: pause_watch.subscribe(),
+        _pause: pause_watch,
+        throttle,
+        metrics,
     });
 
     // One session per AMQP connection. A lost connection (broker restart, network) ends the session; its
@@ -182,6 +227,31 @@ pub async fn run(
         "consumer stopped"
     );
     Ok(view)
+}
+
+/// `/readyz`: the broker (a connection opened and closed), Redis (PING), the source and an SQL target
+/// (`SELECT 1`).
+fn readiness(job: &JobSpec, ledger: &Ledger, amqp_url: &str) -> anyhow::Result<Readiness> {
+    let r = Readiness::default();
+    let url = amqp_url.to_owned();
+    r.register("broker", move || {
+        let url = url.clone();
+        async move {
+            let conn = bitmig_shared::queue::connect(&url, "bitmig-consumer-readyz")
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = conn.close(200, "ready".into()).await;
+            Ok(())
+        }
+    });
+    r.register_redis(ledger.connection());
+    r.register_sql("source", &job.source.url)
+        .map_err(|e| BadInput(format!("`source.url`: {e}")))?;
+    if let TargetSpec::Sql(t) = &job.target {
+        r.register_sql("target", &t.url)
+            .map_err(|e| BadInput(format!("`target.url`: {e}")))?;
+    }
+    Ok(r)
 }
 
 /// A snapshot of [`Stats`].

@@ -22,6 +22,8 @@ struct Args {
     /// Exit 0 once the work queue has been empty for SECS seconds and nothing is in flight.
     #[arg(long, value_name = "SECS")]
     exit_when_idle: Option<u64>,
+    #[command(flatten)]
+    metrics: bitmig_shared::telemetry::metrics::MetricsArgs,
 }
 
 #[tokio::main]
@@ -41,6 +43,7 @@ async fn main() {
         concurrency: args.concurrency as usize,
         prefetch: args.prefetch.unwrap_or(args.concurrency.saturating_mul(2)),
         exit_when_idle: args.exit_when_idle.map(Duration::from_secs),
+        metrics_addr: args.metrics.metrics_addr,
     };
     let cancel = cli::shutdown_token();
     if let Err(e) = bitmig_consumer::run(job, &opts, cancel).await {

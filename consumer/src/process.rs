@@ -4,11 +4,12 @@
 //! [`Failure::Retry`].
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bitmig_shared::queue::Message;
 use bitmig_shared::sink::{Changes, SinkError};
 use bitmig_shared::source::SourceError;
+use bitmig_shared::telemetry::metrics::Stage;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -56,11 +57,14 @@ where
 /// Read → write → record, for one valid message.
 pub(crate) async fn process(ctx: &Ctx, m: &Message) -> Result<(), Failure> {
     check_planned(ctx, m.group).await?;
+    wait_for_budget(ctx, bitmig_shared::ids::count_in(&m.ids)).await?;
+    let started = Instant::now();
     let rows = quick_retry(&ctx.cancel, SourceError::is_transient, || {
         ctx.source.read_rows(&m.ids)
     })
     .await
     .map_err(source_failure)?;
+    ctx.metrics.stage(Stage::SourceRead, started.elapsed());
     // The seam for DESIGN.md §10: the `purged` ids of the group will be read here and skipped.
     let facts = LedgerFacts::default();
     let plan = batch::plan(m.cause, &m.ids, rows, &facts);
@@ -69,11 +73,13 @@ pub(crate) async fn process(ctx: &Ctx, m: &Message) -> Result<(), Failure> {
         delete: &plan.delete,
         exclusive: plan.exclusive,
     };
+    let started = Instant::now();
     let outcome = quick_retry(&ctx.cancel, SinkError::is_transient, || {
         ctx.sink.apply(&changes)
     })
     .await
     .map_err(sink_failure)?;
+    ctx.metrics.stage(Stage::TargetWrite, started.elapsed());
     for (id, reason) in &outcome.failed {
         warn!(id, reason = %reason, "row refused by the target: recorded in failed");
     }
@@ -81,6 +87,7 @@ pub(crate) async fn process(ctx: &Ctx, m: &Message) -> Result<(), Failure> {
     // The changes are committed: the bits must follow. Keep trying while Redis is away (the
     // ConnectionManager reconnects); a shutdown leaves the batch unacked, and its redelivery rewrites it
     // idempotently.
+    let started = Instant::now();
     let mut wait = Duration::from_millis(200);
     loop {
         match ctx.ledger.record_batch(m.group, &record).await {
@@ -93,6 +100,12 @@ pub(crate) async fn process(ctx: &Ctx, m: &Message) -> Result<(), Failure> {
             Err(e) => return Err(Failure::Retry(format!("recording in Redis: {e}"))),
         }
     }
+    ctx.metrics.stage(Stage::Ledger, started.elapsed());
+    ctx.metrics.rows(
+        record.landed.len() as u64,
+        record.gone.len() as u64,
+        record.failed.len() as u64,
+    );
     ctx.stats.batches.fetch_add(1, Ordering::Relaxed);
     ctx.stats
         .rows_written
@@ -111,6 +124,23 @@ pub(crate) async fn process(ctx: &Ctx, m: &Message) -> Result<(), Failure> {
         "batch done"
     );
     Ok(())
+}
+
+/// Wait for the job's `[throttle]` to let `rows` more rows go. A Redis error of the shared budget is retried
+/// here (as the ledger's are) rather than sending the batch to a retry queue; only a shutdown gives up.
+async fn wait_for_budget(ctx: &Ctx, rows: u64) -> Result<(), Failure> {
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match ctx.throttle.wait_for_budget(rows).await {
+            Ok(()) => return Ok(()),
+            Err(e) if !ctx.cancel.is_cancelled() => {
+                warn!(error = %e, "could not reserve the throttle's budget in Redis; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => return Err(Failure::Retry(format!("throttle budget in Redis: {e}"))),
+        }
+    }
 }
 
 /// A message for a group the producer never planned is forged or left over from a lost ledger: its ids

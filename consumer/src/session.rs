@@ -1,6 +1,7 @@
 //! One AMQP session of the consumer: connect, declare the topology, take deliveries under the concurrency
 //! limit, and settle each one — ack after success or after a confirmed hand-over to the retry or dead
 //! queue, otherwise nack with requeue so the broker keeps it. What a batch does is [`crate::process`].
+//! While the job is paused the session has no subscription on the work queue (see [`wait_running`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bitmig_shared::queue::{self, Message, Publisher, MAX_ATTEMPTS};
+use bitmig_shared::telemetry::metrics::BatchOutcome;
 use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -41,65 +43,110 @@ pub(crate) async fn session(
     ch.basic_qos(opts.prefetch.max(1), BasicQosOptions::default())
         .await?;
     let tag = format!("bitmig-consumer-{}", std::process::id());
-    let mut deliveries = ch
-        .basic_consume(
-            queue::work_queue(job).as_str().into(),
-            tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
     *connected = true;
-    info!(job = %job, concurrency = opts.concurrency, prefetch = opts.prefetch, "consuming");
 
     let cancel = &ctx.cancel;
     let slots = Arc::new(Semaphore::new(opts.concurrency.max(1)));
     let tracker = TaskTracker::new();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut lost = None;
-    loop {
-        tokio::select! {
-            biased;
-            _ = cancel.cancelled() => break,
-            next = deliveries.next() => {
-                let delivery = match next {
-                    Some(Ok(d)) => d,
-                    Some(Err(e)) => {
-                        lost = Some(anyhow::Error::from(e));
-                        break;
-                    }
-                    None => {
-                        lost = Some(anyhow::anyhow!("the broker ended the consumer"));
-                        break;
-                    }
-                };
-                let permit = tokio::select! {
-                    p = slots.clone().acquire_owned() => p?,
-                    _ = cancel.cancelled() => {
-                        // Not started: give it back to the queue at once.
-                        let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
-                        break;
-                    }
-                };
-                let (ctx, publisher) = (ctx.clone(), publisher.clone());
-                tracker.spawn(async move {
-                    handle(&ctx, &publisher, delivery).await;
-                    drop(permit);
-                });
-                *idle_since = tokio::time::Instant::now();
-            }
-            _ = tick.tick() => {
-                let busy = slots.available_permits() < opts.concurrency.max(1);
-                if busy {
+    let mut paused = ctx.pause.clone();
+    // One subscription per stretch of running: a pause cancels it (the broker keeps the queue's
+    // messages, nothing is nacked), a resume subscribes again.
+    'running: while wait_running(ctx, &mut paused, idle_since).await {
+        let mut deliveries = ch
+            .basic_consume(
+                queue::work_queue(job).as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        info!(job = %job, concurrency = opts.concurrency, prefetch = opts.prefetch, "consuming");
+        let mut pausing = false;
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                Ok(_) = paused.wait_for(|p| *p) => {
+                    pausing = true;
+                    break;
+                }
+                next = deliveries.next() => {
+                    let delivery = match next {
+                        Some(Ok(d)) => d,
+                        Some(Err(e)) => {
+                            lost = Some(anyhow::Error::from(e));
+                            break 'running;
+                        }
+                        None => {
+                            lost = Some(anyhow::anyhow!("the broker ended the consumer"));
+                            break 'running;
+                        }
+                    };
+                    let mut pause = ctx.pause.clone();
+                    let permit = tokio::select! {
+                        biased;
+                        _ = cancel.cancelled() => {
+                            // Not started: give it back to the queue at once.
+                            let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                            break;
+                        }
+                        Ok(_) = pause.wait_for(|p| *p) => {
+                            // Not started: back to the head of the work queue (not a retry queue).
+                            let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                            pausing = true;
+                            break;
+                        }
+                        p = slots.clone().acquire_owned() => p?,
+                    };
+                    let (ctx, publisher) = (ctx.clone(), publisher.clone());
+                    tracker.spawn(async move {
+                        handle(&ctx, &publisher, delivery).await;
+                        drop(permit);
+                    });
                     *idle_since = tokio::time::Instant::now();
-                } else if let Some(idle) = opts.exit_when_idle {
-                    if idle_since.elapsed() >= idle {
-                        info!(job = %job, idle_secs = idle.as_secs(), "work queue idle: exiting");
-                        break;
+                }
+                _ = tick.tick() => {
+                    let busy = slots.available_permits() < opts.concurrency.max(1);
+                    if busy {
+                        *idle_since = tokio::time::Instant::now();
+                    } else if let Some(idle) = opts.exit_when_idle {
+                        if idle_since.elapsed() >= idle {
+                            info!(job = %job, idle_secs = idle.as_secs(), "work queue idle: exiting");
+                            break;
+                        }
                     }
                 }
             }
         }
+        if !pausing {
+            break;
+        }
+        // Paused: stop the subscription. Deliveries the broker pushed before the cancel (at most the
+        // prefetch) were not started: they go back to the head of the work queue (requeued, not retried);
+        // the stream ends after the last one.
+        ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+            .await?;
+        let mut requeued = 0u32;
+        while let Some(next) = deliveries.next().await {
+            match next {
+                Ok(d) => {
+                    requeued += 1;
+                    let _ = d
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            ..Default::default()
+                        })
+                        .await;
+                }
+                Err(e) => {
+                    lost = Some(anyhow::Error::from(e));
+                    break 'running;
+                }
+            }
+        }
+        info!(job = %job, requeued, "job paused: stopped taking deliveries; in-flight batches finish");
     }
 
     // Stop taking deliveries, finish in-flight batches, then close.
@@ -119,6 +166,33 @@ pub(crate) async fn session(
         Some(e) if !cancel.is_cancelled() => Err(e.context("the work queue's consumer stopped")),
         _ => Ok(()),
     }
+}
+
+/// Return `true` at once while the job runs; while it is paused, wait for `resume` (`true`) or a shutdown
+/// (`false`). The idle clock restarts after a pause: a paused queue is not an idle one.
+async fn wait_running(
+    ctx: &Ctx,
+    paused: &mut tokio::sync::watch::Receiver<bool>,
+    idle_since: &mut tokio::time::Instant,
+) -> bool {
+    if ctx.cancel.is_cancelled() {
+        return false;
+    }
+    if !*paused.borrow_and_update() {
+        return true;
+    }
+    ctx.metrics.set_paused(true);
+    info!(job = %ctx.job.name, "job paused: waiting for `bitmig-compensator resume`");
+    let resumed = tokio::select! {
+        r = paused.wait_for(|p| !*p) => r.is_ok(),
+        _ = ctx.cancel.cancelled() => false,
+    };
+    ctx.metrics.set_paused(false);
+    if resumed {
+        info!(job = %ctx.job.name, "job resumed");
+    }
+    *idle_since = tokio::time::Instant::now();
+    resumed
 }
 
 /// Process one delivery and settle it: ack after success, after a confirmed hand-over to the retry or
@@ -154,7 +228,10 @@ async fn handle(ctx: &Ctx, publisher: &Mutex<Publisher>, d: Delivery) {
             },
         };
         let settled = match handoff {
-            None => Ok(()),
+            None => {
+                ctx.metrics.batch(BatchOutcome::Done);
+                Ok(())
+            }
             Some((queue_name, body, why)) => {
                 if queue_name == dead {
                     warn!(reason = why.as_deref().unwrap_or_default(), "message to the dead queue");
@@ -167,10 +244,12 @@ async fn handle(ctx: &Ctx, publisher: &Mutex<Publisher>, d: Delivery) {
                 match sent {
                     Ok(()) if queue_name == dead => {
                         ctx.stats.dead.fetch_add(1, Ordering::Relaxed);
+                        ctx.metrics.batch(BatchOutcome::DeadLettered);
                         Ok(())
                     }
                     Ok(()) => {
                         ctx.stats.retried.fetch_add(1, Ordering::Relaxed);
+                        ctx.metrics.batch(BatchOutcome::Retried);
                         Ok(())
                     }
                     // Not handed over: the broker keeps the delivery (nack with requeue below).

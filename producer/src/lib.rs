@@ -3,6 +3,10 @@
 //! For each group: mark it `producing` → read its ids → OR them into `src` → publish every batch and wait
 //! for the broker's confirms → mark it `produced`. A group already `produced` or `complete` is skipped, so
 //! running again resumes after a crash and publishes nothing once everything is produced.
+//!
+//! Operating (DESIGN.md §11): while the job is paused the producer waits between groups; `--metrics-addr`
+//! serves `bitmig_ids_published_total` and `bitmig_groups_produced_total` with `/readyz` (broker, Redis,
+//! source).
 
 pub mod follow;
 
@@ -11,12 +15,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bitmig_shared::cli::{source_error, BadInput};
+use bitmig_shared::control::{Control, WATCH_EVERY};
 use bitmig_shared::ids::{batches, group_last, group_of};
 use bitmig_shared::job::JobSpec;
 use bitmig_shared::ledger::{now_rfc3339, GroupStatus, Ledger};
 use bitmig_shared::progress::Progress;
 use bitmig_shared::queue::{self, Cause, Message, Publisher};
 use bitmig_shared::source;
+use bitmig_shared::telemetry::metrics::{self, Metrics, Readiness};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -33,6 +39,8 @@ pub struct Options {
     pub rate: Option<u64>,
     /// `--follow`: also follow the source's changes until cancelled ([`follow::run::run`]).
     pub follow: bool,
+    /// `--metrics-addr`: serve `/metrics`, `/healthz`, `/readyz` here.
+    pub metrics_addr: Option<String>,
 }
 
 /// What one run did.
@@ -79,6 +87,39 @@ pub async fn run(
 
     let mut amqp = Some(Amqp::connect(&opts.amqp_url, &job.name).await?);
 
+    // DESIGN.md §11: a pause holds the producer between groups (the group in hand is finished).
+    let pause = Control::new(ledger.connection(), &job.name)
+        .watch(WATCH_EVERY)
+        .await
+        .context("reading the job's control hash")?;
+    let metrics = Metrics::new(&job.name);
+    let _server = match &opts.metrics_addr {
+        Some(addr) => {
+            let readiness = Readiness::default();
+            let url = opts.amqp_url.clone();
+            readiness.register("broker", move || {
+                let url = url.clone();
+                async move {
+                    let conn = queue::connect(&url, "bitmig-producer-readyz")
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let _ = conn.close(200, "ready".into()).await;
+                    Ok(())
+                }
+            });
+            readiness.register_redis(ledger.connection());
+            readiness
+                .register_sql("source", &job.source.url)
+                .map_err(|e| BadInput(format!("`source.url`: {e}")))?;
+            let server = metrics::serve(addr, metrics.clone(), readiness, cancel.clone())
+                .await
+                .map_err(BadInput)?;
+            info!(addr = %server.addr, "serving /metrics, /healthz, /readyz");
+            Some(server)
+        }
+        None => None,
+    };
+
     let Some((lo, hi)) = bounds else {
         info!(job = %job.name, "the source has no rows in range: nothing to produce");
         ledger
@@ -118,6 +159,15 @@ pub async fn run(
                 summary.groups_produced
             );
         }
+        if pause.is_paused() {
+            metrics.set_paused(true);
+            info!(job = %job.name, "job paused: waiting for `bitmig-compensator resume`");
+            tokio::select! {
+                _ = pause.wait_running() => info!(job = %job.name, "job resumed"),
+                _ = cancel.cancelled() => continue,
+            }
+            metrics.set_paused(false);
+        }
         let Some(next) = source.next_key(cursor, hi).await.map_err(source_error)? else {
             break;
         };
@@ -133,6 +183,8 @@ pub async fn run(
             .await?;
             summary.groups_produced += 1;
             summary.ids_published += ids;
+            metrics.group_produced();
+            metrics.ids_published(ids);
             summary.messages += messages;
             progress.groups += 1;
             progress.ids += ids;

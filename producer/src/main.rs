@@ -19,6 +19,8 @@ struct Args {
     /// Keep following the source's changes (the job's [follow] section) after the walk, until SIGTERM.
     #[arg(long)]
     follow: bool,
+    #[command(flatten)]
+    metrics: bitmig_shared::telemetry::metrics::MetricsArgs,
 }
 
 #[tokio::main]
@@ -38,6 +40,7 @@ async fn main() {
         to: args.to,
         rate: args.rate,
         follow: args.follow,
+        metrics_addr: args.metrics.metrics_addr,
     };
     let cancel = cli::shutdown_token();
     let result = if opts.follow {

@@ -19,7 +19,7 @@
 //! - [`es`]: the Elasticsearch client the sink and `bitmig-rollover` share.
 //! - [`cli`]: the options and exit codes every binary shares, the stored-spec check.
 //! - [`progress`]: progress output of long runs.
-//! - [`throttle`], [`throttle_spec`]: the `[throttle]` section and the waits it imposes on workers.
+//! - [`throttle`]: the waits the job's `[throttle]` section (`job::ThrottleSpec`) imposes on workers.
 //! - [`telemetry`]: logging set-up and (`telemetry::metrics`) Prometheus metrics with health and readiness.
 
 pub mod cli;
@@ -38,5 +38,4 @@ pub mod source;
 pub mod sql;
 pub mod telemetry;
 pub mod throttle;
-pub mod throttle_spec;
 pub mod value;

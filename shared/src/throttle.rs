@@ -23,11 +23,11 @@ use std::time::{Duration, Instant};
 use mysql_async::prelude::Queryable;
 
 use crate::control::Control;
+use crate::job::ThrottleSpec;
 use crate::job::{DbUrl, Engine};
 use crate::ledger::LedgerError;
 use crate::redis_con::RedisCon;
 use crate::telemetry::metrics::Metrics;
-use crate::throttle_spec::ThrottleSpec;
 
 /// How often the load checks run at most, and how long a held worker sleeps between checks.
 pub const CHECK_EVERY: Duration = Duration::from_secs(1);

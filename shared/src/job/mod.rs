@@ -16,6 +16,7 @@
 //! - [`env`]: `${VAR}` expansion;
 //! - [`spec`]: the credential-free spec stored in the ledger, and how two specs differ;
 //! - [`follow`]: the `[follow]` section (DESIGN.md §8).
+//! - [`throttle`]: the `[throttle]` section (DESIGN.md §11), not part of the stored spec.
 
 mod env;
 pub mod follow;
@@ -23,6 +24,7 @@ mod ident;
 mod raw;
 mod route;
 mod spec;
+mod throttle;
 mod url;
 mod validate;
 
@@ -33,6 +35,7 @@ use serde::{Deserialize, Serialize};
 pub use ident::{Ident, TableName};
 pub use route::{KeyRangeTable, RangeMap, Route, RoutePart, TableRoute};
 pub use spec::spec_differences;
+pub use throttle::ThrottleSpec;
 pub use url::{redact_url, DbUrl, Engine, EsUrl};
 
 pub use env::expand_env;
@@ -71,6 +74,8 @@ pub struct JobSpec {
     /// `[follow]`: where `bitmig-producer --follow` reads the source's changes from (DESIGN.md §8). Not
     /// part of the ledger spec: it says how changes are found, not what is copied.
     pub follow: Option<FollowSpec>,
+    /// `[throttle]`: the limits work waits for (empty when the section is absent). Not stored in the ledger.
+    pub throttle: ThrottleSpec,
 }
 
 #[derive(Debug, Clone)]

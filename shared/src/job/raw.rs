@@ -15,6 +15,8 @@ pub(super) struct RawJob {
     pub(super) target: RawTarget,
     /// `[follow]` (DESIGN.md §8), checked by [`super::follow::FollowSpec::from_toml`].
     pub(super) follow: Option<toml::Value>,
+    /// `[throttle]`, already `${VAR}`-expanded; parsed by [`super::ThrottleSpec::from_toml`].
+    pub(super) throttle: Option<toml::Value>,
 }
 
 #[derive(Deserialize)]

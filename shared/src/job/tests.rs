@@ -283,3 +283,33 @@ fn the_follow_section_is_read_and_its_mistakes_name_the_file_and_key() {
         "{err}"
     );
 }
+
+#[test]
+fn the_throttle_section_is_read_expanded_and_left_out_of_the_stored_spec() {
+    let text = format!(
+        "{GOOD}\n[throttle]\nmax_rows_per_s = 5000\nmax_threads_running = 30\n\
+         max_replica_lag = \"10s\"\nreplicas = [\"${{TARGET_URL}}\"]\n"
+    );
+    let job = parse(&text).unwrap();
+    assert_eq!(job.throttle.max_rows_per_s, Some(5000));
+    assert_eq!(job.throttle.max_threads_running, Some(30));
+    assert_eq!(job.throttle.replicas.len(), 1);
+    assert!(
+        job.throttle.replicas[0].expose().contains("topsecret"),
+        "`${{VAR}}` expanded inside [throttle]"
+    );
+    // An operating knob: the stored spec is the same with or without it, so changing it refuses nothing.
+    assert_eq!(job.ledger_spec(), parse(GOOD).unwrap().ledger_spec());
+    assert!(parse(GOOD).unwrap().throttle.is_empty());
+
+    let err = parse(&format!("{GOOD}\n[throttle]\nmax_rows_per_s = 0\n")).unwrap_err();
+    assert!(
+        err.contains("job.toml") && err.contains("`throttle.max_rows_per_s`: 0"),
+        "{err}"
+    );
+    let err = parse(&format!(
+        "{GOOD}\n[throttle]\nmax_rows_per_s = \"${{NOPE}}\"\n"
+    ))
+    .unwrap_err();
+    assert!(err.contains("NOPE"), "{err}");
+}

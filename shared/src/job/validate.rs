@@ -177,6 +177,10 @@ impl JobSpec {
             .follow
             .map(|v| FollowSpec::from_toml(&v, &name))
             .transpose()?;
+        let throttle = match raw.throttle {
+            Some(t) => ThrottleSpec::from_toml(t)?,
+            None => ThrottleSpec::default(),
+        };
 
         Ok(Self {
             path: path.to_owned(),
@@ -193,6 +197,7 @@ impl JobSpec {
             },
             target,
             follow,
+            throttle,
         })
     }
 }

@@ -9,15 +9,17 @@
 //! replicas = ["${REPLICA_URL}"]      # mysql:// a replica itself; postgres:// a primary, whose standbys' replay lag counts
 //! ```
 //!
-//! The section is given to [`ThrottleSpec::from_toml`] after `${VAR}` expansion (as the rest of the job file);
-//! the error names the field. [`ThrottleSpec::ledger_spec`] is the credential-free form for the stored spec.
-//! This file is the parsed form only; the job module takes it over as `job/throttle.rs`.
+//! [`super::JobSpec::parse_str`] hands the section to [`ThrottleSpec::from_toml`] after `${VAR}` expansion (as
+//! the rest of the job file); the error names the field and the loader adds the file. A throttle is an
+//! operating knob that may change between runs: it is *not* part of the stored spec
+//! ([`super::JobSpec::ledger_spec`]), so changing it never makes a program refuse the job.
+//! [`ThrottleSpec::ledger_spec`] is its credential-free form for showing.
 
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::job::DbUrl;
+use super::DbUrl;
 
 /// The parsed `[throttle]` section.
 #[derive(Debug, Clone, Default)]
@@ -128,8 +130,8 @@ impl ThrottleSpec {
         })
     }
 
-    /// The section as it may be stored and shown: replicas without credentials. A throttle may change
-    /// between runs (it is an operating knob), so a spec check should ignore the `throttle` field.
+    /// The section as it may be shown: replicas without credentials. Not part of the stored job spec (a
+    /// throttle may change between runs).
     pub fn ledger_spec(&self) -> serde_json::Value {
         serde_json::json!({
             "max_rows_per_s": self.max_rows_per_s,
