@@ -24,12 +24,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use bitmig_shared::cli::BadInput;
+use bitmig_shared::cli::{self, BadInput};
 use bitmig_shared::control::{Control, PauseWatch, WATCH_EVERY};
 use bitmig_shared::job::{JobSpec, TargetSpec};
 use bitmig_shared::ledger::Ledger;
 use bitmig_shared::sink::{self, Sink, SinkError};
-use bitmig_shared::source::{self, Source, SourceError};
+use bitmig_shared::source::{self, Source};
 use bitmig_shared::telemetry::metrics::{self, Metrics, Readiness};
 use bitmig_shared::throttle::Throttle;
 use tokio_util::sync::CancellationToken;
@@ -120,16 +120,8 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> anyhow::Result<Arc<StatsView>> {
     let conns = opts.concurrency + 1;
-    let source = source::open(&job, conns).map_err(|e| match e {
-        SourceError::Schema { .. } | SourceError::Unsupported(_) => {
-            anyhow::Error::from(BadInput(e.to_string()))
-        }
-        e => e.into(),
-    })?;
-    let columns = source.describe().await.map_err(|e| match e {
-        SourceError::Schema { .. } => anyhow::Error::from(BadInput(e.to_string())),
-        e => e.into(),
-    })?;
+    let source = source::open(&job, conns).map_err(cli::source_error)?;
+    let columns = source.describe().await.map_err(cli::source_error)?;
     // The sink records its tables in the ledger, which is connected after the job is checked against the
     // source and target (a wrong job says so before any Redis error).
     let tables = Arc::new(LedgerTables::default());

@@ -1,7 +1,6 @@
 use std::time::Duration;
 
-use bitmig_shared::cli::{self, exit, Common};
-use bitmig_shared::job::JobSpec;
+use bitmig_shared::cli::{self, Common};
 use clap::Parser;
 
 /// Take batches from the job's work queue, copy their rows to the target and record them in the ledger.
@@ -30,13 +29,7 @@ struct Args {
 async fn main() {
     let args = Args::parse();
     bitmig_shared::telemetry::init();
-    let job = match JobSpec::load(&args.common.job) {
-        Ok(job) => job,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(exit::BAD_INPUT);
-        }
-    };
+    let job = cli::load_job(&args.common);
     let opts = bitmig_consumer::Options {
         amqp_url: args.common.amqp_url,
         redis_url: args.common.redis_url,
@@ -47,7 +40,6 @@ async fn main() {
     };
     let cancel = cli::shutdown_token();
     if let Err(e) = bitmig_consumer::run(job, &opts, cancel).await {
-        cli::print_error(&e);
-        std::process::exit(cli::exit_code_for(&e));
+        cli::exit_with(&e);
     }
 }
