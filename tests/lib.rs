@@ -9,6 +9,7 @@
 //! - `ledger`: the Redis keys of DESIGN.md §4, read the way an operator would.
 //! - `queue`: the RabbitMQ queues of DESIGN.md §5: counts, purge, publish, fetch.
 //! - `pg`: a PostgreSQL database of the test's own, dropped at the end.
+//! - `metrics`: a program's `--metrics-addr` endpoint: a free address, `GET`, one sample of a scrape.
 //! - `cluster`: the local Redis Cluster for a job whose ledger lives there, its bits read slot-aware.
 //! - `es`: the Elasticsearch cluster of the tests (osmem-server or `BITMIG_TEST_ES_URL`); `es_double`: a
 //!   scripted stand-in for the failures no real cluster produces on demand; `es_tasks_double`: a stand-in
@@ -19,6 +20,7 @@ pub mod es;
 pub mod es_double;
 pub mod es_tasks_double;
 mod ledger;
+pub mod metrics;
 pub mod pg;
 mod process;
 mod queue;

@@ -101,8 +101,14 @@ fn print_pass(s: &bitmig_compensator::PassSummary, json: bool) {
         println!("{}", serde_json::to_string(s).unwrap_or_default());
     } else {
         println!(
-            "job {}: checked {} groups ({} too young, {} complete): republished {} ids in {} groups",
-            s.job, s.groups_checked, s.groups_too_young, s.groups_complete, s.republished_ids, s.groups_redriven
+            "job {}: checked {} groups ({} too young, {} complete): republished {} ids in {} groups{}",
+            s.job,
+            s.groups_checked,
+            s.groups_too_young,
+            s.groups_complete,
+            s.republished_ids,
+            s.groups_redriven,
+            if s.paused { " (paused: nothing re-published)" } else { "" }
         );
     }
 }
@@ -168,10 +174,14 @@ async fn main() {
                     let gauge = bitmig_shared::telemetry::metrics::Metrics::new(&job.name);
                     match serve_metrics(&metrics, &gauge, &common, cancel.clone()).await {
                         Ok(_server) => {
-                            bitmig_compensator::run_every(&job, &opts, every, cancel, |s| {
-                                gauge.set_missing_ids(s.republished_ids);
-                                print_pass(s, json)
-                            })
+                            bitmig_compensator::run_every(
+                                &job,
+                                &opts,
+                                every,
+                                cancel,
+                                Some(&gauge),
+                                |s| print_pass(s, json),
+                            )
                             .await
                         }
                         Err(e) => Err(e),

@@ -5,16 +5,23 @@
 //! `--retry-failed`) as `redrive` messages with publisher confirms, records the re-drive in the group's
 //! meta, and marks a group with nothing missing `complete`. [`run_every`] repeats passes until cancelled:
 //! a pass that fails at run time is logged and the next one runs as scheduled; bad input stops the loop.
+//!
+//! While the job is paused (DESIGN.md §11) a pass re-publishes nothing and marks nothing: the consumers take
+//! no work, so ids waiting in the queue would look missing once older than `--min-age` and be published
+//! again and again. With metrics attached, [`run_every`] sets `bitmig_missing_ids` after each pass to the
+//! ledger's `missing_ids` as `report` counts it, and `bitmig_paused`.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use anyhow::Context;
 use bitmig_shared::cli::{self, exit};
+use bitmig_shared::control::Control;
 use bitmig_shared::ids::{and_not, batches, group_last, ids_of, popcount};
 use bitmig_shared::job::JobSpec;
 use bitmig_shared::ledger::{GroupStatus, Ledger};
 use bitmig_shared::queue::{self, Cause, Message, Publisher};
+use bitmig_shared::telemetry::metrics::Metrics;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -40,6 +47,8 @@ pub struct PassSummary {
     pub groups_redriven: u64,
     pub republished_ids: u64,
     pub messages: u64,
+    /// The job was paused: the pass looked at nothing and re-published nothing.
+    pub paused: bool,
 }
 
 fn parse_time(s: Option<&String>) -> Option<chrono::DateTime<chrono::Utc>> {
@@ -53,6 +62,17 @@ pub async fn run_once(job: &JobSpec, opts: &RunOptions) -> anyhow::Result<PassSu
         .await
         .context("connecting to Redis")?;
     bitmig_shared::cli::check_spec(&ledger, job, false, crate::SPEC_FIELDS_IGNORED).await?;
+    if Control::new(ledger.connection(), &job.name)
+        .is_paused()
+        .await?
+    {
+        info!(job = %job.name, "job paused: this pass re-publishes nothing (`bitmig-compensator resume`)");
+        return Ok(PassSummary {
+            job: job.name.clone(),
+            paused: true,
+            ..Default::default()
+        });
+    }
     let firsts = ledger.groups().await?;
     let metas = ledger.metas(&firsts).await?;
     let now = chrono::Utc::now();
@@ -141,7 +161,9 @@ pub async fn run_once(job: &JobSpec, opts: &RunOptions) -> anyhow::Result<PassSu
     Ok(summary)
 }
 
-/// One pass every `every` until `cancel` fires, each pass's summary handed to `on_pass`.
+/// One pass every `every` until `cancel` fires, each pass's summary handed to `on_pass`; with `metrics`,
+/// `bitmig_missing_ids` is set after each pass to what [`crate::report()`] counts then (so the gauge and
+/// `report` agree), and `bitmig_paused` to whether the pass found the job paused.
 ///
 /// The first pass runs at once; the token is checked between passes, so a pass in progress finishes
 /// (its publishes confirmed) before this returns `Ok`. A pass that fails at run time (Redis or RabbitMQ
@@ -152,11 +174,23 @@ pub async fn run_every(
     opts: &RunOptions,
     every: Duration,
     cancel: CancellationToken,
+    metrics: Option<&Metrics>,
     mut on_pass: impl FnMut(&PassSummary),
 ) -> anyhow::Result<()> {
     while !cancel.is_cancelled() {
         match run_once(job, opts).await {
-            Ok(summary) => on_pass(&summary),
+            Ok(summary) => {
+                if let Some(m) = metrics {
+                    m.set_paused(summary.paused);
+                    match crate::report(job, &opts.redis_url).await {
+                        Ok(r) => m.set_missing_ids(r.missing_ids),
+                        Err(e) => {
+                            tracing::warn!(job = %job.name, error = %format!("{e:#}"), "cannot count the missing ids for bitmig_missing_ids")
+                        }
+                    }
+                }
+                on_pass(&summary)
+            }
             Err(e) if cli::exit_code_for(&e) == exit::FAILED => {
                 tracing::error!(job = %job.name, error = %format!("{e:#}"), "compensator pass failed; next pass as scheduled");
             }
@@ -250,6 +284,7 @@ mod tests {
                 &opts(),
                 Duration::from_millis(5),
                 cancel.clone(),
+                None,
                 |s| {
                     passes.push(s.clone());
                     if passes.len() == 3 {
@@ -273,9 +308,14 @@ mod tests {
         let cancel = CancellationToken::new();
         cancel.cancel();
         let mut passes = 0;
-        let done = run_every(&job, &opts(), Duration::from_secs(3600), cancel, |_| {
-            passes += 1
-        })
+        let done = run_every(
+            &job,
+            &opts(),
+            Duration::from_secs(3600),
+            cancel,
+            None,
+            |_| passes += 1,
+        )
         .await;
         assert!(done.is_ok(), "{done:?}");
         assert_eq!(passes, 0);
@@ -301,6 +341,7 @@ mod tests {
                 &opts(),
                 Duration::from_millis(5),
                 CancellationToken::new(),
+                None,
                 |_| passes += 1,
             ),
         )

@@ -6,7 +6,8 @@
 //! nothing is missing or failed; otherwise [`Report::reasons`] says why, in words.
 //!
 //! A followed job (DESIGN.md §8) adds `follow` (from `bitmig:{JOB}:follow`) and `caught_up`: every group
-//! complete, no settle re-drive waiting, lag under a second and — checked by [`check_queues`], which
+//! complete, no settle re-drive waiting, lag under a second, not paused (a paused follower reads nothing,
+//! so changes may wait unseen in the source's log) and — checked by [`check_queues`], which
 //! `report` on the command line runs — the work and retry queues empty. `caught_up` is the moment an
 //! operator may switch the application over.
 
@@ -61,7 +62,8 @@ pub struct Report {
     pub follow: Option<FollowReport>,
     /// Messages in the work and retry queues (`None`: not checked, see [`check_queues`]).
     pub queued: Option<u64>,
-    /// Followed, complete, nothing settling, lag under a second and the queues checked and empty.
+    /// Followed, complete, not paused, nothing settling, lag under a second and the queues checked and
+    /// empty.
     pub caught_up: bool,
 }
 
@@ -117,6 +119,7 @@ pub async fn check_queues(r: &mut Report, amqp_url: &str) -> anyhow::Result<()> 
 
 fn caught_up(r: &Report) -> bool {
     r.complete
+        && !r.paused
         && r.queued == Some(0)
         && r.follow
             .as_ref()
@@ -361,6 +364,9 @@ mod tests {
         let mut incomplete = followed(0.0, 0, Some(0));
         incomplete.complete = false;
         assert!(!caught_up(&incomplete), "incomplete");
+        let mut paused = followed(0.0, 0, Some(0));
+        paused.paused = true;
+        assert!(!caught_up(&paused), "paused");
         let mut unfollowed = followed(0.0, 0, Some(0));
         unfollowed.follow = None;
         assert!(!caught_up(&unfollowed), "not followed");

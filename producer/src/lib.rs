@@ -4,9 +4,10 @@
 //! for the broker's confirms → mark it `produced`. A group already `produced` or `complete` is skipped, so
 //! running again resumes after a crash and publishes nothing once everything is produced.
 //!
-//! Operating (DESIGN.md §11): while the job is paused the producer waits between groups; `--metrics-addr`
-//! serves `bitmig_ids_published_total` and `bitmig_groups_produced_total` with `/readyz` (broker, Redis,
-//! source).
+//! Operating (DESIGN.md §11): while the job is paused the producer waits between groups (the group in hand
+//! is finished: its batches are published and confirmed, it is marked `produced`); `--metrics-addr` serves
+//! `bitmig_ids_published_total`, `bitmig_groups_produced_total` and `bitmig_paused` with `/readyz` (broker,
+//! Redis, source) — [`serve_metrics`], shared with the follower of `--follow`.
 
 pub mod follow;
 
@@ -52,11 +53,61 @@ pub struct Summary {
     pub messages: u64,
 }
 
-/// Plan and publish. Returns when every group in the range is produced, or with an error; a cancelled
-/// token stops after the group in hand, which is left `produced`.
+/// Plan and publish, serving `--metrics-addr` meanwhile. Returns when every group in the range is
+/// produced, or with an error; a cancelled token stops after the group in hand, which is left `produced`.
 pub async fn run(
     job: &JobSpec,
     opts: &Options,
+    cancel: CancellationToken,
+) -> anyhow::Result<Summary> {
+    let metrics = Metrics::new(&job.name);
+    let _server = serve_metrics(job, opts, &metrics, cancel.clone()).await?;
+    walk(job, opts, &metrics, cancel).await
+}
+
+/// `--metrics-addr` (nothing when it is not given): `metrics` on `/metrics`, and `/readyz` checking the
+/// broker (a connection opened and closed), Redis (PING) and the source (`SELECT 1`), until `stop` fires.
+/// A bad or busy address, or a source URL that cannot make a pool, is bad input (exit 2).
+pub async fn serve_metrics(
+    job: &JobSpec,
+    opts: &Options,
+    metrics: &Metrics,
+    stop: CancellationToken,
+) -> anyhow::Result<Option<metrics::MetricsServer>> {
+    let Some(addr) = &opts.metrics_addr else {
+        return Ok(None);
+    };
+    let readiness = Readiness::default();
+    let url = opts.amqp_url.clone();
+    readiness.register("broker", move || {
+        let url = url.clone();
+        async move {
+            let conn = queue::connect(&url, "bitmig-producer-readyz")
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = conn.close(200, "ready".into()).await;
+            Ok(())
+        }
+    });
+    let redis = bitmig_shared::redis_con::RedisCon::connect(&opts.redis_url)
+        .await
+        .context("connecting to Redis")?;
+    readiness.register_redis(redis);
+    readiness
+        .register_sql("source", &job.source.url)
+        .map_err(|e| BadInput(format!("`source.url`: {e}")))?;
+    let server = metrics::serve(addr, metrics.clone(), readiness, stop)
+        .await
+        .map_err(BadInput)?;
+    info!(addr = %server.addr, "serving /metrics, /healthz, /readyz");
+    Ok(Some(server))
+}
+
+/// The walk of [`run`] without its endpoint: counts into `metrics` (ids published, groups produced, paused).
+pub async fn walk(
+    job: &JobSpec,
+    opts: &Options,
+    metrics: &Metrics,
     cancel: CancellationToken,
 ) -> anyhow::Result<Summary> {
     let source = source::open(job, 2).map_err(source_error)?;
@@ -92,34 +143,6 @@ pub async fn run(
         .watch(WATCH_EVERY)
         .await
         .context("reading the job's control hash")?;
-    let metrics = Metrics::new(&job.name);
-    let _server = match &opts.metrics_addr {
-        Some(addr) => {
-            let readiness = Readiness::default();
-            let url = opts.amqp_url.clone();
-            readiness.register("broker", move || {
-                let url = url.clone();
-                async move {
-                    let conn = queue::connect(&url, "bitmig-producer-readyz")
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let _ = conn.close(200, "ready".into()).await;
-                    Ok(())
-                }
-            });
-            readiness.register_redis(ledger.connection());
-            readiness
-                .register_sql("source", &job.source.url)
-                .map_err(|e| BadInput(format!("`source.url`: {e}")))?;
-            let server = metrics::serve(addr, metrics.clone(), readiness, cancel.clone())
-                .await
-                .map_err(BadInput)?;
-            info!(addr = %server.addr, "serving /metrics, /healthz, /readyz");
-            Some(server)
-        }
-        None => None,
-    };
-
     let Some((lo, hi)) = bounds else {
         info!(job = %job.name, "the source has no rows in range: nothing to produce");
         ledger

@@ -22,6 +22,7 @@ mod follow;
 mod follow_readers;
 mod hostile;
 mod operating;
+mod operating_follow;
 mod operating_wired;
 mod postgres;
 mod producer_resume;

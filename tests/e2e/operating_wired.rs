@@ -1,55 +1,15 @@
 //! Operating a running job through the real programs (DESIGN.md §11): `bitmig-compensator pause|resume`
 //! holding and releasing consumers mid-run, a consumer started while paused, `[throttle] max_rows_per_s`
-//! shared by three consumer processes, and the consumers' `/metrics` and `/readyz` agreeing with the target.
+//! shared by three consumer processes, and the consumers' `/metrics` and `/readyz` agreeing with the target;
+//! the producer paused mid-walk with its metrics equal to the ledger; `compensator run --every
+//! --metrics-addr` whose `bitmig_missing_ids` agrees with `report` and which re-publishes nothing while paused.
 
 use std::time::{Duration, Instant};
 
 use bitmig_shared::queue::{retry_queue_for, MAX_ATTEMPTS};
 
-use crate::helpers::{wait_for, Bin, Proc, TestJob};
-
-/// A loopback address nobody listens on right now, for `--metrics-addr`.
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr").to_string()
-}
-
-async fn get(addr: &str, path: &str) -> Result<(u16, String), String> {
-    let r = reqwest::get(format!("http://{addr}{path}"))
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = r.status().as_u16();
-    Ok((status, r.text().await.map_err(|e| e.to_string())?))
-}
-
-/// The value of the sample `name{job="JOB"[,extra]}` in a scrape (0 when absent).
-fn sample(text: &str, job: &str, name: &str, extra: &str) -> f64 {
-    let want = if extra.is_empty() {
-        format!("{name}{{job=\"{job}\"}} ")
-    } else {
-        format!("{name}{{job=\"{job}\",{extra}}} ")
-    };
-    text.lines()
-        .find_map(|l| l.strip_prefix(&want))
-        .map(|v| v.trim().parse().unwrap_or(f64::NAN))
-        .unwrap_or(0.0)
-}
-
-/// Waits until the consumer at `addr` answers `/metrics`; returns the text.
-async fn scrape(addr: &str) -> String {
-    wait_for(
-        &format!("/metrics on {addr}"),
-        Duration::from_secs(60),
-        Duration::from_millis(200),
-        || async move {
-            match get(addr, "/metrics").await? {
-                (200, text) => Ok(text),
-                (s, text) => Err(format!("{s}: {text}")),
-            }
-        },
-    )
-    .await
-}
+use crate::helpers::metrics::{free_addr, http_get, sample, scrape, wait_for_sample};
+use crate::helpers::{wait_for, Bin, Bits, Proc, TestJob};
 
 async fn target_rows(job: &TestJob) -> u64 {
     job.sql_u64("SELECT COUNT(*) FROM dst").await
@@ -207,7 +167,7 @@ async fn pause_holds_every_consumer_within_two_seconds_and_resume_completes_the_
             "stage=\"ledger\"",
         );
         assert_eq!(sample(&text, &job.name, "bitmig_paused", ""), 0.0, "{text}");
-        let (status, body) = get(addr, "/readyz").await.expect("/readyz");
+        let (status, body) = http_get(addr, "/readyz").await.expect("/readyz");
         assert_eq!(
             (status, body.as_str()),
             (200, "ok broker\nok redis\nok source\nok target\n")
@@ -285,4 +245,241 @@ async fn three_consumers_together_keep_max_rows_per_s() {
     for c in consumers {
         c.terminate(Duration::from_secs(90)).await.expect_code(0);
     }
+}
+
+/// `bitmig-producer --metrics-addr` paused mid-walk: within 2 s it says so and produces no further group (the
+/// ledger's groups and the work queue stay put for 5 s), its counters equal the ledger's figures (ids
+/// published = the `src` bits, groups produced = the planned groups, all `produced`); `resume` lets the walk
+/// finish and the job completes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_producer_plans_no_group_and_its_metrics_equal_the_ledger() {
+    let job = TestJob::new(10_000, 1_000).await;
+    let rows = job.create_source(200_000).await;
+    let groups_total = job
+        .sql_u64("SELECT COUNT(DISTINCT id DIV 10000) FROM src")
+        .await;
+    let name = job.name.as_str();
+    let addr = free_addr();
+    let mut producer = job.spawn(
+        Bin::Producer,
+        &[
+            "--job",
+            job.job_arg(),
+            "--rate",
+            "20000",
+            "--metrics-addr",
+            &addr,
+        ],
+    );
+    wait_for_sample(
+        &addr,
+        name,
+        "bitmig_groups_produced_total",
+        "",
+        Duration::from_secs(120),
+        |v| v >= 2.0,
+    )
+    .await;
+    compensator(&job, &["pause", "--job", job.job_arg()]).await;
+    let paused_at = Instant::now();
+    wait_for_sample(
+        &addr,
+        name,
+        "bitmig_paused",
+        "",
+        Duration::from_secs(2),
+        |v| v == 1.0,
+    )
+    .await;
+    eprintln!("producer paused after {:?}", paused_at.elapsed());
+
+    let groups = job.groups().await;
+    let queued = job.existing_message_count(&job.work_queue()).await;
+    let text = scrape(&addr).await;
+    assert!(
+        (groups.len() as u64) < groups_total,
+        "the walk ended before the pause: nothing was tested ({} of {groups_total} groups)",
+        groups.len()
+    );
+    assert_eq!(
+        sample(&text, name, "bitmig_groups_produced_total", ""),
+        groups.len() as f64,
+        "{text}"
+    );
+    for &first in &groups {
+        let meta = job.meta(first).await;
+        assert_eq!(
+            meta.get("status").map(String::as_str),
+            Some("produced"),
+            "group {first}: {meta:?}"
+        );
+    }
+    assert_eq!(
+        sample(&text, name, "bitmig_ids_published_total", ""),
+        job.bitcount_sum(&groups, Bits::Src).await as f64,
+        "{text}"
+    );
+    let held_since = Instant::now();
+    while held_since.elapsed() < Duration::from_secs(5) {
+        assert_eq!(
+            job.groups().await,
+            groups,
+            "a group was planned while paused"
+        );
+        assert_eq!(
+            job.existing_message_count(&job.work_queue()).await,
+            queued,
+            "published while paused"
+        );
+        assert!(
+            producer.is_running(),
+            "the producer exited while paused:\n{}",
+            producer.output_so_far()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    compensator(&job, &["resume", "--job", job.job_arg()]).await;
+    producer.wait(Duration::from_secs(120)).await.expect_code(0);
+    job.consume_until_idle(1, &[]).await;
+    job.assert_job_complete(rows, 0).await;
+}
+
+/// `bitmig-compensator run --every --metrics-addr`: after a pass `bitmig_missing_ids` is what `report` says
+/// is missing; while the job is paused the passes re-publish nothing (`bitmig_paused` 1), and once the ids
+/// landed the gauge falls to 0. `/healthz` and `/readyz` (Redis, broker) answer 200.
+#[tokio::test(flavor = "multi_thread")]
+async fn compensator_every_serves_the_missing_ids_report_counts() {
+    const LOST_PER_GROUP: u64 = 50;
+    let job = TestJob::new(1_000, 200).await;
+    let rows = job.create_source(10_000).await;
+    job.produce(&[]).await;
+    job.consume_until_idle(1, &[]).await;
+    // Three groups lose the tgt bits of 50 landed ids each, as if their SETBITs had been lost.
+    let groups = job.groups().await;
+    let mut redis = job.redis.clone();
+    let mut lost = 0;
+    for &first in &groups[..3] {
+        for id in job
+            .bitmap_ids(first, Bits::Tgt)
+            .await
+            .into_iter()
+            .take(LOST_PER_GROUP as usize)
+        {
+            let _: i64 = redis::cmd("SETBIT")
+                .arg(job.group_key(first, "tgt"))
+                .arg(id - first)
+                .arg(0)
+                .query_async(&mut redis)
+                .await
+                .expect("SETBIT");
+            lost += 1;
+        }
+    }
+    assert_eq!(lost, 3 * LOST_PER_GROUP);
+
+    let addr = free_addr();
+    let every = job.spawn(
+        Bin::Compensator,
+        &[
+            "run",
+            "--job",
+            job.job_arg(),
+            "--every",
+            "2s",
+            "--min-age",
+            "0s",
+            "--json",
+            "--metrics-addr",
+            &addr,
+        ],
+    );
+    let name = job.name.as_str();
+    wait_for_sample(
+        &addr,
+        name,
+        "bitmig_missing_ids",
+        "",
+        Duration::from_secs(60),
+        |v| v == lost as f64,
+    )
+    .await;
+    let (code, report) = job.report().await;
+    assert_eq!(
+        (code, report["missing_ids"].as_u64()),
+        (3, Some(lost)),
+        "{report:#}"
+    );
+    assert_eq!(
+        http_get(&addr, "/healthz").await,
+        Ok((200, "ok\n".to_owned()))
+    );
+    assert_eq!(
+        http_get(&addr, "/readyz").await,
+        Ok((200, "ok redis\nok broker\n".to_owned()))
+    );
+
+    // Paused: passes go on but re-publish nothing (without the pause each pass re-publishes the 150 ids,
+    // since nobody consumes them).
+    compensator(&job, &["pause", "--job", job.job_arg()]).await;
+    wait_for_sample(
+        &addr,
+        name,
+        "bitmig_paused",
+        "",
+        Duration::from_secs(30),
+        |v| v == 1.0,
+    )
+    .await;
+    let queued = job.existing_message_count(&job.work_queue()).await;
+    let passes = |p: &Proc| {
+        std::fs::read_to_string(p.stdout_path())
+            .unwrap_or_default()
+            .matches("\"paused\":true")
+            .count()
+    };
+    let paused_passes = passes(&every);
+    wait_for(
+        "two more paused passes",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || async {
+            match passes(&every) {
+                n if n >= paused_passes + 2 => Ok(()),
+                n => Err(format!("{n} paused passes")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        job.existing_message_count(&job.work_queue()).await,
+        queued,
+        "re-published while paused"
+    );
+    compensator(&job, &["resume", "--job", job.job_arg()]).await;
+
+    job.consume_until_idle(1, &[]).await;
+    wait_for_sample(
+        &addr,
+        name,
+        "bitmig_missing_ids",
+        "",
+        Duration::from_secs(60),
+        |v| v == 0.0,
+    )
+    .await;
+    wait_for_sample(
+        &addr,
+        name,
+        "bitmig_paused",
+        "",
+        Duration::from_secs(30),
+        |v| v == 0.0,
+    )
+    .await;
+    job.assert_job_complete(rows, 0).await;
+    every
+        .terminate(Duration::from_secs(60))
+        .await
+        .expect_code(0);
 }

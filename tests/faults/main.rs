@@ -18,6 +18,7 @@ mod services;
 
 mod database_outage;
 mod rabbitmq_restart;
+mod readyz;
 mod redis_restart;
 
 use std::time::Duration;

@@ -14,16 +14,24 @@
 //!   to a change whose ids **and** their settle re-drive are confirmed: a restart, `kill -9` included,
 //!   resumes from there and at worst publishes some ids again (harmless: a catch-up is idempotent).
 //! - `lag_s`: now − commit time of the newest change published; 0 once a window passes with nothing new.
+//! - While the job is paused (DESIGN.md §11) the follower neither reads nor publishes (settle re-drives
+//!   included) within [`bitmig_shared::control::WATCH_EVERY`] plus the window in hand; the keys it read
+//!   and did not publish stay pending, so the checkpoint does not pass them; `resume` goes on from there.
+//! - `--metrics-addr` serves the walk's metrics and the follower's: `bitmig_follow_lag_seconds` (`lag_s`),
+//!   `bitmig_follow_events_total`, and its ids in `bitmig_ids_published_total` (first publishes only, as
+//!   `ids_published`).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bitmig_shared::cli::{source_error, BadInput};
+use bitmig_shared::control::{Control, WATCH_EVERY};
 use bitmig_shared::ids::{batches, group_last, group_of};
 use bitmig_shared::job::{FollowFrom, FollowSpec, JobSpec};
 use bitmig_shared::ledger::{now_rfc3339, Ledger};
 use bitmig_shared::queue::{dead_queue, Cause, Message};
+use bitmig_shared::telemetry::metrics::Metrics;
 use chrono::{DateTime, Utc};
 use roaring::RoaringTreemap;
 use tokio_util::sync::CancellationToken;
@@ -44,7 +52,7 @@ const MAX_PENDING: u64 = 200_000;
 /// Publish attempts of one window before the follower gives up (a broker restart fits inside).
 const PUBLISH_ATTEMPTS: u32 = 10;
 
-/// Plan, publish and follow: the walk ([`crate::run`]) and the follower run side by side; returns when
+/// Plan, publish and follow: the walk ([`crate::walk`]) and the follower run side by side; returns when
 /// `cancel` fires (the walk's summary), or with the first error of either.
 pub async fn run(
     job: &JobSpec,
@@ -65,9 +73,11 @@ pub async fn run(
     let reader = open_reader(job, opts, &spec, &position).await?;
     info!(job = %job.name, from = spec.from.name(), %position, "following");
 
-    let follower = Follower::new(job, opts, spec, ledger, position).await?;
+    let metrics = Metrics::new(&job.name);
+    let _server = crate::serve_metrics(job, opts, &metrics, cancel.clone()).await?;
+    let follower = Follower::new(job, opts, spec, ledger, position, metrics.clone()).await?;
     let walk_cancel = cancel.child_token();
-    let walk = crate::run(job, opts, walk_cancel.clone());
+    let walk = crate::walk(job, opts, &metrics, walk_cancel.clone());
     let follow = follower.follow(reader, cancel.clone());
     tokio::pin!(walk, follow);
     let mut summary = None;
@@ -234,6 +244,7 @@ struct Follower<'a> {
     ids_published: u64,
     last_event_at: Option<DateTime<Utc>>,
     lag_s: f64,
+    metrics: Metrics,
 }
 
 impl<'a> Follower<'a> {
@@ -243,6 +254,7 @@ impl<'a> Follower<'a> {
         spec: FollowSpec,
         ledger: Ledger,
         position: String,
+        metrics: Metrics,
     ) -> anyhow::Result<Self> {
         let state = ledger.follow_state().await?;
         let num = |k: &str| state.get(k).and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -264,6 +276,7 @@ impl<'a> Follower<'a> {
             last_checkpoint: Instant::now(),
             last_event_at: None,
             lag_s: 0.0,
+            metrics,
         })
     }
 
@@ -276,20 +289,38 @@ impl<'a> Follower<'a> {
         let mut tick = tokio::time::interval(WINDOW);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut read_in_window = false;
+        let pause = Control::new(self.ledger.connection(), &self.job.name)
+            .watch(WATCH_EVERY)
+            .await
+            .context("reading the job's control hash")?;
+        let mut paused = pause.subscribe();
         loop {
+            let is_paused = *paused.borrow_and_update();
+            self.metrics.set_paused(is_paused);
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
-                _ = tick.tick() => {
-                    if !read_in_window && self.pending.is_empty() {
-                        self.lag_s = 0.0;
+                Ok(()) = paused.changed() => {
+                    // Seen at the top of the loop; a window read before the pause stays pending.
+                    if *paused.borrow() {
+                        info!(job = %self.job.name, pending = self.pending.len(), "job paused: the follower stops reading and publishing");
+                    } else {
+                        info!(job = %self.job.name, "job resumed: the follower goes on");
                     }
-                    read_in_window = false;
-                    self.flush().await?;
+                }
+                _ = tick.tick() => {
+                    if !is_paused {
+                        if !read_in_window && self.pending.is_empty() {
+                            self.lag_s = 0.0;
+                        }
+                        read_in_window = false;
+                        self.flush().await?;
+                    }
                     self.checkpoint(&mut *reader, false).await?;
                 }
-                c = reader.next(), if self.pending.len() < MAX_PENDING => {
+                c = reader.next(), if !is_paused && self.pending.len() < MAX_PENDING => {
                     read_in_window = true;
+                    self.metrics.follow_event();
                     self.take(c.map_err(follow_error)?).await?;
                 }
             }
@@ -359,6 +390,7 @@ impl<'a> Follower<'a> {
             let ids = std::mem::take(&mut self.pending);
             self.publish(&ids).await?;
             self.ids_published += ids.len();
+            self.metrics.ids_published(ids.len());
             if let Some(at) = self.newest_commit {
                 self.lag_s = ((Utc::now() - at).num_milliseconds().max(0) as f64) / 1000.0;
             }
@@ -492,6 +524,8 @@ impl<'a> Follower<'a> {
         reader: &mut dyn ChangeReader,
         last: bool,
     ) -> anyhow::Result<()> {
+        self.metrics
+            .set_follow_lag(Duration::from_secs_f64(self.lag_s.max(0.0)));
         if !last && self.last_checkpoint.elapsed() < CHECKPOINT_EVERY {
             return Ok(());
         }

@@ -93,6 +93,7 @@ struct Inner {
     groups_produced: Counter,
     missing_ids: Gauge,
     follow_lag_seconds: Gauge<f64, AtomicU64>,
+    follow_events: Counter,
     throttled_seconds: Family<Labels, Counter<f64, AtomicU64>>,
     paused: Gauge,
 }
@@ -117,6 +118,7 @@ impl Metrics {
     /// | `bitmig_groups_produced_total` | counter | | groups marked `produced` |
     /// | `bitmig_missing_ids` | gauge | | ids missing after the last compensator pass |
     /// | `bitmig_follow_lag_seconds` | gauge | | how far the follower is behind the source |
+    /// | `bitmig_follow_events_total` | counter | | changes of the job's table the follower read |
     /// | `bitmig_throttled_seconds_total` | counter | `reason` = a `[throttle]` field | seconds work waited |
     /// | `bitmig_paused` | gauge | | 1 while the job is paused |
     pub fn new(job: &str) -> Self {
@@ -135,6 +137,7 @@ impl Metrics {
         let groups_produced = Counter::default();
         let missing_ids = Gauge::default();
         let follow_lag_seconds = Gauge::<f64, AtomicU64>::default();
+        let follow_events = Counter::default();
         let throttled_seconds = Family::<Labels, Counter<f64, AtomicU64>>::default();
         let paused = Gauge::default();
         registry.register(
@@ -183,6 +186,11 @@ impl Metrics {
             follow_lag_seconds.clone(),
         );
         registry.register(
+            "follow_events",
+            "Changes of the job's table the follower read",
+            follow_events.clone(),
+        );
+        registry.register(
             "throttled_seconds",
             "Seconds work waited for a throttle, by reason",
             throttled_seconds.clone(),
@@ -214,6 +222,7 @@ impl Metrics {
                 groups_produced,
                 missing_ids,
                 follow_lag_seconds,
+                follow_events,
                 throttled_seconds,
                 paused,
             }),
@@ -255,6 +264,11 @@ impl Metrics {
 
     pub fn set_follow_lag(&self, lag: Duration) {
         self.inner.follow_lag_seconds.set(lag.as_secs_f64());
+    }
+
+    /// One change read by the follower (a transaction's changes to the job's table, or one queue event).
+    pub fn follow_event(&self) {
+        self.inner.follow_events.inc();
     }
 
     /// `reason` is the `[throttle]` field that held (`throttle::Reason::as_str`).
