@@ -254,7 +254,7 @@ async fn three_consumers_together_keep_max_rows_per_s() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_paused_producer_plans_no_group_and_its_metrics_equal_the_ledger() {
     let job = TestJob::new(10_000, 1_000).await;
-    let rows = job.create_source(200_000).await;
+    let rows = job.create_source(100_000).await;
     let groups_total = job
         .sql_u64("SELECT COUNT(DISTINCT id DIV 10000) FROM src")
         .await;
@@ -266,7 +266,7 @@ async fn a_paused_producer_plans_no_group_and_its_metrics_equal_the_ledger() {
             "--job",
             job.job_arg(),
             "--rate",
-            "20000",
+            "15000",
             "--metrics-addr",
             &addr,
         ],
