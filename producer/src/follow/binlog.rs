@@ -218,6 +218,18 @@ impl GtidState {
     fn apply(&mut self, domain: u32, server: u32, seq: u64) {
         self.0.insert(domain, (server, seq));
     }
+
+    /// Why this state cannot be a point in the history of a server whose state is `server`: a domain it
+    /// lacks, or a sequence number beyond its own. `None`: it can.
+    pub fn not_within(&self, server: &GtidState) -> Option<String> {
+        self.0.iter().find_map(|(d, (_, n))| match server.0.get(d) {
+            None => Some(format!("the source has no domain {d}")),
+            Some((_, m)) if m < n => Some(format!(
+                "the source's domain {d} is at sequence {m}, before {n}"
+            )),
+            Some(_) => None,
+        })
+    }
 }
 
 impl std::fmt::Display for GtidState {
@@ -361,6 +373,26 @@ impl BinlogReader {
         .await
         .context("SET @master_heartbeat_period")?;
         if let Some(state) = &gtid {
+            // A domain the server never wrote, or a sequence number ahead of it: a position from another
+            // server (MariaDB would stream such a domain from its oldest binlog, not refuse it).
+            let server: Option<String> = meta
+                .query_first::<Option<String>, _>("SELECT @@GLOBAL.gtid_binlog_pos")
+                .await
+                .context("reading gtid_binlog_pos")?
+                .flatten();
+            let server = server
+                .as_deref()
+                .and_then(|g| GtidState::parse(g).ok())
+                .unwrap_or_default();
+            if let Some(why) = state.not_within(&server) {
+                return Err(FollowError::bad_position(
+                    position,
+                    format!(
+                        "GTID state {position} is not in this source's binlog (gtid_binlog_pos = {server}): {why}; \
+                         is the job pointed at another server? Start it again from a new copy"
+                    ),
+                ));
+            }
             // As a MariaDB replica connects by GTID: the server ignores the file and offset then.
             conn.exec_drop(
                 "SET @slave_connect_state = ?, @slave_gtid_strict_mode = 0, @slave_gtid_ignore_duplicates = 0",
@@ -562,8 +594,7 @@ impl BinlogReader {
                 {
                     // Statement-format DML (a session with binlog_format = STATEMENT/MIXED): its keys are
                     // not in the binlog. Only a statement naming the job's table matters.
-                    let lower = text.to_ascii_lowercase();
-                    if lower.contains(&self.src.table.to_ascii_lowercase()) {
+                    if mentions_table(&text, &q.schema(), &self.database, &self.src.table) {
                         return Err(self.undecodable(
                             &ev,
                             "QUERY_EVENT (statement-format DML)",
@@ -576,8 +607,7 @@ impl BinlogReader {
                     }
                 } else {
                     // DDL (or other statements): the key's column position may have changed.
-                    let lower = text.to_ascii_lowercase();
-                    if lower.contains(&self.src.table.to_ascii_lowercase()) {
+                    if mentions_table(&text, &q.schema(), &self.database, &self.src.table) {
                         self.key = None;
                     }
                 }
@@ -713,6 +743,26 @@ impl BinlogReader {
     }
 }
 
+/// Whether statement `text`, run with default schema `schema`, names `database`.`table`: as an identifier
+/// (quoted or not, qualified or in the default schema), not as any substring — a table called `t` is not
+/// in every statement with a `t` in it, and another database's table of the same name is not ours.
+fn mentions_table(text: &str, schema: &str, database: &str, table: &str) -> bool {
+    let is_ident = |c: char| c.is_alphanumeric() || c == '_' || c == '$' || c == '`' || c == '.';
+    text.split(|c: char| !is_ident(c))
+        .filter(|t| !t.is_empty())
+        .any(|token| {
+            let parts: Vec<String> = token
+                .split('.')
+                .map(|p| p.trim_matches('`').to_lowercase())
+                .collect();
+            match parts.as_slice() {
+                [t] => t == &table.to_lowercase() && schema.eq_ignore_ascii_case(database),
+                [d, t] => d == &database.to_lowercase() && t == &table.to_lowercase(),
+                _ => false,
+            }
+        })
+}
+
 fn key_value(v: &Value, key: &KeyColumn, ctx: &str) -> Result<u64, FollowError> {
     let n: i128 = match v {
         Value::Int(i) if *i < 0 && key.unsigned => {
@@ -801,6 +851,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_statement_names_the_table_only_as_an_identifier_of_its_database() {
+        let m = |text: &str, schema: &str| mentions_table(text, schema, "shop", "t");
+        assert!(m("DELETE FROM t WHERE id = 1", "shop"));
+        assert!(m("UPDATE `t` SET a = 1", "shop"));
+        assert!(m("insert into shop.t values (1)", "other"));
+        assert!(m("ALTER TABLE `shop`.`T` ADD c INT", ""));
+        // A substring, another database's t, or t in the default schema of another database: not ours.
+        assert!(!m(
+            "DELETE FROM `verify_bench`.`checksums` WHERE db = 'verify_bench' AND tbl = 'orders'",
+            "shop"
+        ));
+        assert!(!m("DELETE FROM other.t", "shop"));
+        assert!(!m("DELETE FROM t", "other"));
+        assert!(!m("UPDATE tt SET t2 = 1", "shop"));
+    }
+
+    #[test]
     fn positions_parse_or_say_why() {
         assert_eq!(
             parse_position("mariadb-bin.000002:1234").unwrap(),
@@ -818,6 +885,23 @@ mod tests {
         g.apply(0, 2, 5);
         g.apply(3, 1, 1);
         assert_eq!(g.to_string(), "0-2-5,3-1-1");
+        let server = GtidState::parse("0-1-100,1-2-5").unwrap();
+        assert_eq!(
+            GtidState::parse("0-1-100").unwrap().not_within(&server),
+            None
+        );
+        assert_eq!(
+            GtidState::parse("0-3-7,1-2-5").unwrap().not_within(&server),
+            None
+        );
+        assert!(GtidState::parse("0-1-101")
+            .unwrap()
+            .not_within(&server)
+            .is_some());
+        assert!(GtidState::parse("2-1-1")
+            .unwrap()
+            .not_within(&server)
+            .is_some());
         for bad in [
             "",
             "mariadb-bin.000002",
