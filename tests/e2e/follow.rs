@@ -365,8 +365,9 @@ async fn a_late_write_of_an_older_read_is_undone_by_the_settle_redrive() {
     let job = TestJob::new(1_000, 200).await;
     job.create_source(5_000).await;
     let server_id = 2_000_000 + rand::rng().random_range(0..1_000_000);
-    // settle far longer than the few seconds the lock is held: the re-drive comes after the late write.
-    let settle_s = 10;
+    // settle far longer than the lock is held (seconds; tens on a loaded two-core machine): the re-drive
+    // comes after the late write.
+    let settle_s = 40;
     job.write_file(
         "job.toml",
         &format!(
@@ -419,6 +420,7 @@ async fn a_late_write_of_an_older_read_is_undone_by_the_settle_redrive() {
     )
     .await;
 
+    eprintln!("{:?}: a consumer's write of S and R waits for the lock", started.elapsed());
     // The newer change: R deleted, and that delete reaches the target while the older write waits.
     job.sql(&format!("DELETE FROM src WHERE id = {r}")).await;
     wait_for(
@@ -439,6 +441,7 @@ async fn a_late_write_of_an_older_read_is_undone_by_the_settle_redrive() {
     )
     .await;
     let held = started.elapsed();
+    eprintln!("{held:?}: R's delete is in the target");
     assert!(
         held < Duration::from_secs(settle_s - 2),
         "the lock was held {held:?}: too close to the settle re-drive for the test to mean anything"
