@@ -75,7 +75,7 @@ async fn follow_while_writing(kill_midway: bool) {
             "the follower exited:\n{}",
             follower.output_so_far()
         );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     // The writer stopped: wait until the report says the target may be switched over.

@@ -171,7 +171,7 @@ async fn debezium_and_canal_events_in_a_queue_bring_the_target_to_the_source() {
             "the follower exited:\n{}",
             follower.output_so_far()
         );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     let report = wait_caught_up(&job).await;
