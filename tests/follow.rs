@@ -10,7 +10,7 @@ use rand::Rng;
 use crate::{wait_for, Bin, Proc, TestJob, TWO_POW_40};
 
 /// How long following may take to reach a state the tests wait for.
-pub const FOLLOW_DEADLINE: Duration = Duration::from_secs(240);
+pub const FOLLOW_DEADLINE: Duration = Duration::from_secs(420);
 
 /// The default job plus a binlog `[follow]` section with a short settle.
 pub fn follow_job(job: &TestJob) -> String {
