@@ -420,7 +420,10 @@ async fn a_late_write_of_an_older_read_is_undone_by_the_settle_redrive() {
     )
     .await;
 
-    eprintln!("{:?}: a consumer's write of S and R waits for the lock", started.elapsed());
+    eprintln!(
+        "{:?}: a consumer's write of S and R waits for the lock",
+        started.elapsed()
+    );
     // The newer change: R deleted, and that delete reaches the target while the older write waits.
     job.sql(&format!("DELETE FROM src WHERE id = {r}")).await;
     wait_for(
