@@ -14,11 +14,13 @@
 //! - `es`: the Elasticsearch cluster of the tests (osmem-server or `BITMIG_TEST_ES_URL`); `es_double`: a
 //!   scripted stand-in for the failures no real cluster produces on demand; `es_tasks_double`: a stand-in
 //!   cluster with tasks (`_reindex`, `_delete_by_query`, `_tasks`) for `bitmig-rollover`.
+//! - `follow`: the follower (`--follow`), its state in Redis, `caught_up`, and a writer of changes.
 
 mod cluster;
 pub mod es;
 pub mod es_double;
 pub mod es_tasks_double;
+pub mod follow;
 mod ledger;
 pub mod metrics;
 pub mod pg;

@@ -149,6 +149,37 @@ fn null_wrapped(k: usize, expr: &str) -> String {
     format!("IF(s % 101 = 0 OR (s + {k}) % 13 = 0, NULL, {expr})")
 }
 
+/// `CREATE TABLE name` with `id BIGINT UNSIGNED PRIMARY KEY` and a column of every type.
+fn create_table_sql(name: &str) -> String {
+    let columns: Vec<String> = COLUMNS
+        .iter()
+        .map(|(name, ty, _)| format!("`{name}` {ty} NULL"))
+        .collect();
+    format!(
+        "CREATE TABLE {name} (id BIGINT UNSIGNED NOT NULL PRIMARY KEY, {}) \
+         DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_unicode_ci",
+        columns.join(", ")
+    )
+}
+
+/// `INSERT INTO src` one generated row per row of `ids` (a `SELECT s, id`).
+fn insert_query(ids: &str) -> String {
+    let names: Vec<String> = COLUMNS
+        .iter()
+        .map(|(name, _, _)| format!("`{name}`"))
+        .collect();
+    let exprs: Vec<String> = COLUMNS
+        .iter()
+        .enumerate()
+        .map(|(k, (_, _, expr))| null_wrapped(k, expr))
+        .collect();
+    format!(
+        "INSERT INTO src (id, {}) SELECT id, {} FROM ({ids}) AS g",
+        names.join(", "),
+        exprs.join(", ")
+    )
+}
+
 /// A `SELECT s, id` of `rows` ids with gaps: starting at `3 * group_size + 3` (not 0, not a group's first),
 /// skipping every id whose sequence number is 3 mod 7, with one whole group missing in the middle, ending
 /// inside a group.
@@ -216,36 +247,13 @@ impl TestJob {
 
     /// Creates `src` with `id BIGINT UNSIGNED PRIMARY KEY` and a column of every type, and `dst LIKE src`.
     pub async fn create_tables(&self) {
-        let columns: Vec<String> = COLUMNS
-            .iter()
-            .map(|(name, ty, _)| format!("`{name}` {ty} NULL"))
-            .collect();
-        self.sql(&format!(
-            "CREATE TABLE src (id BIGINT UNSIGNED NOT NULL PRIMARY KEY, {}) \
-             DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_unicode_ci",
-            columns.join(", ")
-        ))
-        .await;
+        self.sql(&create_table_sql("src")).await;
         self.sql("CREATE TABLE dst LIKE src").await;
     }
 
     /// Inserts one generated row into `src` per row of `ids` (a `SELECT s, id`); returns how many.
     pub async fn insert_rows(&self, ids: &str) -> u64 {
-        let names: Vec<String> = COLUMNS
-            .iter()
-            .map(|(name, _, _)| format!("`{name}`"))
-            .collect();
-        let exprs: Vec<String> = COLUMNS
-            .iter()
-            .enumerate()
-            .map(|(k, (_, _, expr))| null_wrapped(k, expr))
-            .collect();
-        let query = format!(
-            "INSERT INTO src (id, {}) SELECT id, {} FROM ({ids}) AS g",
-            names.join(", "),
-            exprs.join(", ")
-        );
-        self.sql_affected(&query).await
+        self.sql_affected(&insert_query(ids)).await
     }
 
     /// `src` and `dst` plus [`gappy_ids`]`(rows)` and [`high_ids`]; returns the number of source rows.
@@ -254,6 +262,93 @@ impl TestJob {
         let inserted = self.insert_rows(&gappy_ids(rows, self.group_size)).await;
         assert_eq!(inserted, rows, "generated fewer rows than asked");
         inserted + self.insert_rows(&high_ids()).await
+    }
+
+    /// As [`Self::create_source`]`(rows)`, but copied (`CREATE TABLE … LIKE`, `INSERT … SELECT`, with the
+    /// session's binlog off: nobody follows the copy) from a fixture database that the first test to ask
+    /// generates under a server lock and every later test, in any process, reuses: generating 200 000 rows
+    /// of every type takes far longer than copying them. The fixture's name carries the CRC32 of the
+    /// generating SQL, so a changed generator makes a new one; it is kept on purpose (a cache, like
+    /// `target/`), `DROP DATABASE bmt_fixture_…` removes it. Returns the number of source rows.
+    pub async fn create_source_from_fixture(&self, rows: u64) -> u64 {
+        let server = &self.services.mysql_url;
+        let mut conn = mysql_async::Conn::from_url(server.as_str())
+            .await
+            .unwrap_or_else(|e| panic!("connect to MariaDB at {server}: {e}"));
+        let inserts = [
+            insert_query(&gappy_ids(rows, self.group_size)),
+            insert_query(&high_ids()),
+        ];
+        let generate = format!("{}\n{}", create_table_sql("src"), inserts.join("\n"));
+        let crc: u64 = conn
+            .exec_first("SELECT CRC32(?)", (generate.as_str(),))
+            .await
+            .expect("CRC32 of the generator")
+            .expect("a CRC32");
+        let fixture = format!("bmt_fixture_{rows}_{crc:08x}");
+        exec(&mut conn, "SET SESSION sql_log_bin = 0").await;
+        let locked: Option<i64> = conn
+            .exec_first("SELECT GET_LOCK(?, 600)", (fixture.as_str(),))
+            .await
+            .expect("GET_LOCK")
+            .flatten();
+        assert_eq!(locked, Some(1), "the fixture lock {fixture}");
+        let ready: Option<u64> = conn
+            .exec_first(
+                "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = 'src'",
+                (fixture.as_str(),),
+            )
+            .await
+            .expect("look for the fixture");
+        if ready != Some(1) {
+            // Generated under another name and renamed when whole: a test killed mid-way leaves no half.
+            exec(
+                &mut conn,
+                &format!("CREATE DATABASE IF NOT EXISTS `{fixture}`"),
+            )
+            .await;
+            exec(&mut conn, &format!("USE `{fixture}`")).await;
+            exec(&mut conn, "DROP TABLE IF EXISTS src_partial").await;
+            exec(&mut conn, &create_table_sql("src_partial")).await;
+            for insert in &inserts {
+                let insert = insert.replacen("INSERT INTO src ", "INSERT INTO src_partial ", 1);
+                exec(&mut conn, &insert).await;
+            }
+            exec(&mut conn, "RENAME TABLE src_partial TO src").await;
+        }
+        let _: Option<i64> = conn
+            .exec_first("SELECT RELEASE_LOCK(?)", (fixture.as_str(),))
+            .await
+            .expect("RELEASE_LOCK")
+            .flatten();
+        let db = &self.database;
+        exec(
+            &mut conn,
+            &format!("CREATE TABLE `{db}`.src LIKE `{fixture}`.src"),
+        )
+        .await;
+        exec(
+            &mut conn,
+            &format!("INSERT INTO `{db}`.src SELECT * FROM `{fixture}`.src"),
+        )
+        .await;
+        exec(
+            &mut conn,
+            &format!("CREATE TABLE `{db}`.dst LIKE `{db}`.src"),
+        )
+        .await;
+        let copied: u64 = conn
+            .query_first(format!("SELECT COUNT(*) FROM `{db}`.src"))
+            .await
+            .expect("count the copy")
+            .expect("a count");
+        conn.disconnect().await.ok();
+        assert_eq!(
+            copied,
+            rows + 6,
+            "the fixture {fixture} holds {copied} rows"
+        );
+        copied
     }
 
     /// Every id of `table`, ascending.
@@ -330,6 +425,18 @@ impl TestJob {
         Some(message)
     }
 
+    /// `CHECKSUM TABLE table` (MariaDB's live checksum over every row and column).
+    pub async fn checksum(&self, table: &str) -> Option<u64> {
+        let query = format!("CHECKSUM TABLE `{table}`");
+        let row: Option<(String, Option<u64>)> = self
+            .conn()
+            .await
+            .query_first(&query)
+            .await
+            .unwrap_or_else(|e| panic!("{query}\n→ {e}"));
+        row.and_then(|(_, c)| c)
+    }
+
     /// `table`'s column names in order.
     pub async fn sql_columns(&self, table: &str) -> Vec<String> {
         let query = format!(
@@ -365,6 +472,13 @@ impl TestJob {
             .unwrap_or_else(|e| panic!("{query}\n→ {e}"))
             .unwrap_or_else(|| "no such row".to_owned())
     }
+}
+
+/// Runs `query` on `conn`, panicking with it on failure.
+async fn exec(conn: &mut mysql_async::Conn, query: &str) {
+    conn.query_drop(query)
+        .await
+        .unwrap_or_else(|e| panic!("{query}\n→ {e}"));
 }
 
 /// Runs one statement on the server at `server_url` over a connection of its own (for cleanups).

@@ -1,122 +1,37 @@
 //! `bitmig-producer --follow` (DESIGN.md §8) end to end: a writer keeps inserting, updating (some of them
-//! the key) and deleting rows of the source while the job is copied by two consumers and the follower
-//! tails the binlog; once the writer stops and `report` says `caught_up`, the target equals the source row
-//! for row. The same with the follower killed (SIGKILL) mid-stream and restarted: nothing is missed.
+//! the key) and deleting rows of a 200 000-row source while the job is copied by two consumers and the
+//! follower tails the binlog; once the writer stops and `report` says `caught_up`, the target equals the
+//! source (COUNT, CHECKSUM TABLE, row for row). The same with the follower killed (SIGKILL) mid-stream and
+//! restarted: nothing is missed. Seed 001's A/B race forced on purpose: a consumer's write of an older read
+//! held back behind a row lock until a newer delete has reached the target, then undone by the settle
+//! re-drive.
 
 use std::time::{Duration, Instant};
 
+use bitmig_producer::follow::binlog::{parse_position, BinlogPosition};
 use mysql_async::prelude::Queryable;
 use rand::Rng;
 
-use crate::helpers::{wait_for, Bin, Proc, TestJob, TWO_POW_40};
+use crate::helpers::follow::{
+    follow_field, follow_job, producer_status, spawn_follower, wait_caught_up, wait_for_position,
+    write_one, Writes,
+};
+use crate::helpers::{wait_for, Bin, Bits, Proc, TestJob};
 
 const DEADLINE: Duration = Duration::from_secs(240);
-
-/// The default job plus a binlog `[follow]` section with a short settle.
-fn follow_job(job: &TestJob) -> String {
-    let server_id = 2_000_000 + rand::rng().random_range(0..1_000_000);
-    format!(
-        "{}\n[follow]\nfrom = \"binlog\"\nserver_id = {server_id}\nsettle = \"2s\"\n",
-        job.job_toml()
-    )
-}
-
-fn spawn_follower(job: &TestJob) -> Proc {
-    job.spawn(Bin::Producer, &["--job", job.job_arg(), "--follow"])
-}
-
-/// What the writer did, for the messages.
-#[derive(Debug, Default)]
-struct Writes {
-    inserts: u64,
-    updates: u64,
-    key_changes: u64,
-    deletes: u64,
-}
-
-/// One change of the source, chosen by `n`: inserts above the planned range and into empty stretches of
-/// it, updates of a value, updates of the key, deletes.
-async fn write_one(job: &TestJob, live: &mut Vec<u64>, n: u64, w: &mut Writes) {
-    let pick = rand::rng().random_range(0..live.len());
-    let id = live[pick];
-    match n % 5 {
-        0 => {
-            // Above the planned range (groups the follower plans), or inside it where no group exists.
-            let new = if n % 2 == 0 {
-                TWO_POW_40 + 5_000_000 + n
-            } else {
-                50_000_000 + n
-            };
-            job.insert_rows(&format!("SELECT {} AS s, {new} AS id", n % 1000))
-                .await;
-            live.push(new);
-            w.inserts += 1;
-        }
-        1 | 2 => {
-            job.sql(&format!(
-                "UPDATE src SET c_text = 'changed {n}', c_int = {n} WHERE id = {id}"
-            ))
-            .await;
-            w.updates += 1;
-        }
-        3 => {
-            let new = 60_000_000 + n;
-            job.sql(&format!("UPDATE src SET id = {new} WHERE id = {id}"))
-                .await;
-            live[pick] = new;
-            w.key_changes += 1;
-        }
-        _ => {
-            job.sql(&format!("DELETE FROM src WHERE id = {id}")).await;
-            live.swap_remove(pick);
-            w.deletes += 1;
-        }
-    }
-}
-
-async fn follow_field(job: &TestJob, field: &str) -> Option<String> {
-    let mut redis = job.redis.clone();
-    redis::cmd("HGET")
-        .arg(format!("bitmig:{{{}}}:follow", job.name))
-        .arg(field)
-        .query_async(&mut redis)
-        .await
-        .ok()
-        .flatten()
-}
-
-async fn producer_status(job: &TestJob) -> Option<String> {
-    let mut redis = job.redis.clone();
-    redis::cmd("HGET")
-        .arg(format!("bitmig:{{{}}}:producer", job.name))
-        .arg("status")
-        .query_async(&mut redis)
-        .await
-        .ok()
-        .flatten()
-}
+/// The issue's size: the copy runs long enough for the writer to change rows under it.
+const ROWS: u64 = 200_000;
 
 async fn follow_while_writing(kill_midway: bool) {
-    let job = TestJob::new(1_000, 200).await;
-    job.create_source(20_000).await;
+    let job = TestJob::new(10_000, 1_000).await;
+    job.create_source_from_fixture(ROWS).await;
     job.write_file("job.toml", &follow_job(&job));
     let mut live = job.ids_of("src").await;
 
     let mut follower = spawn_follower(&job);
     let consumers: Vec<Proc> = (0..2).map(|_| job.spawn_consumer(&[])).collect();
     // Every change from here on comes after the follow position (the walk sees what came before).
-    wait_for(
-        "the follow position",
-        DEADLINE,
-        Duration::from_millis(50),
-        || async {
-            match follow_field(&job, "position").await {
-                Some(p) => Ok(p),
-                None => Err("no position yet".to_owned()),
-            }
-        },
-    )
-    .await;
+    wait_for_position(&job).await;
 
     // The writer: one change every 10 ms, until the walk is done and at least 400 changes were made.
     let mut writes = Writes::default();
@@ -132,6 +47,12 @@ async fn follow_while_writing(kill_midway: bool) {
                 follower.is_running(),
                 "the follower exited early:\n{}",
                 follower.output_so_far()
+            );
+            // The checkpoint it will resume from is a GTID state (MariaDB).
+            let stored = follow_field(&job, "position").await.unwrap_or_default();
+            assert!(
+                matches!(parse_position(&stored), Ok(BinlogPosition::Gtid(_))),
+                "a GTID state, not {stored:?}"
             );
             follower.kill().await;
             for _ in 0..100 {
@@ -154,27 +75,23 @@ async fn follow_while_writing(kill_midway: bool) {
             "the follower exited:\n{}",
             follower.output_so_far()
         );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     // The writer stopped: wait until the report says the target may be switched over.
-    let report = wait_for(
-        "caught_up",
-        DEADLINE,
-        Duration::from_millis(500),
-        || async {
-            // Not 0s: a catch-up of an id already in the target may still sit unacked in a consumer, where
-            // neither the bits nor the queue's ready count show it; 3 s is far longer than a batch takes.
-            job.compensate(Some("3s")).await;
-            let (_, report) = job.report().await;
-            if report["caught_up"].as_bool() == Some(true) {
-                Ok(report)
-            } else {
-                Err(report.to_string())
-            }
-        },
-    )
-    .await;
+    let report = wait_caught_up(&job).await;
+    assert_eq!(
+        job.sql_u64("SELECT COUNT(*) FROM dst").await,
+        job.sql_u64("SELECT COUNT(*) FROM src").await,
+        "COUNT(*) of dst and src"
+    );
+    let checksum = job.checksum("src").await;
+    assert!(checksum.is_some(), "CHECKSUM TABLE src gave NULL");
+    assert_eq!(
+        job.checksum("dst").await,
+        checksum,
+        "CHECKSUM TABLE of dst and src"
+    );
     job.assert_target_equals_source().await;
 
     let follow = &report["follow"];
@@ -188,10 +105,11 @@ async fn follow_while_writing(kill_midway: bool) {
         report["complete"] == true && report["missing_ids"] == 0 && report["queued"] == 0,
         "{report:#}"
     );
+    // MariaDB has GTIDs: the position is a GTID state, not a file:pos.
     let position = follow["position"].as_str().unwrap_or("");
     assert!(
-        position.contains(':'),
-        "a binlog file:pos, not {position:?}"
+        matches!(parse_position(position), Ok(BinlogPosition::Gtid(_))),
+        "a GTID state, not {position:?}"
     );
 
     follower
@@ -260,7 +178,7 @@ impl Drop for DropSlot {
 /// PostgreSQL → MariaDB with `from = "logical"`: changes made while the copy runs reach the target.
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_changes_reach_mariadb_through_logical_replication() {
-    let job = TestJob::new(1_000, 200).await;
+    let job = TestJob::new(10_000, 1_000).await;
     let pg = job.pg().await;
     let slot = format!("bitmig_{}", job.name);
     let _slot = DropSlot {
@@ -269,7 +187,7 @@ async fn postgres_changes_reach_mariadb_through_logical_replication() {
     };
     pg.sql(
         "CREATE TABLE src (id BIGINT PRIMARY KEY, v TEXT, n INT); \
-         INSERT INTO src SELECT g, 'row ' || g, g FROM generate_series(1, 5000) g",
+         INSERT INTO src SELECT g, 'row ' || g, g FROM generate_series(1, 200000) g",
     )
     .await;
     job.sql("CREATE TABLE dst (id BIGINT UNSIGNED PRIMARY KEY, v TEXT, n INT)")
@@ -277,7 +195,7 @@ async fn postgres_changes_reach_mariadb_through_logical_replication() {
     job.write_file(
         "job.toml",
         &format!(
-            "name = \"{name}\"\ngroup_size = 1000\nbatch_size = 200\n\n[source]\nurl = \"{pg}\"\n\
+            "name = \"{name}\"\ngroup_size = 10000\nbatch_size = 1000\n\n[source]\nurl = \"{pg}\"\n\
              table = \"src\"\nkey = \"id\"\n\n[target]\nkind = \"sql\"\nurl = \"{my}\"\ntable = \"dst\"\n\n\
              [follow]\nfrom = \"logical\"\nsettle = \"2s\"\n",
             name = job.name,
@@ -287,19 +205,18 @@ async fn postgres_changes_reach_mariadb_through_logical_replication() {
     );
     let follower = spawn_follower(&job);
     let consumers: Vec<Proc> = (0..2).map(|_| job.spawn_consumer(&[])).collect();
-    wait_for(
-        "the follow position",
-        DEADLINE,
-        Duration::from_millis(50),
-        || async {
-            follow_field(&job, "position")
-                .await
-                .ok_or_else(|| "no position yet".to_owned())
-        },
-    )
-    .await;
-    for n in 0..200u64 {
-        let id = 1 + (n * 37) % 5000;
+    wait_for_position(&job).await;
+    // The writer: until the walk is done and at least 200 changes were made, so it writes under the copy.
+    let started = Instant::now();
+    for n in 0u64.. {
+        if n >= 200 && producer_status(&job).await.as_deref() == Some("done") {
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the walk did not finish while writing"
+        );
+        let id = 1 + (n * 37) % 200_000;
         let sql = match n % 5 {
             0 => format!("INSERT INTO src VALUES ({}, 'new {n}', {n})", 1_000_000 + n),
             1 | 2 => format!("UPDATE src SET v = 'changed {n}', n = -{n} WHERE id = {id}"),
@@ -309,21 +226,7 @@ async fn postgres_changes_reach_mariadb_through_logical_replication() {
         pg.sql(&sql).await;
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let report = wait_for(
-        "caught_up",
-        DEADLINE,
-        Duration::from_millis(500),
-        || async {
-            job.compensate(Some("3s")).await;
-            let (_, report) = job.report().await;
-            if report["caught_up"].as_bool() == Some(true) {
-                Ok(report)
-            } else {
-                Err(report.to_string())
-            }
-        },
-    )
-    .await;
+    let report = wait_caught_up(&job).await;
     assert_eq!(report["follow"]["from"], "logical", "{report:#}");
     let source: Vec<String> = pg
         .texts("SELECT id::text || '|' || coalesce(v, '') || '|' || coalesce(n::text, '') FROM src ORDER BY id")
@@ -358,11 +261,13 @@ async fn postgres_changes_reach_mariadb_through_logical_replication() {
 /// table, and every table holds exactly the source rows routed to it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_routed_row_moved_by_an_update_lives_in_one_postgres_table() {
-    let job = TestJob::new(1_000, 200).await;
+    let job = TestJob::new(10_000, 1_000).await;
     let pg = job.pg().await;
     job.sql(
         "CREATE TABLE src (id BIGINT UNSIGNED PRIMARY KEY, user_id INT NOT NULL, v TEXT); \
-         INSERT INTO src SELECT seq, seq % 97, CONCAT('row ', seq) FROM seq_1_to_5000",
+         SET SESSION sql_log_bin = 0; \
+         INSERT INTO src SELECT seq, seq % 97, CONCAT('row ', seq) FROM seq_1_to_200000; \
+         SET SESSION sql_log_bin = 1",
     )
     .await;
     for t in 0..4 {
@@ -375,7 +280,7 @@ async fn a_routed_row_moved_by_an_update_lives_in_one_postgres_table() {
     job.write_file(
         "job.toml",
         &format!(
-            "name = \"{name}\"\ngroup_size = 1000\nbatch_size = 200\n\n[source]\nurl = \"{my}\"\n\
+            "name = \"{name}\"\ngroup_size = 10000\nbatch_size = 1000\n\n[source]\nurl = \"{my}\"\n\
              table = \"src\"\nkey = \"id\"\n\n[target]\nkind = \"sql\"\nurl = \"{pg}\"\n\
              table = \"dst_{{user_id % 4}}\"\n\n[follow]\nfrom = \"binlog\"\nserver_id = {server_id}\nsettle = \"2s\"\n",
             name = job.name,
@@ -385,19 +290,18 @@ async fn a_routed_row_moved_by_an_update_lives_in_one_postgres_table() {
     );
     let follower = spawn_follower(&job);
     let consumers: Vec<Proc> = (0..2).map(|_| job.spawn_consumer(&[])).collect();
-    wait_for(
-        "the follow position",
-        DEADLINE,
-        Duration::from_millis(50),
-        || async {
-            follow_field(&job, "position")
-                .await
-                .ok_or_else(|| "no position yet".to_owned())
-        },
-    )
-    .await;
-    for n in 0..200u64 {
-        let id = 1 + (n * 37) % 5000;
+    wait_for_position(&job).await;
+    // The writer: until the walk is done and at least 200 changes were made, so it writes under the copy.
+    let started = Instant::now();
+    for n in 0u64.. {
+        if n >= 200 && producer_status(&job).await.as_deref() == Some("done") {
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the walk did not finish while writing"
+        );
+        let id = 1 + (n * 37) % 200_000;
         let sql = match n % 5 {
             0 => format!("INSERT INTO src VALUES ({}, {n}, 'new {n}')", 1_000_000 + n),
             // The route column: the row moves to another table.
@@ -410,21 +314,7 @@ async fn a_routed_row_moved_by_an_update_lives_in_one_postgres_table() {
         job.sql(&sql).await;
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    wait_for(
-        "caught_up",
-        DEADLINE,
-        Duration::from_millis(500),
-        || async {
-            job.compensate(Some("3s")).await;
-            let (_, report) = job.report().await;
-            if report["caught_up"].as_bool() == Some(true) {
-                Ok(report)
-            } else {
-                Err(report.to_string())
-            }
-        },
-    )
-    .await;
+    wait_caught_up(&job).await;
     let mut conn = job.conn().await;
     let source: Vec<String> = conn
         .query("SELECT CONCAT(id, '|', user_id, '|', COALESCE(v, ''), '|', user_id % 4) FROM src ORDER BY id")
@@ -455,6 +345,163 @@ async fn a_routed_row_moved_by_an_update_lives_in_one_postgres_table() {
         differing.is_empty(),
         "rows differ (id|user_id|v|table): {differing:?}"
     );
+
+    follower
+        .terminate(Duration::from_secs(60))
+        .await
+        .expect_code(0);
+    for c in consumers {
+        c.terminate(Duration::from_secs(60)).await.expect_code(0);
+    }
+}
+
+/// Seed 001's A/B race, forced: a consumer reads rows S and R (S < R, one `catchup` batch) and its write is
+/// held back by a row lock the test keeps on S in the target; meanwhile R is deleted from the source and
+/// another consumer's `catchup` deletes it from the target. Then the lock goes: the held write lands R's
+/// older read late, so the target holds a row the source no longer has (the test sees it). The settle
+/// re-drive — no compensator runs until it did — deletes it again, and the target equals the source.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_late_write_of_an_older_read_is_undone_by_the_settle_redrive() {
+    let job = TestJob::new(1_000, 200).await;
+    job.create_source(5_000).await;
+    let server_id = 2_000_000 + rand::rng().random_range(0..1_000_000);
+    // settle far longer than the lock is held (seconds; tens on a loaded two-core machine): the re-drive
+    // comes after the late write.
+    let settle_s = 40;
+    job.write_file(
+        "job.toml",
+        &format!(
+            "{}\n[follow]\nfrom = \"binlog\"\nserver_id = {server_id}\nsettle = \"{settle_s}s\"\n",
+            job.job_toml()
+        ),
+    );
+    let follower = spawn_follower(&job);
+    let consumers: Vec<Proc> = (0..2).map(|_| job.spawn_consumer(&[])).collect();
+    wait_for_position(&job).await;
+    wait_caught_up(&job).await;
+    job.assert_target_equals_source().await;
+
+    // Two neighbours of one group.
+    let ids = job.ids_of("src").await;
+    let (s, r) = ids
+        .windows(2)
+        .map(|w| (w[0], w[1]))
+        .find(|(s, r)| job.group_of(*s) == job.group_of(*r))
+        .expect("two ids in one group");
+    let group = job.group_of(r);
+
+    // The target row S locked by the test: a consumer's upsert of S (then R) waits for it.
+    let mut holder = job.conn().await;
+    holder.query_drop("START TRANSACTION").await.expect("BEGIN");
+    holder
+        .query_drop(format!("SELECT id FROM dst WHERE id = {s} FOR UPDATE"))
+        .await
+        .expect("lock S in the target");
+    let started = Instant::now();
+    job.sql(&format!(
+        "UPDATE src SET c_text = 'older read', c_int = 1 WHERE id IN ({s}, {r})"
+    ))
+    .await;
+    let waits = format!(
+        "SELECT COUNT(*) FROM information_schema.INNODB_TRX t JOIN information_schema.PROCESSLIST p \
+         ON p.ID = t.trx_mysql_thread_id WHERE t.trx_state = 'LOCK WAIT' AND p.DB = '{}'",
+        job.database
+    );
+    wait_for(
+        "a consumer's write of S and R to wait for the lock",
+        DEADLINE,
+        Duration::from_millis(50),
+        || async {
+            match job.sql_u64(&waits).await {
+                0 => Err("no lock wait".to_owned()),
+                n => Ok(n),
+            }
+        },
+    )
+    .await;
+
+    eprintln!(
+        "{:?}: a consumer's write of S and R waits for the lock",
+        started.elapsed()
+    );
+    // The newer change: R deleted, and that delete reaches the target while the older write waits.
+    job.sql(&format!("DELETE FROM src WHERE id = {r}")).await;
+    wait_for(
+        "R's delete to reach the target",
+        DEADLINE,
+        Duration::from_millis(50),
+        || async {
+            let in_dst = job
+                .sql_u64(&format!("SELECT COUNT(*) FROM dst WHERE id = {r}"))
+                .await;
+            let gone = job.bitmap_ids(group, Bits::Gone).await.contains(&r);
+            if in_dst == 0 && gone {
+                Ok(())
+            } else {
+                Err(format!("R in dst: {in_dst}, gone bit: {gone}"))
+            }
+        },
+    )
+    .await;
+    let held = started.elapsed();
+    eprintln!("{held:?}: R's delete is in the target");
+    assert!(
+        held < Duration::from_secs(settle_s - 2),
+        "the lock was held {held:?}: too close to the settle re-drive for the test to mean anything"
+    );
+
+    // The older read lands late: R is back in the target, with the value read before the delete.
+    holder.query_drop("COMMIT").await.expect("release S");
+    drop(holder);
+    let late = wait_for(
+        "the held write to land R late",
+        Duration::from_secs(settle_s - 2),
+        Duration::from_millis(20),
+        || async {
+            match job
+                .sql_u64(&format!(
+                    "SELECT COUNT(*) FROM dst WHERE id = {r} AND c_text = 'older read'"
+                ))
+                .await
+            {
+                1 => Ok(started.elapsed()),
+                _ => Err("R not in dst".to_owned()),
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        job.sql_u64(&format!("SELECT COUNT(*) FROM src WHERE id = {r}"))
+            .await,
+        0
+    );
+
+    // No compensator, no writer: only the settle re-drive can take R out again.
+    wait_for(
+        "the settle re-drive to delete R again",
+        Duration::from_secs(settle_s * 3),
+        Duration::from_millis(100),
+        || async {
+            match job
+                .sql_u64(&format!("SELECT COUNT(*) FROM dst WHERE id = {r}"))
+                .await
+            {
+                0 => Ok(()),
+                _ => Err("R still in dst".to_owned()),
+            }
+        },
+    )
+    .await;
+    let undone = started.elapsed();
+    eprintln!("R written late at {late:?}, deleted again by the settle re-drive at {undone:?}");
+    assert!(
+        undone >= Duration::from_secs(settle_s),
+        "R left the target at {undone:?}, before the settle delay: not the re-drive's doing"
+    );
+    wait_caught_up(&job).await;
+    job.assert_target_equals_source().await;
+    assert!(job.bitmap_ids(group, Bits::Gone).await.contains(&r));
+    assert!(!job.bitmap_ids(group, Bits::Tgt).await.contains(&r));
 
     follower
         .terminate(Duration::from_secs(60))

@@ -138,7 +138,8 @@ fn all_keys(changes: &[Change]) -> Vec<u64> {
 /// above 2^31 come out right whatever metadata the binlog carries.
 const TABLE_DDL: &str = "(a INT NOT NULL, id BIGINT UNSIGNED NOT NULL PRIMARY KEY, v VARCHAR(40))";
 
-async fn binlog_changes_come_out_with_their_keys(image: &str) {
+/// `gtid`: from the GTID state `position_now` takes on MariaDB; else from `file:pos`.
+async fn binlog_changes_come_out_with_their_keys(image: &str, gtid: bool) {
     let db = MyDb::new(&mysql_server_url()).await;
     let mut c = db.conn().await;
     c.query_drop(format!("CREATE TABLE t {TABLE_DDL}"))
@@ -154,8 +155,19 @@ async fn binlog_changes_come_out_with_their_keys(image: &str) {
     .await
     .unwrap();
     let src = db.source("t", "id");
-    let position = binlog::position_now(&src).await.expect("position");
-    assert!(binlog::parse_position(&position).is_ok(), "{position}");
+    let position = if gtid {
+        binlog::position_now(&src).await.expect("position")
+    } else {
+        binlog::file_position_now(&src).await.expect("position")
+    };
+    assert!(
+        matches!(
+            (gtid, binlog::parse_position(&position)),
+            (true, Ok(binlog::BinlogPosition::Gtid(_)))
+                | (false, Ok(binlog::BinlogPosition::File { .. }))
+        ),
+        "{position}: GTID wanted: {gtid}"
+    );
 
     c.query_drop(format!("SET SESSION binlog_row_image = {image}"))
         .await
@@ -227,12 +239,40 @@ async fn binlog_changes_come_out_with_their_keys(image: &str) {
 
 #[tokio::test]
 async fn binlog_reader_full_row_image() {
-    binlog_changes_come_out_with_their_keys("FULL").await;
+    binlog_changes_come_out_with_their_keys("FULL", true).await;
 }
 
 #[tokio::test]
 async fn binlog_reader_minimal_row_image() {
-    binlog_changes_come_out_with_their_keys("MINIMAL").await;
+    binlog_changes_come_out_with_their_keys("MINIMAL", true).await;
+}
+
+#[tokio::test]
+async fn binlog_reader_resumes_from_a_file_position() {
+    binlog_changes_come_out_with_their_keys("FULL", false).await;
+}
+
+/// A GTID state the server no longer has (a sequence number far ahead in a domain of its own) is refused
+/// as a bad position, never read from somewhere else.
+#[tokio::test]
+async fn binlog_reader_refuses_a_gtid_state_the_server_does_not_have() {
+    let db = MyDb::new(&mysql_server_url()).await;
+    let mut c = db.conn().await;
+    c.query_drop(format!("CREATE TABLE t {TABLE_DDL}"))
+        .await
+        .unwrap();
+    let src = db.source("t", "id");
+    let e = match BinlogReader::start(src, "4000000-1-99").await {
+        Ok(mut reader) => tokio::time::timeout(DEADLINE, reader.next())
+            .await
+            .expect("an answer in time")
+            .expect_err("a GTID the server never wrote"),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(&e, FollowError::BadPosition { position, .. } if position == "4000000-1-99"),
+        "{e:?}"
+    );
 }
 
 /// A DDL that moves the key column: the reader reads its position again.
@@ -653,7 +693,7 @@ async fn logical_reader_refuses_a_key_outside_the_replica_identity() {
 
 use bitmig_producer::follow::queue::{QueueReader, QueueSource};
 
-fn amqp_url() -> String {
+pub(crate) fn amqp_url() -> String {
     std::env::var("BITMIG_AMQP_URL")
         .ok()
         .filter(|v| !v.is_empty())
@@ -661,14 +701,14 @@ fn amqp_url() -> String {
 }
 
 /// A queue of the test's own that some CDC tool would publish to; deleted on drop.
-struct ChangeQueue {
-    name: String,
+pub(crate) struct ChangeQueue {
+    pub(crate) name: String,
     channel: lapin::Channel,
     _conn: lapin::Connection,
 }
 
 impl ChangeQueue {
-    async fn new() -> Self {
+    pub(crate) async fn new() -> Self {
         let conn = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
             .await
             .unwrap();
@@ -685,7 +725,7 @@ impl ChangeQueue {
         }
     }
 
-    async fn publish(&self, body: &str) {
+    pub(crate) async fn publish(&self, body: &str) {
         self.channel
             .basic_publish(
                 "".into(),
@@ -698,7 +738,8 @@ impl ChangeQueue {
             .unwrap();
     }
 
-    async fn counts(&self) -> (u32, u32) {
+    /// `(ready messages, consumers)`.
+    pub(crate) async fn counts(&self) -> (u32, u32) {
         let q = self
             .channel
             .queue_declare(

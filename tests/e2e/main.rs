@@ -19,6 +19,8 @@ mod deletes;
 mod digest;
 mod elasticsearch;
 mod follow;
+mod follow_elasticsearch;
+mod follow_queue;
 mod follow_readers;
 mod hostile;
 mod operating;

@@ -17,6 +17,7 @@ use bitmig_tests as helpers;
 mod services;
 
 mod database_outage;
+mod follower_broker_restart;
 mod rabbitmq_restart;
 mod readyz;
 mod redis_restart;

@@ -3,12 +3,17 @@
 //! Contract:
 //! - [`position_now`] first checks the server can be followed — the binlog on (`log_bin`), `binlog_format`
 //!   ROW, the user holding REPLICATION SLAVE and REPLICATION CLIENT (MariaDB: BINLOG MONITOR) — and
-//!   refuses with [`FollowError::Refused`] saying what to change; then returns `SHOW MASTER STATUS`'s
-//!   `file:pos`.
-//! - [`BinlogReader::start`] registers as a replica with `server_id` and streams from a `file:pos`
-//!   (mysql_async's `binlog` feature; events decoded by `mysql_common::binlog`). Changes are handed out per
-//!   committed transaction (at its XID or `COMMIT`), with the position just after it, so resuming from a
-//!   returned position never repeats that transaction and never skips the next one.
+//!   refuses with [`FollowError::Refused`] saying what to change; then returns the position now: the
+//!   server's GTID state (`@@gtid_binlog_pos`, MariaDB's `domain-server-seq[,…]`) when it has one, else
+//!   `SHOW MASTER STATUS`'s `file:pos` ([`file_position_now`]).
+//! - [`BinlogReader::start`] registers as a replica with `server_id` and streams from either kind of
+//!   position (mysql_async's `binlog` feature; events decoded by `mysql_common::binlog`); from a GTID
+//!   state through `@slave_connect_state`, as a MariaDB replica does, so a position survives binlog
+//!   rotation, `RESET`-free failover to a replica with the same GTIDs, and renamed files. Changes are
+//!   handed out per committed transaction (at its XID or `COMMIT`), with the position just after it, of
+//!   the kind the reader started from (a GTID state, or `file:pos`), so resuming from a returned position
+//!   never repeats that transaction and never skips the next one. (MySQL's `gtid_executed` is not used:
+//!   a MySQL source is followed by `file:pos`.)
 //! - The key is found by column position, read from `information_schema.COLUMNS` (ORDINAL_POSITION), so
 //!   `binlog_row_image` FULL or MINIMAL and `binlog_row_metadata` FULL or MINIMAL all work; it is read again
 //!   after any DDL statement in the stream. (The position read is the table's current one: a DDL that moves
@@ -20,7 +25,7 @@
 //!   unknown types stop the reader with [`FollowError::Undecodable`] naming the event: a change is never
 //!   skipped silently. (Compressed rows events of other tables are passed over: their table id is readable.)
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -81,6 +86,11 @@ async fn connect(url: &str) -> Result<Conn, FollowError> {
         .map_err(FollowError::Source)
 }
 
+/// MariaDB's "could not find GTID state requested by slave in any binlog files" (and its kin).
+fn is_gtid_gone(e: &mysql_async::Error) -> bool {
+    matches!(e, mysql_async::Error::Server(s) if s.code == 1236)
+}
+
 fn is_access_denied(e: &mysql_async::Error) -> bool {
     matches!(e, mysql_async::Error::Server(s) if s.code == 1227 || s.code == 1045 || s.code == 1044)
 }
@@ -137,10 +147,33 @@ pub async fn check(conn: &mut Conn) -> Result<(), FollowError> {
     Ok(())
 }
 
-/// Checks the server, then returns the binlog position now, `file:pos`.
+/// Checks the server, then returns the binlog position now: its GTID state when it has one (MariaDB),
+/// else `file:pos`.
 pub async fn position_now(src: &BinlogSource) -> Result<String, FollowError> {
     let mut conn = connect(&src.url).await?;
     check(&mut conn).await?;
+    // MariaDB only: MySQL has no such variable (an error, and `file:pos` then).
+    let gtid: Option<String> = conn
+        .query_first::<Option<String>, _>("SELECT @@GLOBAL.gtid_binlog_pos")
+        .await
+        .ok()
+        .flatten()
+        .flatten();
+    if let Some(state) = gtid.and_then(|g| GtidState::parse(&g).ok()) {
+        let _ = conn.disconnect().await;
+        return Ok(state.to_string());
+    }
+    file_position(conn).await
+}
+
+/// Checks the server, then returns `SHOW MASTER STATUS`'s `file:pos`, GTIDs or not.
+pub async fn file_position_now(src: &BinlogSource) -> Result<String, FollowError> {
+    let mut conn = connect(&src.url).await?;
+    check(&mut conn).await?;
+    file_position(conn).await
+}
+
+async fn file_position(mut conn: Conn) -> Result<String, FollowError> {
     let row: Option<mysql_async::Row> = match conn.query_first("SHOW MASTER STATUS").await {
         Ok(r) => r,
         Err(e) if is_access_denied(&e) => {
@@ -158,22 +191,94 @@ pub async fn position_now(src: &BinlogSource) -> Result<String, FollowError> {
     Ok(format!("{file}:{pos}"))
 }
 
-/// Splits `file:pos`.
-pub fn parse_position(position: &str) -> Result<(String, u64), FollowError> {
+/// A MariaDB GTID state: per replication domain, the last transaction's server id and sequence number.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GtidState(BTreeMap<u32, (u32, u64)>);
+
+impl GtidState {
+    /// `domain-server-seq[,domain-server-seq…]` (as `@@gtid_binlog_pos` prints it), one per domain.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut state = BTreeMap::new();
+        for gtid in text.split(',').map(str::trim) {
+            let parts: Vec<&str> = gtid.split('-').collect();
+            let [d, s, n] = parts.as_slice() else {
+                return Err(format!("`{gtid}` is not a GTID domain-server-seq"));
+            };
+            let (Ok(d), Ok(s), Ok(n)) = (d.parse(), s.parse(), n.parse()) else {
+                return Err(format!("`{gtid}` is not a GTID domain-server-seq"));
+            };
+            if state.insert(d, (s, n)).is_some() {
+                return Err(format!("domain {d} appears twice"));
+            }
+        }
+        Ok(Self(state))
+    }
+
+    /// A transaction of `domain` was written.
+    fn apply(&mut self, domain: u32, server: u32, seq: u64) {
+        self.0.insert(domain, (server, seq));
+    }
+
+    /// Why this state cannot be a point in the history of a server whose state is `server`: a domain it
+    /// lacks, or a sequence number beyond its own. `None`: it can.
+    pub fn not_within(&self, server: &GtidState) -> Option<String> {
+        self.0.iter().find_map(|(d, (_, n))| match server.0.get(d) {
+            None => Some(format!("the source has no domain {d}")),
+            Some((_, m)) if m < n => Some(format!(
+                "the source's domain {d} is at sequence {m}, before {n}"
+            )),
+            Some(_) => None,
+        })
+    }
+}
+
+impl std::fmt::Display for GtidState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut first = true;
+        for (d, (s, n)) in &self.0 {
+            if !first {
+                f.write_str(",")?;
+            }
+            first = false;
+            write!(f, "{d}-{s}-{n}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a binlog reader starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BinlogPosition {
+    /// `file:pos`.
+    File { file: String, pos: u64 },
+    /// A GTID state (MariaDB).
+    Gtid(GtidState),
+}
+
+/// Reads a stored position: `file:pos`, or a GTID state `domain-server-seq[,…]`.
+pub fn parse_position(position: &str) -> Result<BinlogPosition, FollowError> {
     let bad = || {
         FollowError::bad_position(
             position,
             format!(
-                "`{position}` is not a binlog position `file:pos` (e.g. mysql-bin.000003:1234)"
+                "`{position}` is not a binlog position: `file:pos` (e.g. mysql-bin.000003:1234) or a GTID \
+                 state (e.g. 0-1-4711)"
             ),
         )
     };
-    let (file, pos) = position.rsplit_once(':').ok_or_else(bad)?;
+    let Some((file, pos)) = position.rsplit_once(':') else {
+        return GtidState::parse(position)
+            .map(BinlogPosition::Gtid)
+            .map_err(|_| bad());
+    };
     let pos: u64 = pos.parse().map_err(|_| bad())?;
     if file.is_empty() || pos < 4 {
         return Err(bad());
     }
-    Ok((file.to_owned(), pos))
+    Ok(BinlogPosition::File {
+        file: file.to_owned(),
+        pos,
+    })
 }
 
 /// How to read the key from a row image.
@@ -196,6 +301,8 @@ pub struct BinlogReader {
     key: Option<KeyColumn>,
     /// Current binlog file.
     file: String,
+    /// Started from a GTID state: the state so far (positions handed out are GTID states).
+    gtid: Option<GtidState>,
     /// Keys of the open transaction.
     pending: Vec<u64>,
     ready: VecDeque<Change>,
@@ -210,10 +317,14 @@ pub struct BinlogReader {
 }
 
 impl BinlogReader {
-    /// Checks the server and starts streaming from `position` (`file:pos`, as [`position_now`] or a
-    /// [`Change`] gave it).
+    /// Checks the server and starts streaming from `position` (`file:pos` or a GTID state, as
+    /// [`position_now`] or a [`Change`] gave it).
     pub async fn start(src: BinlogSource, position: &str) -> Result<Self, FollowError> {
-        let (file, pos) = parse_position(position)?;
+        let (file, pos, gtid) = match parse_position(position)? {
+            BinlogPosition::File { file, pos } => (file, pos, None),
+            // The server finds the file from the GTIDs; the first (fake) ROTATE_EVENT names it.
+            BinlogPosition::Gtid(state) => (String::new(), 4, Some(state)),
+        };
         let mut meta = connect(&src.url).await?;
         check(&mut meta).await?;
         let database = match &src.database {
@@ -233,7 +344,7 @@ impl BinlogReader {
             })
             .await
             .context("SHOW BINARY LOGS")?;
-        if !files.contains(&file) {
+        if gtid.is_none() && !files.contains(&file) {
             return Err(FollowError::bad_position(
                 position,
                 format!(
@@ -261,11 +372,48 @@ impl BinlogReader {
         ))
         .await
         .context("SET @master_heartbeat_period")?;
+        if let Some(state) = &gtid {
+            // A domain the server never wrote, or a sequence number ahead of it: a position from another
+            // server (MariaDB would stream such a domain from its oldest binlog, not refuse it).
+            let server: Option<String> = meta
+                .query_first::<Option<String>, _>("SELECT @@GLOBAL.gtid_binlog_pos")
+                .await
+                .context("reading gtid_binlog_pos")?
+                .flatten();
+            let server = server
+                .as_deref()
+                .and_then(|g| GtidState::parse(g).ok())
+                .unwrap_or_default();
+            if let Some(why) = state.not_within(&server) {
+                return Err(FollowError::bad_position(
+                    position,
+                    format!(
+                        "GTID state {position} is not in this source's binlog (gtid_binlog_pos = {server}): {why}; \
+                         is the job pointed at another server? Start it again from a new copy"
+                    ),
+                ));
+            }
+            // As a MariaDB replica connects by GTID: the server ignores the file and offset then.
+            conn.exec_drop(
+                "SET @slave_connect_state = ?, @slave_gtid_strict_mode = 0, @slave_gtid_ignore_duplicates = 0",
+                (state.to_string(),),
+            )
+            .await
+            .context("SET @slave_connect_state")?;
+        }
         let request = BinlogStreamRequest::new(src.server_id)
             .with_filename(file.as_bytes())
             .with_pos(pos);
         let stream = conn.get_binlog_stream(request).await.map_err(|e| {
-            if is_access_denied(&e) {
+            if gtid.is_some() && is_gtid_gone(&e) {
+                FollowError::bad_position(
+                    position,
+                    format!(
+                        "the source no longer has the binlog of GTID state {position} ({e}): changes since the \
+                         checkpoint are lost, start the job again from a new copy"
+                    ),
+                )
+            } else if is_access_denied(&e) {
                 FollowError::refused(format!(
                     "the source user may not stream the binlog ({e}): `GRANT REPLICATION SLAVE ON *.* TO <user>`"
                 ))
@@ -280,6 +428,7 @@ impl BinlogReader {
             meta,
             key: None,
             file,
+            gtid,
             pending: Vec::new(),
             ready: VecDeque::new(),
             checksum_before_fde,
@@ -313,8 +462,17 @@ impl BinlogReader {
         })
     }
 
+    /// Where an event is, for messages: always `file:pos`.
     fn position(&self, log_pos: u32) -> String {
         format!("{}:{log_pos}", self.file)
+    }
+
+    /// Where to resume after the event at `log_pos`, of the kind the reader started from.
+    fn resume_position(&self, log_pos: u32) -> String {
+        match &self.gtid {
+            Some(state) => state.to_string(),
+            None => self.position(log_pos),
+        }
     }
 
     fn undecodable(&self, ev: &Event, event: &str, detail: impl Into<String>) -> FollowError {
@@ -332,7 +490,7 @@ impl BinlogReader {
         }
         let ts = ev.header().timestamp();
         self.ready.push_back(Change {
-            position: self.position(ev.header().log_pos()),
+            position: self.resume_position(ev.header().log_pos()),
             committed_at: DateTime::<Utc>::from_timestamp(i64::from(ts), 0).unwrap_or_default(),
             keys,
             no_key: None,
@@ -350,8 +508,25 @@ impl BinlogReader {
             MARIA_ANNOTATE_ROWS | MARIA_BINLOG_CHECKPOINT | MARIA_GTID_LIST => return Ok(()),
             MARIA_GTID => {
                 // A transaction starts; its end is an XID or a COMMIT query. Nothing pending can be left
-                // from before (a transaction always ends before the next GTID).
+                // from before (a transaction always ends before the next GTID). Its GTID goes into the
+                // state now: a position is handed out only at a commit, when this transaction is whole.
                 self.pending.clear();
+                if let Some(state) = &mut self.gtid {
+                    // seq_no (8 bytes), domain_id (4 bytes), flags… (sql/log_event.h); server id in the header.
+                    let d = ev.data();
+                    let (Some(seq), Some(domain)) = (d.get(..8), d.get(8..12)) else {
+                        return Err(self.undecodable(&ev, "GTID_EVENT", "shorter than 12 bytes"));
+                    };
+                    let mut seq8 = [0u8; 8];
+                    seq8.copy_from_slice(seq);
+                    let mut domain4 = [0u8; 4];
+                    domain4.copy_from_slice(domain);
+                    state.apply(
+                        u32::from_le_bytes(domain4),
+                        ev.header().server_id(),
+                        u64::from_le_bytes(seq8),
+                    );
+                }
                 return Ok(());
             }
             t if maria_event_name(t).is_some() => {
@@ -419,8 +594,7 @@ impl BinlogReader {
                 {
                     // Statement-format DML (a session with binlog_format = STATEMENT/MIXED): its keys are
                     // not in the binlog. Only a statement naming the job's table matters.
-                    let lower = text.to_ascii_lowercase();
-                    if lower.contains(&self.src.table.to_ascii_lowercase()) {
+                    if mentions_table(&text, &q.schema(), &self.database, &self.src.table) {
                         return Err(self.undecodable(
                             &ev,
                             "QUERY_EVENT (statement-format DML)",
@@ -433,8 +607,7 @@ impl BinlogReader {
                     }
                 } else {
                     // DDL (or other statements): the key's column position may have changed.
-                    let lower = text.to_ascii_lowercase();
-                    if lower.contains(&self.src.table.to_ascii_lowercase()) {
+                    if mentions_table(&text, &q.schema(), &self.database, &self.src.table) {
                         self.key = None;
                     }
                 }
@@ -570,6 +743,26 @@ impl BinlogReader {
     }
 }
 
+/// Whether statement `text`, run with default schema `schema`, names `database`.`table`: as an identifier
+/// (quoted or not, qualified or in the default schema), not as any substring — a table called `t` is not
+/// in every statement with a `t` in it, and another database's table of the same name is not ours.
+fn mentions_table(text: &str, schema: &str, database: &str, table: &str) -> bool {
+    let is_ident = |c: char| c.is_alphanumeric() || c == '_' || c == '$' || c == '`' || c == '.';
+    text.split(|c: char| !is_ident(c))
+        .filter(|t| !t.is_empty())
+        .any(|token| {
+            let parts: Vec<String> = token
+                .split('.')
+                .map(|p| p.trim_matches('`').to_lowercase())
+                .collect();
+            match parts.as_slice() {
+                [t] => t == &table.to_lowercase() && schema.eq_ignore_ascii_case(database),
+                [d, t] => d == &database.to_lowercase() && t == &table.to_lowercase(),
+                _ => false,
+            }
+        })
+}
+
 fn key_value(v: &Value, key: &KeyColumn, ctx: &str) -> Result<u64, FollowError> {
     let n: i128 = match v {
         Value::Int(i) if *i < 0 && key.unsigned => {
@@ -618,6 +811,17 @@ impl ChangeReader for BinlogReader {
             };
             let ev = match next {
                 Some(Ok(ev)) => ev,
+                Some(Err(e)) if is_gtid_gone(&e) && self.gtid.is_some() => {
+                    let state = self.gtid.as_ref().map(|g| g.to_string()).unwrap_or_default();
+                    return Err(FollowError::bad_position(
+                        &state,
+                        format!(
+                            "the source cannot stream from GTID state {state} ({e}): its binlog no longer (or \
+                             never) had it; changes since the checkpoint are lost, start the job again from a \
+                             new copy"
+                        ),
+                    ));
+                }
                 Some(Err(e)) if is_access_denied(&e) => {
                     return Err(FollowError::refused(format!(
                         "the source user may not stream the binlog ({e}): `GRANT REPLICATION SLAVE ON *.* TO <user>`"
@@ -647,12 +851,70 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_statement_names_the_table_only_as_an_identifier_of_its_database() {
+        let m = |text: &str, schema: &str| mentions_table(text, schema, "shop", "t");
+        assert!(m("DELETE FROM t WHERE id = 1", "shop"));
+        assert!(m("UPDATE `t` SET a = 1", "shop"));
+        assert!(m("insert into shop.t values (1)", "other"));
+        assert!(m("ALTER TABLE `shop`.`T` ADD c INT", ""));
+        // A substring, another database's t, or t in the default schema of another database: not ours.
+        assert!(!m(
+            "DELETE FROM `verify_bench`.`checksums` WHERE db = 'verify_bench' AND tbl = 'orders'",
+            "shop"
+        ));
+        assert!(!m("DELETE FROM other.t", "shop"));
+        assert!(!m("DELETE FROM t", "other"));
+        assert!(!m("UPDATE tt SET t2 = 1", "shop"));
+    }
+
+    #[test]
     fn positions_parse_or_say_why() {
         assert_eq!(
             parse_position("mariadb-bin.000002:1234").unwrap(),
-            ("mariadb-bin.000002".to_owned(), 1234)
+            BinlogPosition::File {
+                file: "mariadb-bin.000002".to_owned(),
+                pos: 1234
+            }
         );
-        for bad in ["", "mariadb-bin.000002", "f:x", ":5", "f:3", "0/16B3748"] {
+        let BinlogPosition::Gtid(g) = parse_position("1-7-99,0-1-4711").unwrap() else {
+            panic!("a GTID state")
+        };
+        // One per domain, printed by domain as MariaDB does; 64-bit sequence numbers.
+        assert_eq!(g.to_string(), "0-1-4711,1-7-99");
+        let mut g = GtidState::parse("0-1-18446744073709551615").unwrap();
+        g.apply(0, 2, 5);
+        g.apply(3, 1, 1);
+        assert_eq!(g.to_string(), "0-2-5,3-1-1");
+        let server = GtidState::parse("0-1-100,1-2-5").unwrap();
+        assert_eq!(
+            GtidState::parse("0-1-100").unwrap().not_within(&server),
+            None
+        );
+        assert_eq!(
+            GtidState::parse("0-3-7,1-2-5").unwrap().not_within(&server),
+            None
+        );
+        assert!(GtidState::parse("0-1-101")
+            .unwrap()
+            .not_within(&server)
+            .is_some());
+        assert!(GtidState::parse("2-1-1")
+            .unwrap()
+            .not_within(&server)
+            .is_some());
+        for bad in [
+            "",
+            "mariadb-bin.000002",
+            "f:x",
+            ":5",
+            "f:3",
+            "0/16B3748",
+            "0-1",
+            "0-1-2-3",
+            "0-1-x",
+            "0-1-2,0-1-3",
+            "0-1-2,",
+        ] {
             let e = parse_position(bad).unwrap_err();
             assert!(
                 matches!(e, FollowError::BadPosition { .. }),

@@ -11,7 +11,8 @@
 //! 3. [`ChangeReader::checkpoint`] tells the reader that everything up to a position is safely published:
 //!    logical advances the slot's confirmed LSN, queue acks the messages; binlog needs nothing.
 //!
-//! Positions are the strings `bitmig:{JOB}:follow` stores: binlog `file:pos` (e.g. `mysql-bin.000003:1234`),
+//! Positions are the strings `bitmig:{JOB}:follow` stores: binlog a MariaDB GTID state (`0-1-4711`) or
+//! `file:pos` (e.g. `mysql-bin.000003:1234`),
 //! PostgreSQL an LSN (`0/16B3748`), queue the reader's own ack counter (`queue:<n>`, meaningful only to the
 //! reader that handed it out: unacked messages are redelivered after a restart).
 

@@ -9,7 +9,8 @@
 //!   window), then per group: plan the group when nobody did (reading all its ids, as the walk does),
 //!   set the `src` bits, publish `catchup`
 //!   batches, wait for the confirms, mark the group `produced` again ([`Ledger::mark_caught_up`]).
-//! - Every published id is published once more after `[follow] settle` (seed 001's late-write race).
+//! - Every published id is published once more after `[follow] settle` (seed 001's late-write race), at
+//!   most [`SETTLE_BUCKET`] later than that: the re-drives of the windows of one such span go out together.
 //! - The stored position (and [`ChangeReader::checkpoint`]) advances, at most about once a second, only
 //!   to a change whose ids **and** their settle re-drive are confirmed: a restart, `kill -9` included,
 //!   resumes from there and at worst publishes some ids again (harmless: a catch-up is idempotent).
@@ -45,6 +46,8 @@ use crate::{Amqp, Options, Summary};
 
 /// How long changed keys gather before they are published (and the settle windows' width).
 pub const WINDOW: Duration = Duration::from_millis(200);
+/// Settle re-drives of the windows falling due within this span go out as one.
+const SETTLE_BUCKET: Duration = Duration::from_secs(1);
 /// At most one checkpoint (Redis write and reader checkpoint) per this interval.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// Ids waiting before the follower stops reading to publish them (memory bound under a burst).
@@ -219,6 +222,8 @@ fn follow_error(e: FollowError) -> anyhow::Error {
 /// cover (`None`: a settle-only window).
 struct Settling {
     due: Instant,
+    /// The first window's due time: later windows join until [`SETTLE_BUCKET`] after it.
+    opened: Instant,
     ids: RoaringTreemap,
     position: Option<String>,
 }
@@ -394,15 +399,35 @@ impl<'a> Follower<'a> {
             if let Some(at) = self.newest_commit {
                 self.lag_s = ((Utc::now() - at).num_milliseconds().max(0) as f64) / 1000.0;
             }
-            self.settling.push_back(Settling {
-                due: Instant::now() + self.spec.settle,
-                ids,
-                position: self.pending_position.take(),
-            });
+            let due = Instant::now() + self.spec.settle;
+            let position = self.pending_position.take();
+            match self.settling.back_mut() {
+                // Windows whose re-drives fall due within SETTLE_BUCKET of the bucket's first go out
+                // together, each still at least `settle` after its publish: one message per group instead
+                // of one per window (a busy table touches the same groups window after window).
+                Some(last)
+                    if !last.ids.is_empty()
+                        && due.saturating_duration_since(last.opened) < SETTLE_BUCKET =>
+                {
+                    last.ids |= ids;
+                    last.due = due;
+                    if position.is_some() {
+                        last.position = position;
+                    }
+                }
+                _ => self.settling.push_back(Settling {
+                    due,
+                    opened: due,
+                    ids,
+                    position,
+                }),
+            }
         } else if let Some(position) = self.pending_position.take() {
             // Changes with no key of ours (a queue event dead-lettered): safe once those before it are.
+            let now = Instant::now();
             self.settling.push_back(Settling {
-                due: Instant::now(),
+                due: now,
+                opened: now,
                 ids: RoaringTreemap::new(),
                 position: Some(position),
             });
