@@ -34,7 +34,7 @@ pub fn load_average() -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-/// User + system ticks used so far by every process whose `comm` is one of `names`.
+/// User + system ticks used so far by every process whose `comm` is one of `names`, and by its reaped children.
 fn ticks_of(names: &[&str]) -> u64 {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return 0;
@@ -56,9 +56,11 @@ fn ticks_of(names: &[&str]) -> u64 {
             continue;
         }
         let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        // After the comm: state is field 3, utime field 14, stime field 15.
-        if f.len() > 12 {
-            total += f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
+        // After the comm: state is field 3, utime 14, stime 15, then cutime 16 and cstime 17: the CPU of
+        // children already reaped, so PostgreSQL backends that ended during the phase still count (through
+        // the postmaster).
+        if f.len() > 14 {
+            total += f[11..=14].iter().map(|v| v.parse::<u64>().unwrap_or(0)).sum::<u64>();
         }
     }
     total

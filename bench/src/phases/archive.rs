@@ -90,7 +90,7 @@ pub async fn run(b: &mut Bench) -> Result<Figures> {
     step(&verify, "verify");
     ensure!(verify.exit == 0, "verify did not say equal (see {}/archive.verify.log)", b.logs.display());
     let purge = b
-        .compensator("archive.purge", &["purge", "--purge-max-key", "--json"], &job)
+        .compensator("archive.purge", &["purge", "--purge-max-key", "--batch", "10000", "--json"], &job)
         .await?;
     let bitmig_seconds = round3(t0.elapsed().as_secs_f64());
     step(&purge, "purge");

@@ -125,7 +125,7 @@ async fn run(b: &mut Bench, suffix: &str, groups: u64, limit_s: f64) -> Result<F
 impl Section for Figures {
     fn lines(&self, out: &mut Vec<String>) {
         out.push(format!(
-            "compensator over {} complete groups ({} ids, {:.0} MB in Redis; written in {:.1} s; load avg before {}):",
+            "compensator over {} complete groups ({} ids; Redis used_memory {:.0} MB after writing; written in {:.1} s; load avg before {}):",
             self.groups, self.ids, self.redis_used_mb, self.write_seconds, self.cpu.load_before
         ));
         for (t, what) in [
