@@ -52,11 +52,16 @@ pub struct CopyRun {
 
 impl CopyRun {
     pub fn programs_cpu_s(&self) -> f64 {
-        self.producer.cpu_s + self.consumers.iter().map(|c| c.cpu_s).sum::<f64>() + self.report_polls_cpu_s
+        self.producer.cpu_s
+            + self.consumers.iter().map(|c| c.cpu_s).sum::<f64>()
+            + self.report_polls_cpu_s
     }
 
     pub fn max_consumer_rss_mb(&self) -> f64 {
-        self.consumers.iter().map(|c| c.peak_rss_mb).fold(0.0, f64::max)
+        self.consumers
+            .iter()
+            .map(|c| c.peak_rss_mb)
+            .fold(0.0, f64::max)
     }
 }
 
@@ -74,7 +79,10 @@ pub struct Timed {
 impl Timed {
     pub fn json(&self) -> Result<serde_json::Value> {
         serde_json::from_str(self.stdout.trim()).with_context(|| {
-            format!("not one JSON object: {}", self.stdout.chars().take(300).collect::<String>())
+            format!(
+                "not one JSON object: {}",
+                self.stdout.chars().take(300).collect::<String>()
+            )
         })
     }
 }
@@ -106,7 +114,8 @@ impl Bench {
         let mut removed = 0usize;
         for pattern in [format!("bitmig:{{{name}}}*"), format!("bitmig:{{{name}:*")] {
             let keys: Vec<String> = {
-                let mut it: redis::AsyncIter<String> = redis::AsyncCommands::scan_match(&mut r, &pattern).await?;
+                let mut it: redis::AsyncIter<String> =
+                    redis::AsyncCommands::scan_match(&mut r, &pattern).await?;
                 let mut v = Vec::new();
                 while let Some(k) = it.next_item().await {
                     v.push(k?);
@@ -144,7 +153,12 @@ impl Bench {
     }
 
     /// Starts `n` consumers of `job` and waits until each says it is consuming.
-    pub async fn start_consumers(&self, job: &Job, n: usize, exit_when_idle: bool) -> Result<Vec<Measured>> {
+    pub async fn start_consumers(
+        &self,
+        job: &Job,
+        n: usize,
+        exit_when_idle: bool,
+    ) -> Result<Vec<Measured>> {
         let mut consumers = Vec::new();
         for i in 1..=n {
             let mut args = vec!["--job".to_string(), job.file.display().to_string()];
@@ -163,9 +177,16 @@ impl Bench {
         for c in consumers.iter_mut() {
             let log = c.log.clone();
             let deadline = Instant::now() + Duration::from_secs(60);
-            while !std::fs::read_to_string(&log).unwrap_or_default().contains("consuming") {
+            while !std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("consuming")
+            {
                 if !c.running() {
-                    bail!("{} exited before consuming:\n{}", c.name, sys::tail(&log, 20));
+                    bail!(
+                        "{} exited before consuming:\n{}",
+                        c.name,
+                        sys::tail(&log, 20)
+                    );
                 }
                 if Instant::now() > deadline {
                     bail!("{} did not subscribe within 60 s", c.name);
@@ -182,7 +203,11 @@ impl Bench {
             .compensator("report.poll", &["report", "--json"], job)
             .await?;
         if t.exit != 0 && t.exit != 3 {
-            bail!("report exited with {}: {}", t.exit, sys::tail(&self.logs.join("report.poll.log"), 10));
+            bail!(
+                "report exited with {}: {}",
+                t.exit,
+                sys::tail(&self.logs.join("report.poll.log"), 10)
+            );
         }
         Ok((t.exit, t.json()?, t.usage.cpu_s))
     }
@@ -267,7 +292,8 @@ impl Bench {
             &a,
         )
         .await?;
-        let log = std::fs::read_to_string(self.logs.join(format!("{name}.log"))).unwrap_or_default();
+        let log =
+            std::fs::read_to_string(self.logs.join(format!("{name}.log"))).unwrap_or_default();
         let stdout = log
             .lines()
             .rev()

@@ -60,8 +60,12 @@ pub struct Options {
     #[arg(long, default_value = "bench-out/bench.json")]
     pub out: PathBuf,
     /// The phases to run, comma-separated (default: all, in the order listed).
-    #[arg(long, value_enum, value_delimiter = ',',
-          default_value = "copy,pg,pg-mariadb,verify,archive,follow,ledger,ledger-scale")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "copy,pg,pg-mariadb,verify,archive,follow,ledger,ledger-scale"
+    )]
     pub phases: Vec<Phase>,
     /// Names everything the benchmark makes: database `bitmig_NAME` (MariaDB and PostgreSQL), jobs `NAME`,
     /// `NAME_pg`, … and so their queues `bitmig.NAME.*` and Redis keys `bitmig:{NAME…}`.

@@ -48,7 +48,9 @@ pub struct Bench {
 
 impl Bench {
     pub fn db(&self) -> Result<&Db> {
-        self.db.as_ref().context("no source database (internal: generated first)")
+        self.db
+            .as_ref()
+            .context("no source database (internal: generated first)")
     }
 
     pub fn db_name(&self) -> String {
@@ -136,7 +138,10 @@ async fn preflight(opts: &Options) -> Result<()> {
     let mut missing = Vec::new();
     for program in ["bitmig-producer", "bitmig-consumer", "bitmig-compensator"] {
         if !opts.bin.join(program).is_file() {
-            missing.push(format!("{} (cargo build --release --bins)", opts.bin.join(program).display()));
+            missing.push(format!(
+                "{} (cargo build --release --bins)",
+                opts.bin.join(program).display()
+            ));
         }
     }
     let mut tools = vec!["/usr/bin/time", "timeout", "rabbitmqctl"];

@@ -70,7 +70,10 @@ impl Db {
     /// Drops and creates database `name`.
     pub async fn recreate(name: &str) -> Result<Db> {
         let server = mysql_async::Pool::new(HOST_URL);
-        let mut c = server.get_conn().await.context("connecting to MariaDB on 3306")?;
+        let mut c = server
+            .get_conn()
+            .await
+            .context("connecting to MariaDB on 3306")?;
         c.query_drop(format!(
             "DROP DATABASE IF EXISTS `{name}`; CREATE DATABASE `{name}` CHARACTER SET utf8mb4"
         ))
@@ -143,7 +146,9 @@ impl Db {
     }
 
     pub async fn fingerprint(&self, table: &str) -> Result<Fingerprint> {
-        let rows: u64 = self.value(&format!("SELECT COUNT(*) FROM `{table}`")).await?;
+        let rows: u64 = self
+            .value(&format!("SELECT COUNT(*) FROM `{table}`"))
+            .await?;
         let row: Option<(String, Option<u64>)> = self
             .conn()
             .await?
@@ -185,7 +190,8 @@ impl Db {
             .query_first("SELECT CAST(@@GLOBAL.innodb_max_dirty_pages_pct AS CHAR)")
             .await?
             .context("innodb_max_dirty_pages_pct")?;
-        c.query_drop("SET GLOBAL innodb_max_dirty_pages_pct = 0").await?;
+        c.query_drop("SET GLOBAL innodb_max_dirty_pages_pct = 0")
+            .await?;
         let mut dirty = 0u64;
         let result = async {
             while t0.elapsed() < Duration::from_secs(120) {
@@ -226,7 +232,11 @@ fn short(sql: &str) -> String {
 }
 
 /// Refuses to go on unless every table has the reference's fingerprint; prints them all.
-pub fn check_equal(what: &str, reference: &(String, Fingerprint), others: &[(String, Fingerprint)]) -> Result<()> {
+pub fn check_equal(
+    what: &str,
+    reference: &(String, Fingerprint),
+    others: &[(String, Fingerprint)],
+) -> Result<()> {
     let mut ok = reference.1.checksum != "NULL";
     println!(
         "  {:<22} {:>12} rows  {}",

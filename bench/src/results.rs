@@ -31,7 +31,13 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn at_least(target: &str, value: f64, limit: f64, shown: String, limit_shown: &str) -> Target {
+    pub fn at_least(
+        target: &str,
+        value: f64,
+        limit: f64,
+        shown: String,
+        limit_shown: &str,
+    ) -> Target {
         Target {
             target: target.into(),
             value: sys::round3(value),
@@ -43,7 +49,13 @@ impl Target {
         }
     }
 
-    pub fn at_most(target: &str, value: f64, limit: f64, shown: String, limit_shown: &str) -> Target {
+    pub fn at_most(
+        target: &str,
+        value: f64,
+        limit: f64,
+        shown: String,
+        limit_shown: &str,
+    ) -> Target {
         Target {
             target: target.into(),
             value: sys::round3(value),
@@ -56,7 +68,13 @@ impl Target {
     }
 
     pub fn ratio(target: &str, value: f64, limit: f64) -> Target {
-        Target::at_least(target, value, limit, format!("{value:.2}×"), &format!("{limit}×"))
+        Target::at_least(
+            target,
+            value,
+            limit,
+            format!("{value:.2}×"),
+            &format!("{limit}×"),
+        )
     }
 
     pub fn rss(target: &str, mb: f64) -> Target {
@@ -128,8 +146,17 @@ fn first_line(program: &str, args: &[&str]) -> String {
         .stdin(Stdio::null())
         .output()
         .map(|o| {
-            let text = if o.stdout.is_empty() { o.stderr } else { o.stdout };
-            String::from_utf8_lossy(&text).lines().next().unwrap_or("").trim().to_string()
+            let text = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&text)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
         })
         .unwrap_or_default()
 }
@@ -155,7 +182,16 @@ impl Results {
         server.disconnect().await;
         let git = |args: &[&str]| first_line("git", args);
         let dirty = !std::process::Command::new("git")
-            .args(["diff", "--quiet", "HEAD", "--", "shared", "producer", "consumer", "compensator"])
+            .args([
+                "diff",
+                "--quiet",
+                "HEAD",
+                "--",
+                "shared",
+                "producer",
+                "consumer",
+                "compensator",
+            ])
             .status()
             .is_ok_and(|s| s.success());
         Ok(Results {
@@ -172,7 +208,10 @@ impl Results {
                 cpu: std::fs::read_to_string("/proc/cpuinfo")
                     .unwrap_or_default()
                     .lines()
-                    .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+                    .find_map(|l| {
+                        l.strip_prefix("model name")
+                            .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+                    })
                     .unwrap_or_default(),
                 mariadb,
                 innodb_buffer_pool_mb: pool_mb,
@@ -180,7 +219,11 @@ impl Results {
                 postgres: first_line("psql", &["--version"]),
                 pt_archiver: first_line("pt-archiver", &["--version"]),
                 pgloader: first_line("pgloader", &["--version"]),
-                commit: format!("{}{}", git(&["rev-parse", "--short", "HEAD"]), if dirty { "+dirty" } else { "" }),
+                commit: format!(
+                    "{}{}",
+                    git(&["rev-parse", "--short", "HEAD"]),
+                    if dirty { "+dirty" } else { "" }
+                ),
                 date: chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
             },
             source: None,
@@ -249,7 +292,10 @@ impl Results {
             targets.extend(section.targets());
         }
         lines.push(String::new());
-        lines.push(format!("{:<46}{:>14}  {:<10}result", "target", "measured", "goal"));
+        lines.push(format!(
+            "{:<46}{:>14}  {:<10}result",
+            "target", "measured", "goal"
+        ));
         for t in &targets {
             let op = if t.op == ">=" { "≥ " } else { "≤ " };
             lines.push(format!(
@@ -287,7 +333,14 @@ fn first_line_all(program: &std::path::Path, args: &[&str]) -> String {
 }
 
 /// One method's line: `label seconds rows/s load-before CPU(MariaDB) others machine`.
-pub fn method_line(label: &str, seconds: f64, rows: u64, cpu: &sys::PhaseCpu, programs_cpu_s: f64, daemon: &str) -> String {
+pub fn method_line(
+    label: &str,
+    seconds: f64,
+    rows: u64,
+    cpu: &sys::PhaseCpu,
+    programs_cpu_s: f64,
+    daemon: &str,
+) -> String {
     let others = cpu.others(programs_cpu_s);
     let capacity = seconds * sys::nproc() as f64;
     let machine = cpu.cpu_s.get("machine").copied().unwrap_or(0.0);
@@ -308,6 +361,12 @@ pub fn method_line(label: &str, seconds: f64, rows: u64, cpu: &sys::PhaseCpu, pr
 pub fn method_header(daemon: &str) -> String {
     format!(
         "  {:<30}{:>9}{:>11}  {:<18}{:>8}{:>8} {:>14}",
-        "method", "seconds", "rows/s", "load avg before", &format!("{daemon} s"), "others", "machine busy"
+        "method",
+        "seconds",
+        "rows/s",
+        "load avg before",
+        &format!("{daemon} s"),
+        "others",
+        "machine busy"
     )
 }

@@ -42,7 +42,10 @@ fn ticks_of(names: &[&str]) -> u64 {
     let mut total = 0;
     for e in dir.flatten() {
         let name = e.file_name();
-        let Some(pid) = name.to_str().filter(|s| s.bytes().all(|b| b.is_ascii_digit())) else {
+        let Some(pid) = name
+            .to_str()
+            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+        else {
             continue;
         };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -60,7 +63,10 @@ fn ticks_of(names: &[&str]) -> u64 {
         // children already reaped, so PostgreSQL backends that ended during the phase still count (through
         // the postmaster).
         if f.len() > 14 {
-            total += f[11..=14].iter().map(|v| v.parse::<u64>().unwrap_or(0)).sum::<u64>();
+            total += f[11..=14]
+                .iter()
+                .map(|v| v.parse::<u64>().unwrap_or(0))
+                .sum::<u64>();
         }
     }
     total
@@ -172,7 +178,8 @@ impl Measured {
     ) -> Result<Measured> {
         let log = logs.join(format!("{name}.log"));
         let time_file = tmp.join(format!("{name}.time"));
-        let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let out =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
         let mut cmd = tokio::process::Command::new("/usr/bin/time");
         cmd.arg("-o")
@@ -209,10 +216,16 @@ impl Measured {
         }
     }
 
-    /// Sends SIGTERM to the program (and GNU time and timeout around it).
+    /// Sends SIGTERM to `timeout`, which passes it on to the program; GNU time stays to write the figures.
     pub fn terminate(&self) {
-        if let Some(pid) = self.pid() {
-            signal_group(pid, "TERM");
+        let Some(pid) = self.pid() else { return };
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        for child in children.split_whitespace() {
+            let _ = std::process::Command::new("kill")
+                .args(["-s", "TERM", child])
+                .stderr(Stdio::null())
+                .status();
         }
     }
 
@@ -289,7 +302,12 @@ pub async fn run_timed(
 }
 
 /// Polls `check` every `every` until it says yes or `limit` passes.
-pub async fn poll_until<F, Fut>(what: &str, every: Duration, limit: Duration, mut check: F) -> Result<()>
+pub async fn poll_until<F, Fut>(
+    what: &str,
+    every: Duration,
+    limit: Duration,
+    mut check: F,
+) -> Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<bool>>,

@@ -37,7 +37,9 @@ pub struct Figures {
 pub async fn run(b: &mut Bench) -> Result<Figures> {
     let rows = b.rows();
     let db: Db = b.db()?.clone();
-    println!("making two identical copies of orders (a_src_pt, a_src_bitmig) and empty history tables");
+    println!(
+        "making two identical copies of orders (a_src_pt, a_src_bitmig) and empty history tables"
+    );
     for (src, hist) in [("a_src_pt", "a_hist_pt"), ("a_src_bitmig", "a_hist_bitmig")] {
         db.copy_table("orders", src).await?;
         db.fresh_table(hist, "orders").await?;
@@ -47,8 +49,15 @@ pub async fn run(b: &mut Bench) -> Result<Figures> {
     println!("a. pt-archiver {}", args.join(" "));
     db.settle().await?;
     let mut pt_phase = PhaseCpu::begin("archive_pt_archiver");
-    let (code, pt_seconds, usage) =
-        sys::run_timed("archive.pt-archiver", &b.logs, &b.tmp, b.opts.timeout, "pt-archiver", &args).await?;
+    let (code, pt_seconds, usage) = sys::run_timed(
+        "archive.pt-archiver",
+        &b.logs,
+        &b.tmp,
+        b.opts.timeout,
+        "pt-archiver",
+        &args,
+    )
+    .await?;
     pt_phase.end();
     ensure!(
         code == 0,
@@ -83,31 +92,58 @@ pub async fn run(b: &mut Bench) -> Result<Figures> {
             t.stdout.chars().take(200).collect::<String>()
         )
     };
-    let run = b.compensator("archive.run", &["run", "--min-age", "0s", "--json"], &job).await?;
+    let run = b
+        .compensator("archive.run", &["run", "--min-age", "0s", "--json"], &job)
+        .await?;
     step(&run, "compensator run");
-    ensure!(run.exit == 0, "compensator run failed (see {}/archive.run.log)", b.logs.display());
-    let verify = b.compensator("archive.verify", &["verify", "--json"], &job).await?;
+    ensure!(
+        run.exit == 0,
+        "compensator run failed (see {}/archive.run.log)",
+        b.logs.display()
+    );
+    let verify = b
+        .compensator("archive.verify", &["verify", "--json"], &job)
+        .await?;
     step(&verify, "verify");
-    ensure!(verify.exit == 0, "verify did not say equal (see {}/archive.verify.log)", b.logs.display());
+    ensure!(
+        verify.exit == 0,
+        "verify did not say equal (see {}/archive.verify.log)",
+        b.logs.display()
+    );
     let purge = b
-        .compensator("archive.purge", &["purge", "--purge-max-key", "--batch", "10000", "--json"], &job)
+        .compensator(
+            "archive.purge",
+            &["purge", "--purge-max-key", "--batch", "10000", "--json"],
+            &job,
+        )
         .await?;
     let bitmig_seconds = round3(t0.elapsed().as_secs_f64());
     step(&purge, "purge");
-    ensure!(purge.exit == 0, "purge failed (exit {}; see {}/archive.purge.log)", purge.exit, b.logs.display());
+    ensure!(
+        purge.exit == 0,
+        "purge failed (exit {}; see {}/archive.purge.log)",
+        purge.exit,
+        b.logs.display()
+    );
     println!("took {bitmig_seconds:.3} s");
 
     println!("checking: both sources empty, both history tables equal to orders");
     for src in ["a_src_pt", "a_src_bitmig"] {
         let left: u64 = db.value(&format!("SELECT COUNT(*) FROM `{src}`")).await?;
-        ensure!(left == 0, "{src} still holds {left} rows after the archive: no figures are printed");
+        ensure!(
+            left == 0,
+            "{src} still holds {left} rows after the archive: no figures are printed"
+        );
     }
     check_equal(
         "archive",
         &("orders".into(), db.fingerprint("orders").await?),
         &[
             ("a_hist_pt".into(), db.fingerprint("a_hist_pt").await?),
-            ("a_hist_bitmig".into(), db.fingerprint("a_hist_bitmig").await?),
+            (
+                "a_hist_bitmig".into(),
+                db.fingerprint("a_hist_bitmig").await?,
+            ),
         ],
     )?;
     b.clear_job(&name).await?;
@@ -131,7 +167,10 @@ pub async fn run(b: &mut Bench) -> Result<Figures> {
 
 impl Section for Figures {
     fn lines(&self, out: &mut Vec<String>) {
-        out.push(format!("archive: copy to a history table, then delete from the source, {} rows", self.rows));
+        out.push(format!(
+            "archive: copy to a history table, then delete from the source, {} rows",
+            self.rows
+        ));
         out.push(method_header("MariaDB"));
         out.push(method_line(
             "pt-archiver --bulk-delete",
@@ -162,8 +201,15 @@ impl Section for Figures {
 
     fn targets(&self) -> Vec<Target> {
         vec![
-            Target::ratio("archive: bitmig / pt-archiver", self.bitmig_to_pt_archiver, 2.0),
-            Target::rss("archive: purge peak RSS", self.bitmig_purge.usage.peak_rss_mb),
+            Target::ratio(
+                "archive: bitmig / pt-archiver",
+                self.bitmig_to_pt_archiver,
+                2.0,
+            ),
+            Target::rss(
+                "archive: purge peak RSS",
+                self.bitmig_purge.usage.peak_rss_mb,
+            ),
         ]
     }
 }

@@ -82,7 +82,8 @@ pub async fn run(b: &mut Bench) -> Result<Figures> {
     db.settle().await?;
     let mut cpu = PhaseCpu::begin("insert_select");
     let t0 = Instant::now();
-    db.exec("INSERT INTO t_insert_select SELECT * FROM orders").await?;
+    db.exec("INSERT INTO t_insert_select SELECT * FROM orders")
+        .await?;
     let seconds = round3(t0.elapsed().as_secs_f64());
     cpu.end();
     println!("took {seconds:.3} s");
@@ -98,11 +99,21 @@ pub async fn run(b: &mut Bench) -> Result<Figures> {
     db.fresh_table("t_pt_archiver", "orders").await?;
     db.settle().await?;
     let mut cpu = PhaseCpu::begin("pt_archiver");
-    let (code, seconds, usage) =
-        sys::run_timed("pt-archiver", &b.logs, &b.tmp, b.opts.timeout, "pt-archiver", &args).await?;
+    let (code, seconds, usage) = sys::run_timed(
+        "pt-archiver",
+        &b.logs,
+        &b.tmp,
+        b.opts.timeout,
+        "pt-archiver",
+        &args,
+    )
+    .await?;
     cpu.end();
     if code != 0 {
-        bail!("pt-archiver exited with {code}:\n{}", sys::tail(&b.logs.join("pt-archiver.log"), 20));
+        bail!(
+            "pt-archiver exited with {code}:\n{}",
+            sys::tail(&b.logs.join("pt-archiver.log"), 20)
+        );
     }
     println!("took {seconds:.3} s");
     let pt_archiver = Method {
@@ -112,20 +123,31 @@ pub async fn run(b: &mut Bench) -> Result<Figures> {
         program_cpu_s: usage.cpu_s,
     };
 
-    println!("c. bitmig: producer + 2 consumers (job '{}' into t_bitmig), until report says complete", b.job_name(""));
+    println!(
+        "c. bitmig: producer + 2 consumers (job '{}' into t_bitmig), until report says complete",
+        b.job_name("")
+    );
     db.fresh_table("t_bitmig", "orders").await?;
     let job = super::mariadb_job(b)?;
     db.settle().await?;
     let bitmig = b.copy("bitmig", &job, rows).await?;
 
-    println!("d. bitmig-compensator run --min-age 0s, then report, over job '{}'", job.name);
+    println!(
+        "d. bitmig-compensator run --min-age 0s, then report, over job '{}'",
+        job.name
+    );
     let compensator_run = b
         .compensator("job.run", &["run", "--min-age", "0s", "--json"], &job)
         .await?;
     if compensator_run.exit != 0 {
-        bail!("compensator run failed (see {}/job.run.log)", b.logs.display());
+        bail!(
+            "compensator run failed (see {}/job.run.log)",
+            b.logs.display()
+        );
     }
-    let compensator_report = b.compensator("job.report", &["report", "--json"], &job).await?;
+    let compensator_report = b
+        .compensator("job.report", &["report", "--json"], &job)
+        .await?;
     if compensator_report.exit != 0 {
         bail!("report says the finished job is incomplete");
     }
@@ -137,8 +159,14 @@ pub async fn run(b: &mut Bench) -> Result<Figures> {
         "copy",
         &("orders".into(), source),
         &[
-            ("t_insert_select".into(), db.fingerprint("t_insert_select").await?),
-            ("t_pt_archiver".into(), db.fingerprint("t_pt_archiver").await?),
+            (
+                "t_insert_select".into(),
+                db.fingerprint("t_insert_select").await?,
+            ),
+            (
+                "t_pt_archiver".into(),
+                db.fingerprint("t_pt_archiver").await?,
+            ),
             ("t_bitmig".into(), db.fingerprint("t_bitmig").await?),
         ],
     )?;
@@ -163,9 +191,17 @@ pub fn bitmig_programs_line(run: &CopyRun) -> String {
         run.producer.cpu_s, run.producer.peak_rss_mb
     )];
     for (i, c) in run.consumers.iter().enumerate() {
-        parts.push(format!("consumer{} {:.1} s / {:.1} MB", i + 1, c.cpu_s, c.peak_rss_mb));
+        parts.push(format!(
+            "consumer{} {:.1} s / {:.1} MB",
+            i + 1,
+            c.cpu_s,
+            c.peak_rss_mb
+        ));
     }
-    parts.push(format!("{} report polls {:.1} s", run.report_polls, run.report_polls_cpu_s));
+    parts.push(format!(
+        "{} report polls {:.1} s",
+        run.report_polls, run.report_polls_cpu_s
+    ));
     let d = |k: &str| run.cpu.cpu_s.get(k).copied().unwrap_or(0.0);
     format!(
         "  bitmig CPU / peak RSS: {}; mariadb {:.1} s, postgres {:.1} s, rabbitmq {:.1} s, redis {:.1} s",
@@ -181,11 +217,35 @@ impl Section for Figures {
     fn lines(&self, out: &mut Vec<String>) {
         out.push(format!("copy: MariaDB → MariaDB, {} rows", self.rows));
         out.push(method_header("MariaDB"));
-        out.push(method_line("INSERT … SELECT", self.insert_select.seconds, self.rows, &self.insert_select.cpu, 0.0, "mariadb"));
-        out.push(method_line("pt-archiver", self.pt_archiver.seconds, self.rows, &self.pt_archiver.cpu, self.pt_archiver.program_cpu_s, "mariadb"));
-        out.push(method_line("bitmig", self.bitmig.seconds, self.rows, &self.bitmig.cpu, self.bitmig.programs_cpu_s(), "mariadb"));
+        out.push(method_line(
+            "INSERT … SELECT",
+            self.insert_select.seconds,
+            self.rows,
+            &self.insert_select.cpu,
+            0.0,
+            "mariadb",
+        ));
+        out.push(method_line(
+            "pt-archiver",
+            self.pt_archiver.seconds,
+            self.rows,
+            &self.pt_archiver.cpu,
+            self.pt_archiver.program_cpu_s,
+            "mariadb",
+        ));
+        out.push(method_line(
+            "bitmig",
+            self.bitmig.seconds,
+            self.rows,
+            &self.bitmig.cpu,
+            self.bitmig.programs_cpu_s(),
+            "mariadb",
+        ));
         out.push(bitmig_programs_line(&self.bitmig));
-        out.push(format!("  pt-archiver CPU: {:.1} s", self.pt_archiver.program_cpu_s));
+        out.push(format!(
+            "  pt-archiver CPU: {:.1} s",
+            self.pt_archiver.program_cpu_s
+        ));
         out.push(format!(
             "  bitmig {:.2}× pt-archiver, {:.2}× INSERT … SELECT; compensator over the job ({} groups): run {:.3} s, report {:.3} s",
             self.bitmig_to_pt_archiver, self.bitmig_to_insert_select, self.groups,
@@ -195,9 +255,20 @@ impl Section for Figures {
 
     fn targets(&self) -> Vec<Target> {
         vec![
-            Target::ratio("copy: bitmig / pt-archiver", self.bitmig_to_pt_archiver, 2.5),
-            Target::ratio("copy: bitmig / INSERT … SELECT", self.bitmig_to_insert_select, 0.9),
-            Target::rss("copy: peak RSS, consumer (max)", self.bitmig.max_consumer_rss_mb()),
+            Target::ratio(
+                "copy: bitmig / pt-archiver",
+                self.bitmig_to_pt_archiver,
+                2.5,
+            ),
+            Target::ratio(
+                "copy: bitmig / INSERT … SELECT",
+                self.bitmig_to_insert_select,
+                0.9,
+            ),
+            Target::rss(
+                "copy: peak RSS, consumer (max)",
+                self.bitmig.max_consumer_rss_mb(),
+            ),
             Target::rss("copy: peak RSS, producer", self.bitmig.producer.peak_rss_mb),
         ]
     }

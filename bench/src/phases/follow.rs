@@ -2,7 +2,7 @@
 //! --follow` (binlog) and 2 consumers, against the same copy without the writer.
 //!
 //! The source is `follow_src`: `orders` plus a `stamp` column (indexed). The writer makes `--follow-rate`
-//! changes/s for `--follow-secs` s from 4 connections (autocommit; per 10 changes: 2 inserts above the copied
+//! changes/s for `--follow-secs` s from 16 connections (autocommit; per 10 changes: 2 inserts above the copied
 //! range, 1 delete, 7 updates of random ids), starting with the producer; every insert and update writes
 //! `stamp` = its wall-clock time in µs just before the statement, i.e. its commit time within the statement's
 //! latency. The lag is measured from outside: every 100 ms a poller reads `MAX(stamp)` of the target, and
@@ -32,7 +32,9 @@ use crate::results::{Section, Target};
 use crate::sys::{self, round3, Measured, PhaseCpu, Usage};
 use crate::Bench;
 
-const WRITERS: u64 = 4;
+/// Connections of the writer: each change is its own autocommit transaction (a log flush each), so one
+/// connection cannot make 2 000/s.
+const WRITERS: u64 = 16;
 
 /// Lag percentiles over a set of samples, in seconds.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -108,7 +110,14 @@ fn id_of(seq: u64, rows: u64) -> u64 {
     1 + seq + 3 * (seq / 7) + if seq >= rows / 2 { 25_000 } else { 0 }
 }
 
-async fn writer(db: Db, rows: u64, rate: u64, secs: u64, first_new_id: u64, stop: Arc<AtomicBool>) -> Result<WriterStats> {
+async fn writer(
+    db: Db,
+    rows: u64,
+    rate: u64,
+    secs: u64,
+    first_new_id: u64,
+    stop: Arc<AtomicBool>,
+) -> Result<WriterStats> {
     let total = rate * secs;
     let start = Instant::now();
     let no_row = Arc::new(AtomicU64::new(0));
@@ -191,14 +200,23 @@ pub async fn run(b: &mut Bench) -> Result<Figures> {
     db.fresh_table("t_follow_base", "follow_src").await?;
     let base_job = b.job(
         &b.job_name("fbase"),
-        &JobSpec { source_url: &url, source_table: "follow_src", target_url: &url, target_table: "t_follow_base", extra: "" },
+        &JobSpec {
+            source_url: &url,
+            source_table: "follow_src",
+            target_url: &url,
+            target_table: "t_follow_base",
+            extra: "",
+        },
     )?;
     db.settle().await?;
     let baseline = b.copy("follow_baseline", &base_job, rows).await?;
     check_equal(
         "follow baseline",
         &("follow_src".into(), db.fingerprint("follow_src").await?),
-        &[("t_follow_base".into(), db.fingerprint("t_follow_base").await?)],
+        &[(
+            "t_follow_base".into(),
+            db.fingerprint("t_follow_base").await?,
+        )],
     )?;
     b.clear_job(&base_job.name).await?;
 
@@ -231,7 +249,11 @@ pub async fn run(b: &mut Bench) -> Result<Figures> {
         &b.tmp,
         b.opts.timeout,
         b.program("bitmig-producer"),
-        &["--job".into(), job.file.display().to_string(), "--follow".into()],
+        &[
+            "--job".into(),
+            job.file.display().to_string(),
+            "--follow".into(),
+        ],
     )?;
     let stop_writer = Arc::new(AtomicBool::new(false));
     let writer_task = tokio::spawn(writer(
@@ -268,13 +290,21 @@ pub async fn run(b: &mut Bench) -> Result<Figures> {
         // The copy is done: the walk is done and less than a batch is missing.
         let mut copy_seconds = None;
         while copy_seconds.is_none() {
-            ensure!(producer.running(), "the producer exited:\n{}", sys::tail(&producer.log, 20));
+            ensure!(
+                producer.running(),
+                "the producer exited:\n{}",
+                sys::tail(&producer.log, 20)
+            );
             let (_, r, _) = b.report(&job).await?;
-            if r["producer"] == "done" && r["missing_ids"].as_u64().unwrap_or(u64::MAX) < BATCH_SIZE {
+            if r["producer"] == "done" && r["missing_ids"].as_u64().unwrap_or(u64::MAX) < BATCH_SIZE
+            {
                 copy_seconds = Some(round3(t0.elapsed().as_secs_f64()));
             } else {
                 if t0.elapsed().as_secs() >= b.opts.timeout {
-                    bail!("the copy with the writer was not done after {} s", b.opts.timeout);
+                    bail!(
+                        "the copy with the writer was not done after {} s",
+                        b.opts.timeout
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
@@ -300,14 +330,23 @@ pub async fn run(b: &mut Bench) -> Result<Figures> {
         writer_stats.inserts, writer_stats.updates, writer_stats.deletes, writer_stats.no_row
     );
     // Drain: the target holds the newest stamp of the source.
-    let newest_source: i64 = db.value("SELECT COALESCE(MAX(stamp), 0) FROM follow_src").await?;
-    sys::poll_until("the target holding the writer's last change", Duration::from_millis(100), Duration::from_secs(300), || {
-        let db = db.clone();
-        async move {
-            let t: i64 = db.value("SELECT COALESCE(MAX(stamp), 0) FROM t_follow").await?;
-            Ok(t >= newest_source)
-        }
-    })
+    let newest_source: i64 = db
+        .value("SELECT COALESCE(MAX(stamp), 0) FROM follow_src")
+        .await?;
+    sys::poll_until(
+        "the target holding the writer's last change",
+        Duration::from_millis(100),
+        Duration::from_secs(300),
+        || {
+            let db = db.clone();
+            async move {
+                let t: i64 = db
+                    .value("SELECT COALESCE(MAX(stamp), 0) FROM t_follow")
+                    .await?;
+                Ok(t >= newest_source)
+            }
+        },
+    )
     .await?;
     let drain_s = round3(t0.elapsed().as_secs_f64() - writer_end);
     stop_poller.store(true, Ordering::Relaxed);
@@ -316,7 +355,13 @@ pub async fn run(b: &mut Bench) -> Result<Figures> {
     let caught_t0 = Instant::now();
     let limit = Duration::from_secs(300);
     loop {
-        let run = b.compensator(&format!("{name}.run"), &["run", "--min-age", "0s", "--json"], &job).await?;
+        let run = b
+            .compensator(
+                &format!("{name}.run"),
+                &["run", "--min-age", "0s", "--json"],
+                &job,
+            )
+            .await?;
         ensure!(run.exit == 0, "compensator run failed (see its log)");
         let (_, r, _) = b.report(&job).await?;
         if r["caught_up"] == true {
@@ -347,7 +392,11 @@ pub async fn run(b: &mut Bench) -> Result<Figures> {
     b.clear_job(&name).await?;
 
     let during = |from: f64, to: f64| -> Vec<f64> {
-        samples.iter().filter(|s| s.0 >= from && s.0 < to).map(|s| s.1).collect()
+        samples
+            .iter()
+            .filter(|s| s.0 >= from && s.0 < to)
+            .map(|s| s.1)
+            .collect()
     };
     let copy_with_writer_rows_per_s = rows as f64 / copy_seconds;
     Ok(Figures {
@@ -380,8 +429,14 @@ impl Section for Figures {
             self.baseline.seconds, self.baseline.rows_per_s, self.copy_with_writer_seconds,
             self.copy_with_writer_rows_per_s, self.with_to_without
         ));
-        out.push(format!("  lag while copying: {}", self.lag_while_copying.line()));
-        out.push(format!("  lag after the copy: {}", self.lag_after_copy.line()));
+        out.push(format!(
+            "  lag while copying: {}",
+            self.lag_while_copying.line()
+        ));
+        out.push(format!(
+            "  lag after the copy: {}",
+            self.lag_after_copy.line()
+        ));
         out.push(format!("  lag, whole run:     {}", self.lag_all.line()));
         out.push(format!(
             "  after the writer stopped: last change applied in {:.2} s, report caught_up in {:.2} s; peak RSS producer {:.1} MB, consumers {}",
@@ -394,9 +449,20 @@ impl Section for Figures {
 
     fn targets(&self) -> Vec<Target> {
         vec![
-            Target::seconds("follow: p99 lag after the copy", self.lag_after_copy.p99_s, 1.0),
-            Target::ratio("follow: copy rows/s with / without writer", self.with_to_without, 0.8),
-            Target::rss("follow: peak RSS, producer --follow", self.producer.peak_rss_mb),
+            Target::seconds(
+                "follow: p99 lag after the copy",
+                self.lag_after_copy.p99_s,
+                1.0,
+            ),
+            Target::ratio(
+                "follow: copy rows/s with / without writer",
+                self.with_to_without,
+                0.8,
+            ),
+            Target::rss(
+                "follow: peak RSS, producer --follow",
+                self.producer.peak_rss_mb,
+            ),
         ]
     }
 }

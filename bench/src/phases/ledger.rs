@@ -69,12 +69,25 @@ async fn run(b: &mut Bench, suffix: &str, groups: u64, limit_s: f64) -> Result<F
             .map_or(0.0, |v| crate::sys::round2(v / 1048576.0));
         let mut cpu = PhaseCpu::begin(&name);
         let t = |n: &str| format!("{name}.{n}");
-        let report_before_run = b.compensator(&t("report_before_run"), &["report", "--json"], &job).await?;
-        let run = b.compensator(&t("run"), &["run", "--min-age", "0s", "--json"], &job).await?;
-        let report = b.compensator(&t("report"), &["report", "--json"], &job).await?;
-        let run_again = b.compensator(&t("run_again"), &["run", "--min-age", "0s", "--json"], &job).await?;
+        let report_before_run = b
+            .compensator(&t("report_before_run"), &["report", "--json"], &job)
+            .await?;
+        let run = b
+            .compensator(&t("run"), &["run", "--min-age", "0s", "--json"], &job)
+            .await?;
+        let report = b
+            .compensator(&t("report"), &["report", "--json"], &job)
+            .await?;
+        let run_again = b
+            .compensator(&t("run_again"), &["run", "--min-age", "0s", "--json"], &job)
+            .await?;
         cpu.end();
-        for (what, t) in [("report", &report_before_run), ("run", &run), ("report", &report), ("run", &run_again)] {
+        for (what, t) in [
+            ("report", &report_before_run),
+            ("run", &run),
+            ("report", &report),
+            ("run", &run_again),
+        ] {
             println!(
                 "  {what}: {:.3} s, exit {}, peak RSS {:.1} MB: {}",
                 t.seconds,
@@ -84,10 +97,16 @@ async fn run(b: &mut Bench, suffix: &str, groups: u64, limit_s: f64) -> Result<F
             );
         }
         let ids = groups * GROUP_SIZE;
-        ensure!(run.exit == 0, "compensator run over the ledger failed (see {}/{name}.run.log)", b.logs.display());
+        ensure!(
+            run.exit == 0,
+            "compensator run over the ledger failed (see {}/{name}.run.log)",
+            b.logs.display()
+        );
         let (r1, r2) = (run.json()?, run_again.json()?);
         ensure!(
-            r1["groups_checked"] == groups && r1["groups_complete"] == groups && r1["republished_ids"] == 0,
+            r1["groups_checked"] == groups
+                && r1["groups_complete"] == groups
+                && r1["republished_ids"] == 0,
             "run did not check and complete every group: {r1}"
         );
         ensure!(
@@ -96,12 +115,16 @@ async fn run(b: &mut Bench, suffix: &str, groups: u64, limit_s: f64) -> Result<F
         );
         for r in [report_before_run.json()?, report.json()?] {
             ensure!(
-                r["groups"] == groups && r["source_ids"] == ids && r["target_ids"] == ids && r["missing_ids"] == 0,
+                r["groups"] == groups
+                    && r["source_ids"] == ids
+                    && r["target_ids"] == ids
+                    && r["missing_ids"] == 0,
                 "report did not read every group: {r}"
             );
         }
         ensure!(
-            report_before_run.json()?["groups_produced"] == groups && report.json()?["groups_complete"] == groups,
+            report_before_run.json()?["groups_produced"] == groups
+                && report.json()?["groups_complete"] == groups,
             "the reports do not show the groups produced, then complete"
         );
         Ok(Figures {
@@ -129,10 +152,28 @@ impl Section for Figures {
             self.groups, self.ids, self.redis_used_mb, self.write_seconds, self.cpu.load_before
         ));
         for (t, what) in [
-            (&self.report_before_run, format!("report, groups produced (no spec key: exit {})", self.report_before_run.exit)),
-            (&self.run, "run --min-age 0s: checks every group, completes it".into()),
-            (&self.report, format!("report, groups complete (no spec key: exit {})", self.report.exit)),
-            (&self.run_again, "run --min-age 0s again: nothing left to check".into()),
+            (
+                &self.report_before_run,
+                format!(
+                    "report, groups produced (no spec key: exit {})",
+                    self.report_before_run.exit
+                ),
+            ),
+            (
+                &self.run,
+                "run --min-age 0s: checks every group, completes it".into(),
+            ),
+            (
+                &self.report,
+                format!(
+                    "report, groups complete (no spec key: exit {})",
+                    self.report.exit
+                ),
+            ),
+            (
+                &self.run_again,
+                "run --min-age 0s again: nothing left to check".into(),
+            ),
         ] {
             out.push(format!(
                 "  {what:<58}{:>8.3} s  peak RSS {:>6.1} MB  CPU {:.2} s",
@@ -143,15 +184,33 @@ impl Section for Figures {
 
     fn targets(&self) -> Vec<Target> {
         let report_s = self.report_before_run.seconds.max(self.report.seconds);
-        let report_rss = self.report_before_run.usage.peak_rss_mb.max(self.report.usage.peak_rss_mb);
+        let report_rss = self
+            .report_before_run
+            .usage
+            .peak_rss_mb
+            .max(self.report.usage.peak_rss_mb);
         let g = self.groups;
         let mut t = vec![
-            Target::seconds(&format!("compensator run, {g} groups"), self.run.seconds, self.limit_s),
-            Target::seconds(&format!("compensator report, {g} groups (slower)"), report_s, self.limit_s),
+            Target::seconds(
+                &format!("compensator run, {g} groups"),
+                self.run.seconds,
+                self.limit_s,
+            ),
+            Target::seconds(
+                &format!("compensator report, {g} groups (slower)"),
+                report_s,
+                self.limit_s,
+            ),
         ];
         if self.limit_s > 1.0 {
-            t.push(Target::rss(&format!("compensator run RSS, {g} groups"), self.run.usage.peak_rss_mb));
-            t.push(Target::rss(&format!("compensator report RSS, {g} groups"), report_rss));
+            t.push(Target::rss(
+                &format!("compensator run RSS, {g} groups"),
+                self.run.usage.peak_rss_mb,
+            ));
+            t.push(Target::rss(
+                &format!("compensator report RSS, {g} groups"),
+                report_rss,
+            ));
         }
         t
     }

@@ -16,7 +16,7 @@ pub mod verify;
 
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::bitmig::{Job, JobSpec};
 use crate::mariadb::{check_equal, Db};
@@ -96,7 +96,10 @@ pub async fn finished_mariadb_job(b: &mut Bench) -> Result<Job> {
     b.copy("setup_copy", &job, b.rows()).await?;
     check_equal(
         "MariaDB → MariaDB copy",
-        &("orders".into(), b.source.clone().unwrap_or_else(|| unreachable_fp())),
+        &(
+            "orders".into(),
+            b.source.clone().context("no source fingerprint")?,
+        ),
         &[("t_bitmig".into(), db.fingerprint("t_bitmig").await?)],
     )?;
     b.mariadb_job = Some(job.clone());
@@ -117,15 +120,11 @@ pub async fn finished_pg_job(b: &mut Bench) -> Result<Job> {
     check_equal(
         "MariaDB → PostgreSQL copy",
         &("orders (MariaDB)".into(), source),
-        &[("t_bitmig (PostgreSQL)".into(), pg.row_hash("t_bitmig").await?)],
+        &[(
+            "t_bitmig (PostgreSQL)".into(),
+            pg.row_hash("t_bitmig").await?,
+        )],
     )?;
     b.pg_job = Some(job.clone());
     Ok(job)
-}
-
-fn unreachable_fp() -> crate::mariadb::Fingerprint {
-    crate::mariadb::Fingerprint {
-        rows: 0,
-        checksum: "NULL".into(),
-    }
 }

@@ -64,11 +64,17 @@ pub async fn run(b: &mut Bench) -> Result<Figures> {
     pgloader_phase.end();
     let log = std::fs::read_to_string(b.logs.join("pgloader.log")).unwrap_or_default();
     if code != 0 || log.contains(" ERROR ") || log.contains("FATAL") {
-        bail!("pgloader failed (exit {code}):\n{}", sys::tail(&b.logs.join("pgloader.log"), 30));
+        bail!(
+            "pgloader failed (exit {code}):\n{}",
+            sys::tail(&b.logs.join("pgloader.log"), 30)
+        );
     }
     println!("took {pgloader_seconds:.3} s");
 
-    println!("b. bitmig: producer + 2 consumers (job '{}' into PostgreSQL t_bitmig)", b.job_name("pg"));
+    println!(
+        "b. bitmig: producer + 2 consumers (job '{}' into PostgreSQL t_bitmig)",
+        b.job_name("pg")
+    );
     pg.create_orders_like("t_bitmig").await?;
     let job = super::pg_job(b)?;
     db.settle().await?;
@@ -80,8 +86,14 @@ pub async fn run(b: &mut Bench) -> Result<Figures> {
         "MariaDB → PostgreSQL",
         &("orders (MariaDB)".into(), db.row_hash("orders").await?),
         &[
-            ("pgloader.orders".into(), pg.row_hash("pgloader.orders").await?),
-            ("t_bitmig (PostgreSQL)".into(), pg.row_hash("t_bitmig").await?),
+            (
+                "pgloader.orders".into(),
+                pg.row_hash("pgloader.orders").await?,
+            ),
+            (
+                "t_bitmig (PostgreSQL)".into(),
+                pg.row_hash("t_bitmig").await?,
+            ),
         ],
     )?;
     b.pg_job = Some(job);
@@ -102,8 +114,22 @@ impl Section for Figures {
     fn lines(&self, out: &mut Vec<String>) {
         out.push(format!("pg: MariaDB → PostgreSQL, {} rows", self.rows));
         out.push(method_header("postgres"));
-        out.push(method_line("pgloader (workers 4)", self.pgloader_seconds, self.rows, &self.pgloader_phase, self.pgloader_cpu_s, "postgres"));
-        out.push(method_line("bitmig", self.bitmig.seconds, self.rows, &self.bitmig.cpu, self.bitmig.programs_cpu_s(), "postgres"));
+        out.push(method_line(
+            "pgloader (workers 4)",
+            self.pgloader_seconds,
+            self.rows,
+            &self.pgloader_phase,
+            self.pgloader_cpu_s,
+            "postgres",
+        ));
+        out.push(method_line(
+            "bitmig",
+            self.bitmig.seconds,
+            self.rows,
+            &self.bitmig.cpu,
+            self.bitmig.programs_cpu_s(),
+            "postgres",
+        ));
         out.push(super::copy::bitmig_programs_line(&self.bitmig));
         out.push(format!(
             "  pgloader CPU {:.1} s, peak RSS {:.0} MB; bitmig {:.2}× pgloader",
@@ -114,7 +140,10 @@ impl Section for Figures {
     fn targets(&self) -> Vec<Target> {
         vec![
             Target::ratio("pg: bitmig / pgloader", self.bitmig_to_pgloader, 1.5),
-            Target::rss("pg: peak RSS, consumer (max)", self.bitmig.max_consumer_rss_mb()),
+            Target::rss(
+                "pg: peak RSS, consumer (max)",
+                self.bitmig.max_consumer_rss_mb(),
+            ),
         ]
     }
 }

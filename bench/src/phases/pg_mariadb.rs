@@ -52,11 +52,21 @@ pub async fn run(b: &mut Bench) -> Result<Figures> {
         db.name
     );
     let mut phase = PhaseCpu::begin("copy_pipe");
-    let (code, seconds, pipe_usage) =
-        sys::run_timed("copy-pipe", &b.logs, &b.tmp, b.opts.timeout, "bash", &["-c".into(), pipe]).await?;
+    let (code, seconds, pipe_usage) = sys::run_timed(
+        "copy-pipe",
+        &b.logs,
+        &b.tmp,
+        b.opts.timeout,
+        "bash",
+        &["-c".into(), pipe],
+    )
+    .await?;
     phase.end();
     if code != 0 {
-        bail!("COPY | LOAD DATA failed (exit {code}):\n{}", sys::tail(&b.logs.join("copy-pipe.log"), 20));
+        bail!(
+            "COPY | LOAD DATA failed (exit {code}):\n{}",
+            sys::tail(&b.logs.join("copy-pipe.log"), 20)
+        );
     }
     println!("took {seconds:.3} s");
 
@@ -102,13 +112,33 @@ impl Section for Figures {
     fn lines(&self, out: &mut Vec<String>) {
         out.push(format!("pg-mariadb: PostgreSQL → MariaDB, {} rows (no target in the issues: shown, not judged)", self.rows));
         out.push(method_header("MariaDB"));
-        out.push(method_line("COPY | LOAD DATA LOCAL", self.copy_pipe_seconds, self.rows, &self.copy_pipe_phase, self.copy_pipe_cpu_s, "mariadb"));
-        out.push(method_line("bitmig", self.bitmig.seconds, self.rows, &self.bitmig.cpu, self.bitmig.programs_cpu_s(), "mariadb"));
+        out.push(method_line(
+            "COPY | LOAD DATA LOCAL",
+            self.copy_pipe_seconds,
+            self.rows,
+            &self.copy_pipe_phase,
+            self.copy_pipe_cpu_s,
+            "mariadb",
+        ));
+        out.push(method_line(
+            "bitmig",
+            self.bitmig.seconds,
+            self.rows,
+            &self.bitmig.cpu,
+            self.bitmig.programs_cpu_s(),
+            "mariadb",
+        ));
         out.push(super::copy::bitmig_programs_line(&self.bitmig));
-        out.push(format!("  bitmig {:.2}× COPY | LOAD DATA", self.bitmig_to_copy_pipe));
+        out.push(format!(
+            "  bitmig {:.2}× COPY | LOAD DATA",
+            self.bitmig_to_copy_pipe
+        ));
     }
 
     fn targets(&self) -> Vec<Target> {
-        vec![Target::rss("pg-mariadb: peak RSS, consumer (max)", self.bitmig.max_consumer_rss_mb())]
+        vec![Target::rss(
+            "pg-mariadb: peak RSS, consumer (max)",
+            self.bitmig.max_consumer_rss_mb(),
+        )]
     }
 }

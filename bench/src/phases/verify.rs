@@ -43,8 +43,15 @@ async fn pt_table_checksum(b: &Bench, table: &str) -> Result<f64> {
         "h=127.0.0.1,P=3306,u=root".into(),
     ];
     let name = format!("pt-table-checksum.{table}");
-    let (code, seconds, _) =
-        sys::run_timed(&name, &b.logs, &b.tmp, b.opts.timeout, "pt-table-checksum", &args).await?;
+    let (code, seconds, _) = sys::run_timed(
+        &name,
+        &b.logs,
+        &b.tmp,
+        b.opts.timeout,
+        "pt-table-checksum",
+        &args,
+    )
+    .await?;
     ensure!(
         code == 0,
         "pt-table-checksum over {table} exited with {code}:\n{}",
@@ -63,10 +70,18 @@ async fn verify(b: &Bench, name: &str, job: &crate::bitmig::Job) -> Result<Timed
         t.usage.peak_rss_mb,
         t.stdout.chars().take(200).collect::<String>()
     );
-    ensure!(t.exit == 0, "verify over job '{}' did not say equal (exit {}; see {}/{name}.log)", job.name, t.exit, b.logs.display());
+    ensure!(
+        t.exit == 0,
+        "verify over job '{}' did not say equal (exit {}; see {}/{name}.log)",
+        job.name,
+        t.exit,
+        b.logs.display()
+    );
     let j = t.json()?;
     ensure!(
-        j["groups_differing"] == 0 && j["groups_verified"].as_u64().unwrap_or(0) > 0 && j["source_rows"] == b.rows(),
+        j["groups_differing"] == 0
+            && j["groups_verified"].as_u64().unwrap_or(0) > 0
+            && j["source_rows"] == b.rows(),
         "verify did not verify every row equal: {j}"
     );
     Ok(t)
@@ -114,9 +129,24 @@ impl Section for Figures {
             "verify: {} rows, both sides (load avg before {})",
             self.rows, self.cpu.load_before
         ));
-        let v = |t: &Timed| format!("{:>8.3} s  peak RSS {:>6.1} MB  CPU {:.1} s", t.seconds, t.usage.peak_rss_mb, t.usage.cpu_s);
-        out.push(format!("  {:<52}{}  {:>9.0} rows/s", "bitmig verify, MariaDB → MariaDB", v(&self.verify_mariadb), self.verify_mariadb_rows_per_s));
-        out.push(format!("  {:<52}{}  {:>9.0} rows/s", "bitmig verify, MariaDB → PostgreSQL", v(&self.verify_pg), self.verify_pg_rows_per_s));
+        let v = |t: &Timed| {
+            format!(
+                "{:>8.3} s  peak RSS {:>6.1} MB  CPU {:.1} s",
+                t.seconds, t.usage.peak_rss_mb, t.usage.cpu_s
+            )
+        };
+        out.push(format!(
+            "  {:<52}{}  {:>9.0} rows/s",
+            "bitmig verify, MariaDB → MariaDB",
+            v(&self.verify_mariadb),
+            self.verify_mariadb_rows_per_s
+        ));
+        out.push(format!(
+            "  {:<52}{}  {:>9.0} rows/s",
+            "bitmig verify, MariaDB → PostgreSQL",
+            v(&self.verify_pg),
+            self.verify_pg_rows_per_s
+        ));
         out.push(format!(
             "  {:<52}{:>8.3} s (source {:.3} + target {:.3})",
             "CHECKSUM TABLE, both sides",
@@ -152,7 +182,10 @@ impl Section for Figures {
             ),
             Target::rss(
                 "verify peak RSS (max)",
-                self.verify_mariadb.usage.peak_rss_mb.max(self.verify_pg.usage.peak_rss_mb),
+                self.verify_mariadb
+                    .usage
+                    .peak_rss_mb
+                    .max(self.verify_pg.usage.peak_rss_mb),
             ),
         ]
     }
