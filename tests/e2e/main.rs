@@ -25,6 +25,7 @@ mod operating;
 mod operating_wired;
 mod postgres;
 mod producer_resume;
+mod purge;
 mod redis_cluster;
 mod rejected_rows;
 mod rollover;
