@@ -466,3 +466,32 @@ impl Section for Figures {
         ]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_take_the_sample_at_or_above_the_rank() {
+        let v: Vec<f64> = (1..=100).map(|i| i as f64 / 100.0).collect();
+        let l = Lag::of(&v);
+        assert_eq!(
+            (l.samples, l.p50_s, l.p99_s, l.max_s),
+            (100, 0.5, 0.99, 1.0)
+        );
+        let one = Lag::of(&[0.25]);
+        assert_eq!((one.p50_s, one.p99_s, one.max_s), (0.25, 0.25, 0.25));
+        assert_eq!(Lag::of(&[]).samples, 0);
+    }
+
+    #[test]
+    fn ids_follow_the_generated_gaps_and_the_hole_after_half_the_rows() {
+        // 7 ids, then 3 missing: seq 0..6 → 1..7, seq 7 → 11.
+        assert_eq!(id_of(0, 100), 1);
+        assert_eq!(id_of(6, 100), 7);
+        assert_eq!(id_of(7, 100), 11);
+        // From seq rows/2 on, 25 000 higher.
+        assert_eq!(id_of(49, 100), 1 + 49 + 3 * 7);
+        assert_eq!(id_of(50, 100), 1 + 50 + 3 * 7 + 25_000);
+    }
+}
