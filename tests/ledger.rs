@@ -6,7 +6,7 @@ use redis::AsyncCommands;
 
 use crate::TestJob;
 
-/// The three bitmaps of a group.
+/// The bitmaps of a group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bits {
     /// `:src`: the id existed in the source and was published.
@@ -15,6 +15,8 @@ pub enum Bits {
     Tgt,
     /// `:gone`: the id was published but no longer existed when a consumer looked.
     Gone,
+    /// `:purged`: the id's row was deleted from the source after it was proven in the target (§10).
+    Purged,
 }
 
 impl Bits {
@@ -23,6 +25,7 @@ impl Bits {
             Bits::Src => "src",
             Bits::Tgt => "tgt",
             Bits::Gone => "gone",
+            Bits::Purged => "purged",
         }
     }
 }

@@ -7,14 +7,18 @@
 //! - [`report`](mod@report): `report` — what the ledger says ([`report()`]), exit 3 unless complete.
 //! - [`verify`](mod@verify): `verify` — content compared group by group ([`verify()`]), exit 3 unless
 //!   every group is equal.
+//! - [`purge`](mod@purge): `purge` — delete from the source the rows proven equal in the target
+//!   ([`purge()`], DESIGN.md §10).
 //! - [`control`]: `pause` / `resume` — the job's `control` hash ([`set_paused`]).
 
 pub mod control;
+pub mod purge;
 pub mod redrive;
 pub mod report;
 pub mod verify;
 
 pub use control::set_paused;
+pub use purge::{purge, PurgeOptions, PurgeSummary};
 pub use redrive::{run_every, run_once, PassSummary, RunOptions};
 pub use report::{report, Report};
 pub use verify::{verify, VerifyOptions, VerifySummary};

@@ -1,6 +1,6 @@
 //! `bitmig-compensator`: parses the command line and dispatches each subcommand to its module of
-//! `bitmig_compensator` (`run` → `redrive`, `verify` → `verify`, `report` → `report`, `pause`/`resume` →
-//! `control`); exit codes per DESIGN.md §3.
+//! `bitmig_compensator` (`run` → `redrive`, `verify` → `verify`, `purge` → `purge`, `report` → `report`,
+//! `pause`/`resume` → `control`); exit codes per DESIGN.md §3.
 
 use std::time::Duration;
 
@@ -54,6 +54,27 @@ enum Command {
         /// Re-publish the differing ids as `verify` batches, which consumers repair.
         #[arg(long)]
         redrive: bool,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete from the source the rows proven equal in the target (DESIGN.md §10): exit 0 when every
+    /// candidate was deleted, 3 when some were kept (differing, re-driven) or the run was interrupted.
+    Purge {
+        #[command(flatten)]
+        common: Common,
+        /// Delete at most this many rows per second (instead of `[throttle] max_rows_per_s`).
+        #[arg(long, value_name = "ROWS_PER_S")]
+        rate: Option<u64>,
+        /// Rows per source transaction.
+        #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        batch: u64,
+        /// Compare and report what would be deleted; delete nothing, set no bit, re-drive nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also delete the row holding the table's largest key (MySQL may then reuse its id after a restart).
+        #[arg(long)]
+        purge_max_key: bool,
         /// One JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -217,6 +238,37 @@ async fn main() {
                         print!("{s}");
                     }
                     if !s.equal() {
+                        std::process::exit(exit::INCOMPLETE);
+                    }
+                }
+                Err(e) => cli::exit_with(&e),
+            }
+        }
+        Command::Purge {
+            common,
+            rate,
+            batch,
+            dry_run,
+            purge_max_key,
+            json,
+        } => {
+            let job = cli::load_job(&common);
+            let opts = bitmig_compensator::PurgeOptions {
+                amqp_url: common.amqp_url.clone(),
+                redis_url: common.redis_url.clone(),
+                rate,
+                batch: batch as usize,
+                dry_run,
+                purge_max_key,
+            };
+            match bitmig_compensator::purge(&job, &opts, cli::shutdown_token()).await {
+                Ok(s) => {
+                    if json {
+                        println!("{}", serde_json::to_string(&s).unwrap_or_default());
+                    } else {
+                        print!("{s}");
+                    }
+                    if !s.clean() {
                         std::process::exit(exit::INCOMPLETE);
                     }
                 }

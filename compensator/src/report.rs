@@ -5,6 +5,9 @@
 //! producer is `done` and planned no more groups than the ledger holds, every group is produced, and
 //! nothing is missing or failed; otherwise [`Report::reasons`] says why, in words.
 //!
+//! Archiving (DESIGN.md §10): `purged_ids` (rows `purge` deleted from the source after proving them),
+//! `purge_pending` (in the target, not purged yet) and the groups still holding such rows.
+//!
 //! A followed job (DESIGN.md §8) adds `follow` (from `bitmig:{JOB}:follow`) and `caught_up`: every group
 //! complete, no settle re-drive waiting, lag under a second, not paused (a paused follower reads nothing,
 //! so changes may wait unseen in the source's log) and — checked by [`check_queues`], which
@@ -54,6 +57,15 @@ pub struct Report {
     pub reason: String,
     /// Why work waits for `[throttle]` right now (`control.throttled`), if it does.
     pub throttled: Option<String>,
+    /// Ids whose source rows `purge` deleted after proving their copies (`purged` bits, DESIGN.md §10).
+    pub purged_ids: u64,
+    /// Ids in the target and not purged yet (`tgt ∧ ¬gone ∧ ¬purged`, minus `failed`): what a purge has
+    /// still to prove and delete.
+    pub purge_pending: u64,
+    /// Groups whose source still holds rows for a purge (`purge_pending` in them).
+    pub groups_holding_rows: u64,
+    /// Up to 20 of them: first → pending ids.
+    pub groups_holding: BTreeMap<u64, u64>,
     /// Up to 20 groups with missing ids: first → count.
     pub groups_missing: BTreeMap<u64, u64>,
     /// Why the job is not complete, in words.
@@ -159,7 +171,21 @@ pub async fn report(job: &JobSpec, redis_url: &str) -> anyhow::Result<Report> {
     for chunk in firsts.chunks(200).zip(metas.chunks(200)) {
         let (firsts, metas) = chunk;
         let bits = ledger.bits(firsts).await?;
-        for ((first, meta), b) in firsts.iter().zip(metas).zip(bits) {
+        let purged = ledger.bitmaps(firsts, &["purged"]).await?;
+        for (((first, meta), b), purged) in firsts.iter().zip(metas).zip(bits).zip(purged) {
+            let purged = &purged[0];
+            r.purged_ids += popcount(purged);
+            let pending = ids_of(*first, &and_not(&b.tgt, &[&b.gone, purged]))
+                .into_iter()
+                .filter(|id| !failed.contains(id))
+                .count() as u64;
+            if pending > 0 {
+                r.purge_pending += pending;
+                r.groups_holding_rows += 1;
+                if r.groups_holding.len() < 20 {
+                    r.groups_holding.insert(*first, pending);
+                }
+            }
             match meta.get("status").and_then(|s| GroupStatus::parse(s)) {
                 Some(GroupStatus::Complete) => r.groups_complete += 1,
                 Some(GroupStatus::Produced) => r.groups_produced += 1,
@@ -298,6 +324,13 @@ impl std::fmt::Display for Report {
             self.groups_differing,
             self.diff_ids
         )?;
+        if self.purged_ids > 0 {
+            writeln!(
+                f,
+                "  purged ids   {:>12}  ({} pending in {} groups still holding rows)",
+                self.purged_ids, self.purge_pending, self.groups_holding_rows
+            )?;
+        }
         if !self.groups_missing.is_empty() {
             let list: Vec<String> = self
                 .groups_missing

@@ -13,6 +13,9 @@
 //! `bitmig:{JOB}:diffs` — and, with `--redrive`, re-published as `verify` batches (a consumer writes or
 //! deletes them, §8.3). An equal group gets `verify = equal` and its `diff` bitmap is removed.
 //!
+//! A purged id (DESIGN.md §10) is expected absent from the source and present in the target: its `extra`
+//! is dropped before anything is counted or re-driven.
+//!
 //! Hashing is client-side for every pair of engines; rows are read one group at a time, so memory is
 //! bounded by `group_size` rows.
 
@@ -257,6 +260,24 @@ impl Comparer {
     }
 }
 
+/// DESIGN.md §10: a purged id is archived — absent from the source and present in the target by design —
+/// so its `extra` is expected, neither counted nor re-driven (a re-drive would delete the archived row).
+async fn without_archived(
+    ledger: &Ledger,
+    first: u64,
+    last: u64,
+    diffs: Vec<KeyDiff>,
+) -> anyhow::Result<Vec<KeyDiff>> {
+    if !diffs.iter().any(|d| d.kind == DiffKind::Extra) {
+        return Ok(diffs);
+    }
+    let purged = ledger.purged_among(first, &[[first, last]]).await?;
+    Ok(diffs
+        .into_iter()
+        .filter(|d| !(d.kind == DiffKind::Extra && purged.binary_search(&d.key).is_ok()))
+        .collect())
+}
+
 /// Keeps the read rate under `rate` rows per second.
 struct Pace {
     rate: Option<u64>,
@@ -338,6 +359,7 @@ pub async fn verify(job: &JobSpec, opts: &VerifyOptions) -> anyhow::Result<Verif
         summary.source_rows += read.source.rows.len() as u64;
         summary.target_rows += read.target_rows();
         let diffs = cmp.compare(&read, first, last)?;
+        let diffs = without_archived(&ledger, first, last, diffs).await?;
         drop(read);
         summary.groups_verified += 1;
         if diffs.is_empty() {
@@ -365,6 +387,7 @@ pub async fn verify(job: &JobSpec, opts: &VerifyOptions) -> anyhow::Result<Verif
         let read = cmp.read(first, last).await?;
         let rows = read.source.rows.len() as u64 + read.target_rows();
         let again = cmp.compare(&read, first, last)?;
+        let again = without_archived(&ledger, first, last, again).await?;
         drop(read);
         let still: Vec<KeyDiff> = again
             .into_iter()

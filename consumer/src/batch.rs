@@ -24,8 +24,8 @@ use bitmig_shared::value::RowSet;
 /// What the ledger says about a batch's ids before it is written.
 #[derive(Debug, Clone, Default)]
 pub struct LedgerFacts {
-    /// Ids to leave alone entirely. Empty today; issue "purge" (DESIGN.md §10) fills it from the group's
-    /// `purged` bitmap so a re-drive never resurrects or deletes an archived row.
+    /// Ids to leave alone entirely: the batch's ids in the group's `purged` bitmap (DESIGN.md §10), so a
+    /// re-drive never resurrects or deletes an archived row. Filled for exclusive batches only.
     pub skip: BTreeSet<u64>,
 }
 

@@ -65,8 +65,22 @@ pub(crate) async fn process(ctx: &Ctx, m: &Message) -> Result<(), Failure> {
     .await
     .map_err(source_failure)?;
     ctx.metrics.stage(Stage::SourceRead, started.elapsed());
-    // The seam for DESIGN.md §10: the `purged` ids of the group will be read here and skipped.
-    let facts = LedgerFacts::default();
+    // DESIGN.md §10: a purged id is archived — its source row is gone on purpose, and a `catchup`,
+    // `redrive` or `verify` batch must neither delete its target row nor mark it gone. Read after the
+    // source rows, so that an id purged while this batch read its rows is seen purged here too (purge
+    // sets the bit right after its commit). A `produce` batch deletes nothing: no look-up.
+    let facts = if batch::is_exclusive(m.cause) {
+        let purged = ctx
+            .ledger
+            .purged_among(m.group, &m.ids)
+            .await
+            .map_err(|e| Failure::Retry(format!("reading the purged ids in Redis: {e}")))?;
+        LedgerFacts {
+            skip: purged.into_iter().collect(),
+        }
+    } else {
+        LedgerFacts::default()
+    };
     let plan = batch::plan(m.cause, &m.ids, rows, &facts);
     let changes = Changes {
         rows: &plan.rows,

@@ -1,4 +1,5 @@
-//! The Redis ledger (DESIGN.md §4): per group a `src`, `tgt` and `gone` bitmap and a `meta` hash; per job
+//! The Redis ledger (DESIGN.md §4): per group a `src`, `tgt`, `gone` (and, once purged, `purged`) bitmap
+//! and a `meta` hash; per job
 //! the `spec`, the `groups` sorted set, the `failed` hash, the `tables` set and the `producer` hash.
 //!
 //! Keys of one group share the hash tag `{JOB:FIRST}` and keys of the job share `{JOB}`, so every
@@ -251,6 +252,83 @@ impl Ledger {
             }
         }
         Ok(out)
+    }
+
+    /// Some bitmaps of each group (`which`: `tgt`, `gone`, `purged`, …), in order; a missing key is empty.
+    pub async fn bitmaps(
+        &self,
+        firsts: &[u64],
+        which: &[&str],
+    ) -> Result<Vec<Vec<Vec<u8>>>, LedgerError> {
+        let mut out = Vec::with_capacity(firsts.len());
+        if which.is_empty() {
+            return Ok(vec![Vec::new(); firsts.len()]);
+        }
+        if self.con.is_cluster() {
+            let v: Vec<Vec<Option<Vec<u8>>>> = self
+                .per_group(firsts, |p, f| {
+                    for w in which {
+                        p.get(self.group_key(f, w));
+                    }
+                })
+                .await?;
+            return Ok(v
+                .into_iter()
+                .map(|g| g.into_iter().map(Option::unwrap_or_default).collect())
+                .collect());
+        }
+        let mut con = self.con.clone();
+        for chunk in firsts.chunks(200) {
+            let mut p = redis::pipe();
+            for &f in chunk {
+                for w in which {
+                    p.get(self.group_key(f, w));
+                }
+            }
+            let v: Vec<Option<Vec<u8>>> = p.query_async(&mut con).await?;
+            for g in v.chunks(which.len()) {
+                out.push(g.iter().map(|b| b.clone().unwrap_or_default()).collect());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Set the `purged` bits of `ids` (DESIGN.md §10), after their rows were deleted from the source.
+    pub async fn add_purged(&self, first: u64, ids: &[u64]) -> Result<(), LedgerError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut con = self.con.clone();
+        let mut p = redis::pipe();
+        p.atomic();
+        self.or_bits(&mut p, first, "purged", ids.iter().copied());
+        p.query_async::<()>(&mut con).await?;
+        Ok(())
+    }
+
+    /// The ids of `ranges` (inside group `first`, ascending) whose `purged` bit is set: one `GETRANGE` of
+    /// the bytes the ranges span.
+    pub async fn purged_among(
+        &self,
+        first: u64,
+        ranges: &[crate::ids::IdRange],
+    ) -> Result<Vec<u64>, LedgerError> {
+        let (Some(lo), Some(hi)) = (ranges.first(), ranges.last()) else {
+            return Ok(Vec::new());
+        };
+        let (lo, hi) = (
+            lo[0].saturating_sub(first) / 8,
+            hi[1].saturating_sub(first) / 8,
+        );
+        let mut con = self.con.clone();
+        let bytes: Vec<u8> = con
+            .getrange(self.group_key(first, "purged"), lo as isize, hi as isize)
+            .await?;
+        let base = first + lo * 8;
+        Ok(crate::ids::ids_of(base, &bytes)
+            .into_iter()
+            .filter(|id| crate::ids::ranges_contain(ranges, *id))
+            .collect())
     }
 
     /// One pipeline per group (each inside the group's hash tag), run concurrently; the answers in order.

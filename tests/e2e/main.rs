@@ -28,6 +28,7 @@ mod operating_follow;
 mod operating_wired;
 mod postgres;
 mod producer_resume;
+mod purge;
 mod redis_cluster;
 mod rejected_rows;
 mod rollover;

@@ -4,7 +4,8 @@
 //! Contract:
 //! - The follow position is taken (or the stored checkpoint read) **before** the walk reads anything, and
 //!   stored in `bitmig:{JOB}:follow` (`from`, `position`, `started_at`, then `checkpoint_at`,
-//!   `last_event_at`, `lag_s`, `events`, `ids_published`, `settling`).
+//!   `last_event_at`, `lag_s`, `events`, `ids_published`, `settling`, `heartbeat_at` every second and
+//!   `stopped_at` on a clean stop, which `purge` reads to refuse running beside a follower).
 //! - Changed keys gather in a [`RoaringTreemap`] for one [`WINDOW`] (a hot row is published once per
 //!   window), then per group: plan the group when nobody did (reading all its ids, as the walk does),
 //!   set the `src` bits, publish `catchup`
@@ -562,7 +563,12 @@ impl<'a> Follower<'a> {
             ("events", self.events.to_string()),
             ("ids_published", self.ids_published.to_string()),
             ("settling", settling.to_string()),
+            // purge refuses to run while these are fresh and not stopped (DESIGN.md §10)
+            ("heartbeat_at", now_rfc3339()),
         ];
+        if last {
+            fields.push(("stopped_at", now_rfc3339()));
+        }
         if let Some(at) = self.last_event_at {
             fields.push((
                 "last_event_at",

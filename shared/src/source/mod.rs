@@ -1,10 +1,12 @@
 //! Reading from the source database: the ids of a group (producer) and the current rows of a batch
 //! (consumer). One trait, one implementation per engine; the batch read's plan ([`RowsQuery`]: one
 //! `BETWEEN` for a dense batch, its ranges listed for a sparse one, and which rows to keep) is here once,
-//! the placeholders, parameters and decoding per engine.
+//! the placeholders, parameters and decoding per engine. [`PurgeTx`] is `purge`'s transaction (lock,
+//! delete, commit), its SQL in `purge.rs`.
 
 mod mysql;
 mod postgres;
+mod purge;
 
 use async_trait::async_trait;
 
@@ -15,6 +17,7 @@ use crate::value::{Column, Row, RowSet, Value};
 pub use mysql::MySqlSource;
 pub(crate) use mysql::{describe_column as describe_mysql_column, from_mysql as from_mysql_value};
 pub use postgres::PgSource;
+pub use purge::{LockedRows, PurgeTx};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -61,6 +64,12 @@ pub trait Source: Send + Sync {
     async fn json_text_columns(&self) -> Result<Vec<String>, SourceError> {
         Ok(Vec::new())
     }
+    /// Open a purge transaction (DESIGN.md §10) on a connection of its own.
+    async fn begin_purge(&self) -> Result<Box<dyn PurgeTx>, SourceError> {
+        Err(SourceError::Unsupported(
+            "this source cannot be purged".into(),
+        ))
+    }
 }
 
 /// Open the source the job names.
@@ -92,6 +101,7 @@ pub(crate) fn key_index(table: &str, columns: &[Column], key: &str) -> Result<us
 }
 
 /// The SQL text a source builds its queries from, quoted for its engine once.
+#[derive(Clone)]
 pub(crate) struct SourceSql {
     /// The table as the job names it, for messages.
     pub table_label: String,

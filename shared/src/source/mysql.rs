@@ -7,6 +7,7 @@ use mysql_async::consts::{ColumnFlags, ColumnType as MyType};
 use mysql_async::prelude::Queryable;
 use tokio::sync::OnceCell;
 
+use super::purge::{LockedRows, PurgeSql, PurgeTx};
 use super::{row_set, RowsQuery, Source, SourceError};
 use crate::ids::IdRange;
 use crate::job::{Engine, JobSpec};
@@ -16,6 +17,8 @@ use crate::value::{Column, ColumnType, RowSet, Value};
 pub struct MySqlSource {
     pool: mysql_async::Pool,
     sql: super::SourceSql,
+    /// `filter` as the job wrote it, for the purge's verdict column.
+    raw_filter: Option<String>,
     /// The source table, for catalog look-ups.
     table: crate::job::TableName,
     described: OnceCell<Described>,
@@ -37,28 +40,14 @@ impl MySqlSource {
         Ok(Self {
             pool,
             sql: super::SourceSql::new(job, Engine::Mysql),
+            raw_filter: s.filter.clone(),
             table: s.table.clone(),
             described: OnceCell::new(),
         })
     }
 
     fn err(&self, e: mysql_async::Error) -> SourceError {
-        let transient = mysql_is_transient(&e);
-        let message = mysql_error_text(&e);
-        if let mysql_async::Error::Server(s) = &e {
-            // no such table / column / database: the job does not fit the schema
-            if matches!(s.code, 1146 | 1054 | 1049) {
-                return SourceError::Schema {
-                    table: self.sql.table_label.clone(),
-                    message,
-                };
-            }
-        }
-        SourceError::Query {
-            table: self.sql.table_label.clone(),
-            message,
-            transient,
-        }
+        source_err(&self.sql.table_label, e)
     }
 
     async fn conn(&self) -> Result<mysql_async::Conn, SourceError> {
@@ -99,6 +88,116 @@ impl MySqlSource {
                 })
             })
             .await
+    }
+}
+
+fn source_err(table: &str, e: mysql_async::Error) -> SourceError {
+    let transient = mysql_is_transient(&e);
+    let message = mysql_error_text(&e);
+    if let mysql_async::Error::Server(s) = &e {
+        // no such table / column / database: the job does not fit the schema
+        if matches!(s.code, 1146 | 1054 | 1049) {
+            return SourceError::Schema {
+                table: table.to_owned(),
+                message,
+            };
+        }
+    }
+    SourceError::Query {
+        table: table.to_owned(),
+        message,
+        transient,
+    }
+}
+
+/// A purge transaction on one pooled connection ([`super::PurgeTx`]); mysql_async rolls a transaction
+/// back when it is dropped uncommitted.
+struct MySqlPurgeTx {
+    tx: mysql_async::Transaction<'static>,
+    sql: super::SourceSql,
+    raw_filter: Option<String>,
+    columns: Arc<[Column]>,
+    select_list: String,
+    key_index: usize,
+}
+
+#[async_trait]
+impl PurgeTx for MySqlPurgeTx {
+    async fn lock_rows(&mut self, ranges: &[IdRange]) -> Result<LockedRows, SourceError> {
+        let q = PurgeSql::lock(
+            &self.sql,
+            self.raw_filter.as_deref(),
+            &self.select_list,
+            ranges,
+            |_| "?".into(),
+        );
+        let params: Vec<mysql_async::Value> = PurgeSql::bounds(ranges)
+            .into_iter()
+            .map(mysql_async::Value::from)
+            .collect();
+        let raw: Vec<mysql_async::Row> = self
+            .tx
+            .exec(q.lock.as_str(), params)
+            .await
+            .map_err(|e| source_err(&self.sql.table_label, e))?;
+        let mut outside_filter = std::collections::BTreeSet::new();
+        let mut rows = Vec::with_capacity(raw.len());
+        for r in raw {
+            let mut values: Vec<Value> = r.unwrap().into_iter().map(from_mysql).collect();
+            let matches = if q.has_filter {
+                !matches!(
+                    values.pop(),
+                    Some(Value::Int(0) | Value::UInt(0) | Value::Null)
+                )
+            } else {
+                true
+            };
+            let Some(key) = values[self.key_index].as_key() else {
+                continue;
+            };
+            if !matches {
+                outside_filter.insert(key);
+            }
+            rows.push(crate::value::Row { key, values });
+        }
+        Ok(LockedRows {
+            rows: row_set(self.columns.clone(), self.key_index, rows),
+            outside_filter,
+        })
+    }
+
+    async fn max_key(&mut self) -> Result<Option<u64>, SourceError> {
+        let row: Option<Option<u64>> = self
+            .tx
+            .exec_first(PurgeSql::max_key(&self.sql, ""), ())
+            .await
+            .map_err(|e| source_err(&self.sql.table_label, e))?;
+        Ok(row.flatten())
+    }
+
+    async fn delete(&mut self, keys: &[u64]) -> Result<u64, SourceError> {
+        let mut deleted = 0;
+        for chunk in keys.chunks(10_000) {
+            let sql = PurgeSql::delete(&self.sql, chunk.len(), |_| "?".into());
+            let params: Vec<mysql_async::Value> =
+                chunk.iter().map(|&k| mysql_async::Value::from(k)).collect();
+            self.tx
+                .exec_drop(sql, params)
+                .await
+                .map_err(|e| source_err(&self.sql.table_label, e))?;
+            deleted += self.tx.affected_rows();
+        }
+        Ok(deleted)
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), SourceError> {
+        let label = self.sql.table_label.clone();
+        self.tx.commit().await.map_err(|e| source_err(&label, e))
+    }
+
+    async fn rollback(self: Box<Self>) -> Result<(), SourceError> {
+        let label = self.sql.table_label.clone();
+        self.tx.rollback().await.map_err(|e| source_err(&label, e))
     }
 }
 
@@ -231,6 +330,23 @@ impl Source for MySqlSource {
                 }
             ),
         })
+    }
+
+    async fn begin_purge(&self) -> Result<Box<dyn PurgeTx>, SourceError> {
+        let d = self.described().await?;
+        let tx = self
+            .pool
+            .start_transaction(mysql_async::TxOpts::default())
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(Box::new(MySqlPurgeTx {
+            tx,
+            sql: self.sql.clone(),
+            raw_filter: self.raw_filter.clone(),
+            columns: d.columns.clone(),
+            select_list: d.select_list.clone(),
+            key_index: d.key_index,
+        }))
     }
 
     async fn read_rows(&self, ranges: &[IdRange]) -> Result<RowSet, SourceError> {

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use tokio::sync::OnceCell;
 use tokio_postgres::types::Type;
 
+use super::purge::{LockedRows, PurgeSql, PurgeTx};
 use super::{row_set, RowsQuery, Source, SourceError};
 use crate::ids::IdRange;
 use crate::job::{Engine, JobSpec};
@@ -18,6 +19,8 @@ use crate::value::{Column, RowSet};
 pub struct PgSource {
     pool: deadpool_postgres::Pool,
     sql: super::SourceSql,
+    /// `filter` as the job wrote it, for the purge's verdict column.
+    raw_filter: Option<String>,
     described: OnceCell<Described>,
 }
 
@@ -33,6 +36,158 @@ fn key_param(k: u64) -> i64 {
     i64::try_from(k).unwrap_or(i64::MAX)
 }
 
+fn source_err(table: &str, e: &tokio_postgres::Error) -> SourceError {
+    let message = pg_error_text(e);
+    // undefined table, column, schema or database, or a filter that does not parse: the job does not fit
+    if e.code().is_some_and(|c| {
+        matches!(
+            c.code(),
+            "42P01" | "42703" | "3F000" | "3D000" | "42601" | "42883"
+        )
+    }) {
+        return SourceError::Schema {
+            table: table.to_owned(),
+            message,
+        };
+    }
+    SourceError::Query {
+        table: table.to_owned(),
+        message,
+        transient: pg_is_transient(e),
+    }
+}
+
+/// A purge transaction on a pooled connection taken out of the pool ([`super::PurgeTx`]): `BEGIN` …
+/// `COMMIT` by hand, and a connection dropped uncommitted is closed (the server rolls back), never
+/// returned to the pool mid-transaction.
+struct PgPurgeTx {
+    client: Option<deadpool_postgres::Object>,
+    sql: super::SourceSql,
+    raw_filter: Option<String>,
+    columns: Arc<[Column]>,
+    types: Vec<Type>,
+    select_list: String,
+    key_index: usize,
+}
+
+impl PgPurgeTx {
+    fn client(&self) -> &deadpool_postgres::Object {
+        // Invariant: `client` is only taken by `finish`, which consumes the transaction.
+        self.client
+            .as_ref()
+            .expect("purge transaction used after it ended")
+    }
+
+    fn err(&self, e: &tokio_postgres::Error) -> SourceError {
+        source_err(&self.sql.table_label, e)
+    }
+
+    async fn finish(mut self: Box<Self>, how: &str) -> Result<(), SourceError> {
+        let client = self.client.take();
+        if let Some(c) = &client {
+            c.batch_execute(how).await.map_err(|e| self.err(&e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PgPurgeTx {
+    fn drop(&mut self) {
+        if let Some(c) = self.client.take() {
+            // still inside the transaction: close the connection rather than pool it
+            drop(deadpool_postgres::Object::take(c));
+        }
+    }
+}
+
+fn params_of(v: &[i64]) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
+    v.iter()
+        .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect()
+}
+
+#[async_trait]
+impl PurgeTx for PgPurgeTx {
+    async fn lock_rows(&mut self, ranges: &[IdRange]) -> Result<LockedRows, SourceError> {
+        let q = PurgeSql::lock(
+            &self.sql,
+            self.raw_filter.as_deref(),
+            &self.select_list,
+            ranges,
+            |n| format!("${n}::int8"),
+        );
+        let bounds: Vec<i64> = PurgeSql::bounds(ranges)
+            .into_iter()
+            .map(key_param)
+            .collect();
+        let raw = self
+            .client()
+            .query(q.lock.as_str(), &params_of(&bounds))
+            .await
+            .map_err(|e| self.err(&e))?;
+        let mut outside_filter = std::collections::BTreeSet::new();
+        let mut rows = Vec::with_capacity(raw.len());
+        for r in &raw {
+            let mut values = Vec::with_capacity(self.types.len());
+            for (i, ty) in self.types.iter().enumerate() {
+                let RawPg(bytes) = r.try_get::<_, RawPg<'_>>(i).map_err(|e| self.err(&e))?;
+                values.push(decode(ty, bytes).map_err(|message| SourceError::Query {
+                    table: self.sql.table_label.clone(),
+                    message: format!("column `{}`: {message}", self.columns[i].name),
+                    transient: false,
+                })?);
+            }
+            let Some(key) = values[self.key_index].as_key() else {
+                continue;
+            };
+            if q.has_filter {
+                let matches: Option<bool> =
+                    r.try_get(self.types.len()).map_err(|e| self.err(&e))?;
+                if matches != Some(true) {
+                    outside_filter.insert(key);
+                }
+            }
+            rows.push(crate::value::Row { key, values });
+        }
+        Ok(LockedRows {
+            rows: row_set(self.columns.clone(), self.key_index, rows),
+            outside_filter,
+        })
+    }
+
+    async fn max_key(&mut self) -> Result<Option<u64>, SourceError> {
+        let row = self
+            .client()
+            .query_one(PurgeSql::max_key(&self.sql, "::int8").as_str(), &[])
+            .await
+            .map_err(|e| self.err(&e))?;
+        let max: Option<i64> = row.get(0);
+        Ok(max.and_then(|m| u64::try_from(m).ok()))
+    }
+
+    async fn delete(&mut self, keys: &[u64]) -> Result<u64, SourceError> {
+        let mut deleted = 0;
+        for chunk in keys.chunks(10_000) {
+            let sql = PurgeSql::delete(&self.sql, chunk.len(), |n| format!("${n}::int8"));
+            let params: Vec<i64> = chunk.iter().map(|&k| key_param(k)).collect();
+            deleted += self
+                .client()
+                .execute(sql.as_str(), &params_of(&params))
+                .await
+                .map_err(|e| self.err(&e))?;
+        }
+        Ok(deleted)
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), SourceError> {
+        self.finish("COMMIT").await
+    }
+
+    async fn rollback(self: Box<Self>) -> Result<(), SourceError> {
+        self.finish("ROLLBACK").await
+    }
+}
+
 impl PgSource {
     pub fn new(job: &JobSpec, max_connections: usize) -> Result<Self, SourceError> {
         let s = &job.source;
@@ -43,29 +198,13 @@ impl PgSource {
         Ok(Self {
             pool,
             sql: super::SourceSql::new(job, Engine::Postgres),
+            raw_filter: s.filter.clone(),
             described: OnceCell::new(),
         })
     }
 
     fn err(&self, e: &tokio_postgres::Error) -> SourceError {
-        let message = pg_error_text(e);
-        // undefined table, column, schema or database, or a filter that does not parse: the job does not fit
-        if e.code().is_some_and(|c| {
-            matches!(
-                c.code(),
-                "42P01" | "42703" | "3F000" | "3D000" | "42601" | "42883"
-            )
-        }) {
-            return SourceError::Schema {
-                table: self.sql.table_label.clone(),
-                message,
-            };
-        }
-        SourceError::Query {
-            table: self.sql.table_label.clone(),
-            message,
-            transient: pg_is_transient(e),
-        }
+        source_err(&self.sql.table_label, e)
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, SourceError> {
@@ -192,6 +331,24 @@ impl Source for PgSource {
             f = self.sql.filter
         );
         self.keys(&sql, &[key_param(first), key_param(last)]).await
+    }
+
+    async fn begin_purge(&self) -> Result<Box<dyn PurgeTx>, SourceError> {
+        let d = self.described().await?;
+        let client = self.client().await?;
+        client
+            .batch_execute("BEGIN")
+            .await
+            .map_err(|e| self.err(&e))?;
+        Ok(Box::new(PgPurgeTx {
+            client: Some(client),
+            sql: self.sql.clone(),
+            raw_filter: self.raw_filter.clone(),
+            columns: d.columns.clone(),
+            types: d.types.clone(),
+            select_list: d.select_list.clone(),
+            key_index: d.key_index,
+        }))
     }
 
     async fn read_rows(&self, ranges: &[IdRange]) -> Result<RowSet, SourceError> {

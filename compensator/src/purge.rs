@@ -1,0 +1,918 @@
+//! `bitmig-compensator purge`: delete from the source the rows proven equal in the target (DESIGN.md §10),
+//! the dangerous half of archiving, done so that **no row is deleted unless its copy is proven**.
+//!
+//! Candidates are the ids with `tgt` set, not `gone`, not `purged`, not in `failed`, in groups `complete`.
+//! Per batch of at most `--batch` candidates of one group, one source transaction:
+//!
+//! 1. `SELECT … FOR UPDATE` the candidates' rows, read without `filter` (with its verdict as a column), and
+//!    the table's largest key;
+//! 2. read the target rows of the batch's span across every table of the job (routes included) and hash
+//!    both sides with the canonical encoding of §9 ([`bitmig_shared::digest`]); a key is proven by
+//!    [`proven_equal`]: exactly one target row, with the source row's hash;
+//! 3. `DELETE` the proven rows by key (the number deleted must be the number proven, or the transaction is
+//!    rolled back), `COMMIT`;
+//! 4. **then** set their `purged` bits.
+//!
+//! A candidate whose row differs, or no longer matches `filter`, is not deleted: it is re-published as a
+//! `redrive` batch (a consumer rewrites the target row, or deletes it when the row left the filter) and a
+//! later purge deletes it once proven. The row holding the table's largest key is kept unless
+//! `--purge-max-key` (MySQL's AUTO_INCREMENT restarts above the largest key after a restart).
+//!
+//! **Crash between COMMIT and the bits.** The rerun finds those ids still candidates, and their source
+//! rows absent: a candidate whose source row does not exist while its target row does gets its `purged`
+//! bit (*repaired*). Only purge, or the application, deletes a row the ledger holds as landed and not
+//! `gone` (a consumer that sees a row vanish sets `gone`, which makes the id no candidate); either way the
+//! target row is the archived copy, so `purged` is the truth for it. A candidate absent from both sides is
+//! left alone and reported (`vanished`): the ledger says it landed and it did not, which purge cannot fix.
+//! So after a rerun the `purged` bits are exactly the rows purge deleted (plus rows the application deleted
+//! itself, archived by the same rule).
+//!
+//! Refused with exit 2 and the reason: a target table that is the source table (same server, database and
+//! table), and a job whose follower is running (`bitmig:{JOB}:follow` written within [`FOLLOW_ALIVE`] and
+//! not stopped since: it would copy the deletions into the history table as deletes).
+//!
+//! Between batches purge stops while the job is paused (`control`) and waits for the throttle (§11):
+//! `--rate` (else `[throttle] max_rows_per_s`, the job's shared budget), the source's and target's running
+//! threads, the replicas' lag; what it waits for is logged and written to `control.throttled`. SIGTERM or
+//! SIGINT stops it between batches (the batch in flight commits or rolls back whole).
+//!
+//! `--dry-run` runs every step but rolls each transaction back: it deletes nothing, sets no bit, re-drives
+//! nothing, and reports what it would have deleted.
+
+use std::collections::{BTreeSet, HashSet};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bitmig_shared::cli::BadInput;
+use bitmig_shared::digest::{proven_equal, RowPlan};
+use bitmig_shared::ids::{and_not, batches, group_last, ids_of, to_ranges, IdRange};
+use bitmig_shared::job::{Engine, JobSpec, TableName, TargetSpec};
+use bitmig_shared::ledger::{GroupStatus, Ledger};
+use bitmig_shared::progress::Progress;
+use bitmig_shared::queue::{self, Cause, Message, Publisher};
+use bitmig_shared::sink::{self, Sink};
+use bitmig_shared::source::{self, LockedRows, Source};
+use bitmig_shared::throttle::Throttle;
+use bitmig_shared::value::RowSet;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// A follower whose state in `bitmig:{JOB}:follow` is younger than this is taken as running. It writes
+/// its state every second while it runs.
+pub const FOLLOW_ALIVE: Duration = Duration::from_secs(30);
+
+/// At most this many ids are listed in a summary (differing, would-delete ranges).
+const LIST_CAP: usize = 1_000;
+
+/// Transient source errors (deadlock, lock wait timeout, connection lost) retry a batch this many times.
+const BATCH_ATTEMPTS: u32 = 5;
+
+/// What `purge` needs besides the job.
+#[derive(Debug, Clone)]
+pub struct PurgeOptions {
+    pub amqp_url: String,
+    pub redis_url: String,
+    /// Delete at most this many rows per second (overrides `[throttle] max_rows_per_s`).
+    pub rate: Option<u64>,
+    /// Candidates per transaction.
+    pub batch: usize,
+    /// Delete nothing, set no bit, re-drive nothing: say what would be deleted.
+    pub dry_run: bool,
+    /// Allow deleting the row holding the table's largest key.
+    pub purge_max_key: bool,
+}
+
+/// What a purge did (or, with `--dry-run`, would do).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct PurgeSummary {
+    pub job: String,
+    pub dry_run: bool,
+    /// Groups not `complete`: not purged yet.
+    pub groups_not_complete: u64,
+    /// Groups that had candidates.
+    pub groups_purged: u64,
+    pub candidates: u64,
+    pub batches: u64,
+    /// Rows deleted from the source (with `--dry-run`: that would be).
+    pub deleted: u64,
+    /// Candidates whose source row was already gone and whose target row exists: `purged` set (a rerun
+    /// after a crash between a commit and its bits).
+    pub repaired: u64,
+    /// Candidates whose target row differs (or is missing, or duplicated): kept, re-driven.
+    pub differing: u64,
+    /// Candidates whose source row no longer matches `filter`: kept, re-driven.
+    pub outside_filter: u64,
+    /// Candidates absent from both the source and the target: left alone.
+    pub vanished: u64,
+    /// Candidates recorded in `failed`: left alone.
+    pub failed_skipped: u64,
+    /// The largest key, kept (without `--purge-max-key`).
+    pub kept_max_key: Option<u64>,
+    pub republished_ids: u64,
+    pub messages: u64,
+    /// Stopped by SIGTERM/SIGINT before the end.
+    pub interrupted: bool,
+    /// The differing and out-of-filter ids (at most 1 000), ascending per group.
+    pub differing_ids: Vec<u64>,
+    /// With `--dry-run`: the ranges that would be deleted (at most 1 000 ranges).
+    pub would_delete: Vec<IdRange>,
+}
+
+impl PurgeSummary {
+    /// Whether every candidate was deleted (or nothing was left to delete).
+    pub fn clean(&self) -> bool {
+        self.differing == 0 && self.outside_filter == 0 && self.vanished == 0 && !self.interrupted
+    }
+}
+
+impl std::fmt::Display for PurgeSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "job {}: {}{} rows of {} candidates in {} batches ({} groups; {} groups not complete yet)",
+            self.job,
+            if self.dry_run {
+                "dry run, would delete "
+            } else {
+                "deleted "
+            },
+            self.deleted,
+            self.candidates,
+            self.batches,
+            self.groups_purged,
+            self.groups_not_complete,
+        )?;
+        if self.repaired > 0 {
+            writeln!(
+                f,
+                "  {} ids already deleted from the source: purged bits set",
+                self.repaired
+            )?;
+        }
+        if let Some(k) = self.kept_max_key {
+            writeln!(
+                f,
+                "  kept id {k}, the table's largest key (--purge-max-key to delete it)"
+            )?;
+        }
+        if self.differing + self.outside_filter > 0 {
+            writeln!(
+                f,
+                "  kept {} differing and {} no longer matching filter; re-published {} ids{}",
+                self.differing,
+                self.outside_filter,
+                self.republished_ids,
+                if self.dry_run {
+                    " (not in a dry run)"
+                } else {
+                    ""
+                }
+            )?;
+            let ids: Vec<String> = self
+                .differing_ids
+                .iter()
+                .take(20)
+                .map(u64::to_string)
+                .collect();
+            writeln!(f, "  ids: {}", ids.join(", "))?;
+        }
+        if self.vanished > 0 {
+            writeln!(
+                f,
+                "  {} ids are in neither the source nor the target although the ledger says they landed",
+                self.vanished
+            )?;
+        }
+        if self.failed_skipped > 0 {
+            writeln!(f, "  {} failed ids left alone", self.failed_skipped)?;
+        }
+        if self.dry_run && !self.would_delete.is_empty() {
+            let shown: Vec<String> = self
+                .would_delete
+                .iter()
+                .take(50)
+                .map(|r| {
+                    if r[0] == r[1] {
+                        r[0].to_string()
+                    } else {
+                        format!("{}..{}", r[0], r[1])
+                    }
+                })
+                .collect();
+            writeln!(f, "  would delete ids {}", shown.join(", "))?;
+        }
+        if self.interrupted {
+            writeln!(f, "  interrupted: run it again to go on")?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a SQL table lives, for the same-table refusal: engine, host, port, database, schema, table.
+#[derive(Debug, PartialEq, Eq)]
+struct TablePlace {
+    engine: Engine,
+    host: String,
+    port: u16,
+    database: String,
+    schema: String,
+    table: String,
+}
+
+fn place(url: &bitmig_shared::job::DbUrl, table: &TableName) -> Option<TablePlace> {
+    let u = url::Url::parse(url.expose()).ok()?;
+    let host = match u.host_str()?.to_ascii_lowercase().as_str() {
+        "localhost" | "127.0.0.1" | "::1" | "[::1]" => "localhost".to_owned(),
+        h => h.to_owned(),
+    };
+    let database = u.path().trim_start_matches('/').to_owned();
+    let (port, schema) = match url.engine {
+        Engine::Mysql => (
+            u.port().unwrap_or(3306),
+            // MySQL: `db.table` names the database
+            table
+                .schema
+                .as_ref()
+                .map_or(database.clone(), |s| s.to_string()),
+        ),
+        Engine::Postgres => (
+            u.port().unwrap_or(5432),
+            table
+                .schema
+                .as_ref()
+                .map_or("public".to_owned(), |s| s.to_string()),
+        ),
+    };
+    Some(TablePlace {
+        engine: url.engine,
+        host,
+        port,
+        database: if url.engine == Engine::Mysql {
+            schema.clone()
+        } else {
+            database
+        },
+        schema,
+        table: table.table.to_string(),
+    })
+}
+
+/// The refusal for a job whose target is the source table itself: `Some(reason)`. `tables` are the
+/// target's table names the job may write (the route's plain name or ranges, and `bitmig:{JOB}:tables`).
+fn same_table_refusal(job: &JobSpec, tables: &[String]) -> Option<String> {
+    let TargetSpec::Sql(t) = &job.target else {
+        return None;
+    };
+    let src = place(&job.source.url, &job.source.table)?;
+    let mut names: Vec<String> = tables.to_vec();
+    if let Some(p) = t.table.plain() {
+        names.push(p.to_owned());
+    }
+    if let bitmig_shared::job::TableRoute::Ranges(m) = &t.table {
+        names.extend(m.ranges.iter().map(|r| r.table.to_string()));
+    }
+    names.into_iter().find_map(|n| {
+        let name = TableName::parse(&n).ok()?;
+        (place(&t.url, &name)? == src).then(|| {
+            format!(
+                "job `{}`: the target table `{n}` is the source table `{}` on the same server and \
+                 database; purging would delete the only copy",
+                job.name, job.source.table
+            )
+        })
+    })
+}
+
+fn parse_time(s: Option<&String>) -> Option<chrono::DateTime<chrono::Utc>> {
+    s.and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
+/// The refusal for a job whose follower runs: its state (`bitmig:{JOB}:follow`) was written less than
+/// [`FOLLOW_ALIVE`] before `now` and it has not written `stopped_at` since.
+fn follow_refusal(
+    job: &str,
+    state: &std::collections::HashMap<String, String>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<String> {
+    let latest = ["heartbeat_at", "checkpoint_at", "started_at"]
+        .iter()
+        .filter_map(|k| parse_time(state.get(*k)))
+        .max()?;
+    if parse_time(state.get("stopped_at")).is_some_and(|s| s >= latest) {
+        return None;
+    }
+    let age = (now - latest).to_std().unwrap_or_default();
+    (age < FOLLOW_ALIVE).then(|| {
+        format!(
+            "job `{job}` is being followed (bitmig:{{{job}}}:follow was written {:.0}s ago): a follower \
+             would copy the purge's deletions into the target as deletes; stop `bitmig-producer --follow` \
+             first (purge runs {}s after its last write)",
+            age.as_secs_f64(),
+            FOLLOW_ALIVE.as_secs()
+        )
+    })
+}
+
+/// How one batch's candidates were judged.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Verdict {
+    /// Proven equal: delete.
+    delete: Vec<u64>,
+    /// Source row already gone, target row present: set `purged`.
+    repaired: Vec<u64>,
+    /// Target row missing, different or duplicated: re-drive.
+    differing: Vec<u64>,
+    /// Source row no longer matches `filter`: re-drive.
+    outside_filter: Vec<u64>,
+    /// In neither side.
+    vanished: Vec<u64>,
+    /// The largest key, kept.
+    kept_max: Option<u64>,
+}
+
+/// The comparison of §9 for purge: the source's column names, and the columns compared as JSON.
+struct Judge {
+    json_columns: Vec<String>,
+}
+
+impl Judge {
+    /// Judge the `candidates` (ascending) given their locked source rows, the target rows of their span
+    /// (one set per table) and the table's largest key to keep (`None`: keep none).
+    fn judge(
+        &self,
+        candidates: &[u64],
+        locked: &LockedRows,
+        target: &[(String, RowSet)],
+        keep: Option<u64>,
+    ) -> anyhow::Result<Verdict> {
+        let mut v = Verdict::default();
+        let src = &locked.rows;
+        let in_target: BTreeSet<u64> = target
+            .iter()
+            .flat_map(|(_, rs)| rs.rows.iter().map(|r| r.key))
+            .collect();
+        let mut compare = Vec::new();
+        for &id in candidates {
+            match src.rows.binary_search_by_key(&id, |r| r.key) {
+                Err(_) if in_target.contains(&id) => v.repaired.push(id),
+                Err(_) => v.vanished.push(id),
+                Ok(_) if locked.outside_filter.contains(&id) => v.outside_filter.push(id),
+                Ok(_) if keep == Some(id) => v.kept_max = Some(id),
+                Ok(i) => compare.push(i),
+            }
+        }
+        if compare.is_empty() {
+            return Ok(v);
+        }
+        let names: Vec<&str> = src.columns.iter().map(|c| c.name.as_str()).collect();
+        let mut sides: Vec<&[bitmig_shared::value::Column]> = vec![&src.columns];
+        sides.extend(target.iter().map(|(_, rs)| &rs.columns[..]));
+        let mut plan = RowPlan::new(&names, &sides).map_err(|e| {
+            BadInput(format!(
+                "cannot compare the source rows with the target's: {e}"
+            ))
+        })?;
+        let json_typed = src
+            .columns
+            .iter()
+            .filter(|c| c.ty == bitmig_shared::value::ColumnType::Json)
+            .map(|c| &c.name);
+        for c in self.json_columns.iter().chain(json_typed) {
+            plan.compare_as_json(c);
+        }
+        let mut s_enc = plan.encoder(&src.columns)?;
+        let s_hashes: Vec<(u64, u128)> = compare
+            .iter()
+            .map(|&i| {
+                let r = &src.rows[i];
+                (r.key, s_enc.hash(r.key, &r.values))
+            })
+            .collect();
+        let wanted: HashSet<u64> = s_hashes.iter().map(|(k, _)| *k).collect();
+        let mut t_hashes: Vec<(u64, u128)> = Vec::new();
+        for (_, rs) in target {
+            let mut enc = plan.encoder(&rs.columns)?;
+            t_hashes.extend(
+                rs.rows
+                    .iter()
+                    .filter(|r| wanted.contains(&r.key))
+                    .map(|r| (r.key, enc.hash(r.key, &r.values))),
+            );
+        }
+        t_hashes.sort_unstable();
+        v.delete = proven_equal(&s_hashes, &t_hashes)?;
+        v.differing = s_hashes
+            .iter()
+            .map(|(k, _)| *k)
+            .filter(|k| v.delete.binary_search(k).is_err())
+            .collect();
+        Ok(v)
+    }
+}
+
+/// What one committed (or, dry, rolled back) batch did.
+struct BatchDone {
+    verdict: Verdict,
+    deleted: u64,
+}
+
+/// The parts a purge runs with.
+struct Purger<'a> {
+    job: &'a JobSpec,
+    opts: &'a PurgeOptions,
+    ledger: Ledger,
+    source: Box<dyn Source>,
+    sink: Box<dyn Sink>,
+    judge: Judge,
+}
+
+impl Purger<'_> {
+    /// One transaction: lock, read the target, judge, delete, commit. Nothing is recorded here.
+    async fn batch(&self, ids: &[u64]) -> anyhow::Result<BatchDone> {
+        let ranges = to_ranges(ids);
+        let (lo, hi) = (ids[0], ids[ids.len() - 1]);
+        let mut tx = self
+            .source
+            .begin_purge()
+            .await
+            .map_err(bitmig_shared::cli::source_error)?;
+        let locked = tx
+            .lock_rows(&ranges)
+            .await
+            .with_context(|| format!("locking the source rows of {lo}..={hi}"))?;
+        let keep = if self.opts.purge_max_key {
+            None
+        } else {
+            tx.max_key().await.context("reading the largest key")?
+        };
+        let target = self
+            .sink
+            .read_range(self.job.source.key.as_str(), lo, hi)
+            .await
+            .with_context(|| format!("reading the target rows of {lo}..={hi}"))?;
+        let verdict = self.judge.judge(ids, &locked, &target, keep)?;
+        drop(target);
+        if self.opts.dry_run {
+            tx.rollback().await.context("rolling back a dry run")?;
+            return Ok(BatchDone {
+                deleted: verdict.delete.len() as u64,
+                verdict,
+            });
+        }
+        let mut deleted = 0;
+        if !verdict.delete.is_empty() {
+            deleted = tx
+                .delete(&verdict.delete)
+                .await
+                .with_context(|| format!("deleting the proven rows of {lo}..={hi}"))?;
+            if deleted != verdict.delete.len() as u64 {
+                // the rows are locked: this cannot happen unless something is very wrong — delete nothing
+                let _ = tx.rollback().await;
+                anyhow::bail!(
+                    "deleting {} proven rows of {lo}..={hi} deleted {deleted}: rolled back",
+                    verdict.delete.len()
+                );
+            }
+        }
+        tx.commit()
+            .await
+            .with_context(|| format!("committing the delete of {lo}..={hi}"))?;
+        Ok(BatchDone { verdict, deleted })
+    }
+
+    /// [`Purger::batch`], again while its error is transient (deadlock, lock wait timeout, lost
+    /// connection): the failed transaction rolled back, so retrying deletes nothing twice.
+    async fn batch_with_retries(&self, ids: &[u64]) -> anyhow::Result<BatchDone> {
+        let mut delay = Duration::from_millis(500);
+        let mut attempt = 1;
+        loop {
+            match self.batch(ids).await {
+                Ok(done) => return Ok(done),
+                Err(e) if attempt < BATCH_ATTEMPTS && is_transient(&e) => {
+                    warn!(job = %self.job.name, error = %format!("{e:#}"), attempt, "purge batch failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Set the `purged` bits after a commit: the rows are deleted, so the bits must follow. Redis errors
+    /// are retried (a rerun would repair them, but not leaving the work to it is cheaper).
+    async fn record_purged(&self, first: u64, ids: &[u64]) -> anyhow::Result<()> {
+        let mut wait = Duration::from_millis(200);
+        for _ in 0..10 {
+            match self.ledger.add_purged(first, ids).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    warn!(job = %self.job.name, group = first, error = %e, "cannot set purged bits; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        self.ledger.add_purged(first, ids).await.with_context(|| {
+            format!(
+                "setting the purged bits of {} deleted ids of group {first} (a rerun of purge repairs them)",
+                ids.len()
+            )
+        })
+    }
+}
+
+fn is_transient(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<bitmig_shared::source::SourceError>()
+            .is_some_and(|s| s.is_transient())
+            || c.downcast_ref::<bitmig_shared::sink::SinkError>()
+                .is_some_and(|s| s.is_transient())
+    })
+}
+
+/// The candidates of each `complete` group: `tgt ∧ ¬gone ∧ ¬purged`, minus `failed`. Also counts the
+/// groups not complete and the failed ids left out.
+pub(crate) struct Candidates {
+    pub groups: Vec<(u64, Vec<u64>)>,
+    pub groups_not_complete: u64,
+    pub failed_skipped: u64,
+}
+
+pub(crate) async fn candidates(job: &JobSpec, ledger: &Ledger) -> anyhow::Result<Candidates> {
+    let firsts = ledger.groups().await?;
+    let metas = ledger.metas(&firsts).await?;
+    let complete: Vec<u64> = firsts
+        .iter()
+        .zip(&metas)
+        .filter(|(_, m)| {
+            m.get("status").and_then(|s| GroupStatus::parse(s)) == Some(GroupStatus::Complete)
+        })
+        .map(|(f, _)| *f)
+        .collect();
+    let failed: HashSet<u64> = ledger.failed_ids().await?.into_iter().collect();
+    let bits = ledger
+        .bitmaps(&complete, &["tgt", "gone", "purged"])
+        .await?;
+    let mut out = Candidates {
+        groups: Vec::new(),
+        groups_not_complete: (firsts.len() - complete.len()) as u64,
+        failed_skipped: 0,
+    };
+    for (first, b) in complete.into_iter().zip(bits) {
+        let last = group_last(first, job.group_size);
+        let mut ids: Vec<u64> = ids_of(first, &and_not(&b[0], &[&b[1], &b[2]]))
+            .into_iter()
+            .filter(|id| *id <= last)
+            .collect();
+        let before = ids.len();
+        ids.retain(|id| !failed.contains(id));
+        out.failed_skipped += (before - ids.len()) as u64;
+        if !ids.is_empty() {
+            out.groups.push((first, ids));
+        }
+    }
+    Ok(out)
+}
+
+/// Purge the job: see the module documentation. Refusals are [`BadInput`] (exit 2).
+pub async fn purge(
+    job: &JobSpec,
+    opts: &PurgeOptions,
+    cancel: CancellationToken,
+) -> anyhow::Result<PurgeSummary> {
+    let ledger = Ledger::connect(&opts.redis_url, &job.name)
+        .await
+        .context("connecting to Redis")?;
+    bitmig_shared::cli::check_spec(&ledger, job, false, crate::SPEC_FIELDS_IGNORED).await?;
+    if let Some(why) = same_table_refusal(job, &ledger.tables().await?) {
+        return Err(BadInput(why).into());
+    }
+    if let Some(why) = follow_refusal(&job.name, &ledger.follow_state().await?, chrono::Utc::now())
+    {
+        return Err(BadInput(why).into());
+    }
+    let source = source::open(job, 1).map_err(bitmig_shared::cli::source_error)?;
+    let log: std::sync::Arc<dyn sink::TableLog> = std::sync::Arc::new(ledger.clone());
+    let sink = sink::open_logged(job, 2, log).map_err(|e| BadInput(e.to_string()))?;
+    let json_columns = source
+        .json_text_columns()
+        .await
+        .map_err(bitmig_shared::cli::source_error)?;
+
+    let mut spec = job.throttle.clone();
+    if opts.rate.is_some() {
+        spec.max_rows_per_s = opts.rate;
+    }
+    let mut loads = vec![("source", &job.source.url)];
+    if let TargetSpec::Sql(t) = &job.target {
+        loads.push(("target", &t.url));
+    }
+    let throttle = Throttle::new(ledger.connection(), &job.name, &spec, &loads)
+        .map_err(|e| BadInput(format!("`throttle`: {e}")))?;
+    let pause = bitmig_shared::control::Control::new(ledger.connection(), &job.name)
+        .watch(bitmig_shared::control::WATCH_EVERY)
+        .await
+        .context("reading the job's control hash")?;
+
+    let found = candidates(job, &ledger).await?;
+    let mut summary = PurgeSummary {
+        job: job.name.clone(),
+        dry_run: opts.dry_run,
+        groups_not_complete: found.groups_not_complete,
+        failed_skipped: found.failed_skipped,
+        candidates: found.groups.iter().map(|(_, ids)| ids.len() as u64).sum(),
+        ..Default::default()
+    };
+    info!(job = %job.name, candidates = summary.candidates, groups = found.groups.len(), dry_run = opts.dry_run, "purging");
+    let purger = Purger {
+        job,
+        opts,
+        ledger,
+        source,
+        sink,
+        judge: Judge { json_columns },
+    };
+    let lo = found.groups.first().map_or(0, |g| g.1[0]);
+    let hi = found.groups.last().map_or(0, |g| g.1[g.1.len() - 1]);
+    let mut progress = Progress::new(lo, hi);
+    let mut publisher: Option<(lapin::Connection, Publisher)> = None;
+    let started = Instant::now();
+
+    'groups: for (first, ids) in &found.groups {
+        let first = *first;
+        summary.groups_purged += 1;
+        let mut redrive: Vec<u64> = Vec::new();
+        for chunk in ids.chunks(opts.batch.max(1)) {
+            if pause.is_paused() {
+                info!(job = %job.name, "paused: waiting for `resume` before the next batch");
+                tokio::select! {
+                    _ = pause.wait_running() => info!(job = %job.name, "resumed"),
+                    _ = cancel.cancelled() => {}
+                }
+            }
+            if cancel.is_cancelled() {
+                summary.interrupted = true;
+                break 'groups;
+            }
+            throttle
+                .wait_for_budget(chunk.len() as u64)
+                .await
+                .context("waiting for the throttle's budget")?;
+            let done = purger.batch_with_retries(chunk).await?;
+            let v = &done.verdict;
+            if !opts.dry_run {
+                let mut bits: Vec<u64> = v.delete.iter().chain(&v.repaired).copied().collect();
+                bits.sort_unstable();
+                purger.record_purged(first, &bits).await?;
+            }
+            summary.batches += 1;
+            summary.deleted += done.deleted;
+            summary.repaired += v.repaired.len() as u64;
+            summary.differing += v.differing.len() as u64;
+            summary.outside_filter += v.outside_filter.len() as u64;
+            summary.vanished += v.vanished.len() as u64;
+            if v.kept_max.is_some() {
+                summary.kept_max_key = v.kept_max;
+            }
+            if !v.vanished.is_empty() {
+                warn!(job = %job.name, group = first, ids = ?v.vanished, "ids the ledger says landed are in neither the source nor the target");
+            }
+            let mut kept: Vec<u64> = v
+                .differing
+                .iter()
+                .chain(&v.outside_filter)
+                .copied()
+                .collect();
+            kept.sort_unstable();
+            let room = LIST_CAP.saturating_sub(summary.differing_ids.len());
+            summary.differing_ids.extend(kept.iter().take(room));
+            redrive.extend(kept);
+            if opts.dry_run {
+                for r in to_ranges(&v.delete) {
+                    if summary.would_delete.len() >= LIST_CAP {
+                        break;
+                    }
+                    match summary.would_delete.last_mut() {
+                        Some(prev) if prev[1] + 1 == r[0] => prev[1] = r[1],
+                        _ => summary.would_delete.push(r),
+                    }
+                }
+            }
+            progress.ids += done.deleted;
+            progress.update(chunk[chunk.len() - 1]);
+        }
+        progress.groups += 1;
+        if !redrive.is_empty() && !opts.dry_run {
+            redrive.sort_unstable();
+            if publisher.is_none() {
+                let conn = queue::connect(&opts.amqp_url, "bitmig-compensator")
+                    .await
+                    .context("connecting to RabbitMQ")?;
+                let p = Publisher::new(&conn).await?;
+                queue::declare_topology(p.channel(), &job.name).await?;
+                publisher = Some((conn, p));
+            }
+            if let Some((_, p)) = publisher.as_mut() {
+                for ranges in batches(&redrive, job.batch_size as usize) {
+                    let m = Message {
+                        job: job.name.clone(),
+                        group: first,
+                        ids: ranges,
+                        cause: Cause::Redrive,
+                        attempt: 0,
+                    };
+                    p.publish_message(&job.name, &m).await?;
+                    summary.messages += 1;
+                }
+                p.wait()
+                    .await
+                    .with_context(|| format!("re-publishing group {first}"))?;
+            }
+            info!(job = %job.name, group = first, cause = "redrive", ids = redrive.len(), "kept and re-published rows that differ");
+            summary.republished_ids += redrive.len() as u64;
+        }
+    }
+    progress.finish();
+    if let Some((conn, _)) = publisher {
+        let _ = conn.close(200, "done".into()).await;
+    }
+    info!(
+        job = %job.name,
+        deleted = summary.deleted,
+        differing = summary.differing + summary.outside_filter,
+        secs = started.elapsed().as_secs_f64(),
+        "purge done"
+    );
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bitmig_shared::value::{Column, ColumnType, Row, Value};
+    use std::collections::HashMap;
+
+    fn cols() -> std::sync::Arc<[Column]> {
+        vec![
+            Column {
+                name: "id".into(),
+                ty: ColumnType::Int { unsigned: false },
+                type_name: String::new(),
+            },
+            Column {
+                name: "v".into(),
+                ty: ColumnType::Text,
+                type_name: String::new(),
+            },
+        ]
+        .into()
+    }
+
+    fn rows(kv: &[(u64, &str)]) -> RowSet {
+        RowSet {
+            columns: cols(),
+            key_index: 0,
+            rows: kv
+                .iter()
+                .map(|(k, v)| Row {
+                    key: *k,
+                    values: vec![Value::Int(*k as i64), Value::Bytes(v.as_bytes().to_vec())],
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn only_proven_rows_are_deleted_and_the_rest_is_sorted_out() {
+        let judge = Judge {
+            json_columns: vec![],
+        };
+        let locked = LockedRows {
+            rows: rows(&[
+                (1, "a"),
+                (2, "b"),
+                (3, "c"),
+                (5, "e"),
+                (6, "f"),
+                (8, "h"),
+                (9, "i"),
+            ]),
+            outside_filter: [6].into_iter().collect(),
+        };
+        let target = vec![
+            (
+                "t_0".to_owned(),
+                rows(&[(1, "a"), (2, "B"), (4, "d"), (8, "h")]),
+            ),
+            ("t_1".to_owned(), rows(&[(5, "e"), (8, "h"), (9, "i")])),
+        ];
+        // 1 equal; 2 differs; 3 missing in the target; 4 gone from the source (purged before a crash);
+        // 5 equal in another table; 6 outside the filter; 7 nowhere; 8 twice in the target; 9 the max key
+        let v = judge
+            .judge(&[1, 2, 3, 4, 5, 6, 7, 8, 9], &locked, &target, Some(9))
+            .unwrap();
+        assert_eq!(v.delete, [1, 5]);
+        assert_eq!(v.differing, [2, 3, 8]);
+        assert_eq!(v.repaired, [4]);
+        assert_eq!(v.outside_filter, [6]);
+        assert_eq!(v.vanished, [7]);
+        assert_eq!(v.kept_max, Some(9));
+        let all = judge.judge(&[9], &locked, &target, None).unwrap();
+        assert_eq!(all.delete, [9], "--purge-max-key");
+        let none = judge.judge(&[], &locked, &target, None).unwrap();
+        assert_eq!(none, Verdict::default());
+    }
+
+    fn job(src_url: &str, src_table: &str, tgt_url: &str, tgt_table: &str) -> JobSpec {
+        JobSpec::parse_str(
+            &format!(
+                "name = \"p\"\n[source]\nurl = \"{src_url}\"\ntable = \"{src_table}\"\nkey = \"id\"\n\
+                 [target]\nkind = \"sql\"\nurl = \"{tgt_url}\"\ntable = \"{tgt_table}\"\n"
+            ),
+            std::path::Path::new("job.toml"),
+            &|_| None,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_target_that_is_the_source_table_is_refused() {
+        let m = "mysql://root@127.0.0.1:3306/shop";
+        let same = job(m, "orders", "mysql://u:p@localhost/shop", "orders");
+        assert!(same_table_refusal(&same, &[])
+            .unwrap()
+            .contains("is the source table"));
+        let qualified = job(
+            m,
+            "orders",
+            "mysql://root@127.0.0.1:3306/other",
+            "shop.orders",
+        );
+        assert!(same_table_refusal(&qualified, &[]).is_some());
+        assert!(same_table_refusal(&job(m, "orders", m, "orders_history"), &[]).is_none());
+        assert!(same_table_refusal(
+            &job(m, "orders", "mysql://root@127.0.0.1:3307/shop", "orders"),
+            &[]
+        )
+        .is_none());
+        assert!(same_table_refusal(
+            &job(m, "orders", "mysql://root@127.0.0.1/archive", "orders"),
+            &[]
+        )
+        .is_none());
+        let routed = job(m, "orders", m, "orders_h");
+        assert!(
+            same_table_refusal(&routed, &["orders".to_owned()]).is_some(),
+            "a table written before"
+        );
+        let pg = "postgres://postgres@127.0.0.1/shop";
+        assert!(same_table_refusal(&job(pg, "orders", pg, "public.orders"), &[]).is_some());
+        assert!(same_table_refusal(&job(pg, "orders", pg, "archive.orders"), &[]).is_none());
+    }
+
+    #[test]
+    fn a_follower_written_lately_and_not_stopped_refuses_the_purge() {
+        let now = chrono::Utc::now();
+        let at = |secs: i64| {
+            (now - chrono::Duration::seconds(secs))
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        };
+        let state = |pairs: &[(&str, String)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect()
+        };
+        assert!(
+            follow_refusal("j", &HashMap::new(), now).is_none(),
+            "never followed"
+        );
+        let running = state(&[("started_at", at(600)), ("heartbeat_at", at(1))]);
+        assert!(follow_refusal("j", &running, now)
+            .unwrap()
+            .contains("being followed"));
+        let quiet_old = state(&[("started_at", at(600)), ("checkpoint_at", at(3))]);
+        assert!(
+            follow_refusal("j", &quiet_old, now).is_some(),
+            "a follower without heartbeat_at"
+        );
+        let dead = state(&[("started_at", at(600)), ("heartbeat_at", at(120))]);
+        assert!(
+            follow_refusal("j", &dead, now).is_none(),
+            "silent for 2 min"
+        );
+        let stopped = state(&[("heartbeat_at", at(2)), ("stopped_at", at(2))]);
+        assert!(
+            follow_refusal("j", &stopped, now).is_none(),
+            "stopped cleanly"
+        );
+        let restarted = state(&[("heartbeat_at", at(1)), ("stopped_at", at(50))]);
+        assert!(
+            follow_refusal("j", &restarted, now).is_some(),
+            "started again"
+        );
+    }
+}

@@ -1,0 +1,185 @@
+//! The source side of `purge` (DESIGN.md §10): one transaction per batch that locks the batch's rows
+//! (`SELECT … FOR UPDATE`), says which of them still match `filter`, deletes the proven ones by key and
+//! commits. The SQL text is built here once; each engine's source runs it on one connection it holds for
+//! the transaction.
+//!
+//! Contract for the caller: [`PurgeTx::lock_rows`] first (the rows read are locked until the end of the
+//! transaction, so nobody changes them between the comparison and the delete), then [`PurgeTx::delete`]
+//! of keys among those locked, then [`PurgeTx::commit`]. Dropping a transaction without committing rolls
+//! it back (the connection is discarded), so a crash or an error deletes nothing of the batch.
+
+use std::collections::BTreeSet;
+
+use async_trait::async_trait;
+
+use super::{SourceError, SourceSql};
+use crate::ids::IdRange;
+use crate::value::RowSet;
+
+/// The rows of a batch, locked, as read **without** `filter`.
+#[derive(Debug)]
+pub struct LockedRows {
+    /// Every row whose key lies in the batch's ranges, ascending by key.
+    pub rows: RowSet,
+    /// Keys of rows that no longer match `filter` (or for which it is NULL): not in the archive's scope.
+    pub outside_filter: BTreeSet<u64>,
+}
+
+/// One open purge transaction on the source.
+#[async_trait]
+pub trait PurgeTx: Send {
+    /// Lock and read the rows whose keys lie in `ranges` (ascending, non-overlapping).
+    async fn lock_rows(&mut self, ranges: &[IdRange]) -> Result<LockedRows, SourceError>;
+    /// The table's largest key, whatever `filter` says (MySQL's AUTO_INCREMENT restarts above it).
+    async fn max_key(&mut self) -> Result<Option<u64>, SourceError>;
+    /// Delete the rows with these keys (locked by [`PurgeTx::lock_rows`]); how many were deleted.
+    async fn delete(&mut self, keys: &[u64]) -> Result<u64, SourceError>;
+    /// Make the deletes durable.
+    async fn commit(self: Box<Self>) -> Result<(), SourceError>;
+    /// Undo the transaction (a dry run, or a batch that cannot go on).
+    async fn rollback(self: Box<Self>) -> Result<(), SourceError>;
+}
+
+/// The SQL of a purge transaction, for one engine's placeholders.
+pub(crate) struct PurgeSql {
+    /// `SELECT cols[, (filter) IS TRUE] FROM t WHERE (ranges) ORDER BY key FOR UPDATE`, parameters
+    /// being the ranges' bounds in order.
+    pub lock: String,
+    /// Whether the lock query's last column is the filter's verdict.
+    pub has_filter: bool,
+}
+
+impl PurgeSql {
+    /// The lock query for `ranges` (non-empty), selecting `select_list`; `placeholder(n)` is the n-th
+    /// (1-based) key parameter.
+    pub fn lock(
+        sql: &SourceSql,
+        raw_filter: Option<&str>,
+        select_list: &str,
+        ranges: &[IdRange],
+        placeholder: impl Fn(usize) -> String,
+    ) -> Self {
+        let k = &sql.key;
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            placeholder(n)
+        };
+        let preds: Vec<String> = ranges
+            .iter()
+            .map(|r| {
+                if r[0] == r[1] {
+                    format!("{k} = {}", next())
+                } else {
+                    format!("{k} BETWEEN {} AND {}", next(), next())
+                }
+            })
+            .collect();
+        let verdict = raw_filter
+            .map(|f| format!(", (({f}) IS TRUE)"))
+            .unwrap_or_default();
+        Self {
+            lock: format!(
+                "SELECT {select_list}{verdict} FROM {t} WHERE {where_} ORDER BY {k} FOR UPDATE",
+                t = sql.from_table,
+                where_ = if preds.is_empty() {
+                    "1 = 0".to_owned()
+                } else {
+                    preds.join(" OR ")
+                },
+            ),
+            has_filter: raw_filter.is_some(),
+        }
+    }
+
+    /// The parameters of [`PurgeSql::lock`] for `ranges`, in placeholder order: a single key once, a
+    /// range's two bounds.
+    pub fn bounds(ranges: &[IdRange]) -> Vec<u64> {
+        ranges
+            .iter()
+            .flat_map(|r| {
+                if r[0] == r[1] {
+                    vec![r[0]]
+                } else {
+                    vec![r[0], r[1]]
+                }
+            })
+            .collect()
+    }
+
+    /// `DELETE FROM t WHERE key IN (…)` for `n` keys (n ≥ 1).
+    pub fn delete(sql: &SourceSql, n: usize, placeholder: impl Fn(usize) -> String) -> String {
+        let list: Vec<String> = (1..=n).map(placeholder).collect();
+        format!(
+            "DELETE FROM {} WHERE {} IN ({})",
+            sql.from_table,
+            sql.key,
+            list.join(", ")
+        )
+    }
+
+    /// `SELECT MAX(key)` over the whole table (no filter).
+    pub fn max_key(sql: &SourceSql, cast: &str) -> String {
+        format!(
+            "SELECT MAX({k}){cast} FROM {t}",
+            k = sql.key,
+            t = sql.from_table
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sql() -> SourceSql {
+        SourceSql {
+            table_label: "src".into(),
+            from_table: "`src`".into(),
+            key: "`id`".into(),
+            filter: " AND (x > 0)".into(),
+            columns: None,
+        }
+    }
+
+    #[test]
+    fn the_lock_reads_exactly_the_ranges_without_filter_and_reports_its_verdict() {
+        let q = PurgeSql::lock(
+            &sql(),
+            Some("x > 0"),
+            "`id`, `x`",
+            &[[1, 5], [9, 9]],
+            |_| "?".into(),
+        );
+        assert_eq!(
+            q.lock,
+            "SELECT `id`, `x`, ((x > 0) IS TRUE) FROM `src` WHERE `id` BETWEEN ? AND ? OR `id` = ? \
+             ORDER BY `id` FOR UPDATE"
+        );
+        assert!(q.has_filter);
+        assert_eq!(PurgeSql::bounds(&[[1, 5], [9, 9]]), vec![1, 5, 9]);
+        let pg = PurgeSql::lock(&sql(), None, "*", &[[1, 1], [3, 4]], |n| format!("${n}"));
+        assert!(
+            pg.lock.contains("`id` = $1 OR `id` BETWEEN $2 AND $3"),
+            "{}",
+            pg.lock
+        );
+        let q = PurgeSql::lock(&sql(), None, "*", &[[3, 4]], |n| format!("${n}::int8"));
+        assert_eq!(
+            q.lock,
+            "SELECT * FROM `src` WHERE `id` BETWEEN $1::int8 AND $2::int8 ORDER BY `id` FOR UPDATE"
+        );
+        assert!(!q.has_filter);
+        let none = PurgeSql::lock(&sql(), None, "*", &[], |_| "?".into());
+        assert!(none.lock.contains("WHERE 1 = 0"));
+    }
+
+    #[test]
+    fn deletes_go_by_key_and_the_max_key_ignores_the_filter() {
+        assert_eq!(
+            PurgeSql::delete(&sql(), 3, |_| "?".into()),
+            "DELETE FROM `src` WHERE `id` IN (?, ?, ?)"
+        );
+        assert_eq!(PurgeSql::max_key(&sql(), ""), "SELECT MAX(`id`) FROM `src`");
+    }
+}

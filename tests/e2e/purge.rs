@@ -1,0 +1,570 @@
+//! `bitmig-compensator purge` (DESIGN.md §10): archive old rows — copy them to a history table, prove the
+//! copies, then delete them from the source — with nothing deleted that is not proven.
+//!
+//! - 260 000 rows of which 200 000 are older than the cutoff, archived MariaDB → MariaDB and MariaDB →
+//!   PostgreSQL: the source keeps exactly the 60 000 newer rows, the history tables hold the 200 000 old
+//!   ones equal column for column to a kept copy of the original; a dry run deletes nothing; rows updated in
+//!   the source after the copy and rows damaged in the target are kept and re-driven, then deleted by a
+//!   second purge; the largest key survives until `--purge-max-key`; verify (with `--redrive`) and a
+//!   re-drive of purged ids leave the history whole.
+//! - `purge` killed with SIGKILL mid-run: no row deleted and missing from the target; a rerun finishes, and
+//!   the `purged` bits are exactly the rows deleted (ids whose delete committed without their bits are
+//!   repaired).
+//! - Refusals (exit 2): a target that is the source table, a job whose follower is running.
+
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use serde_json::Value;
+
+use crate::helpers::{wait_for, Bin, Bits, TestJob};
+
+const CUTOFF: &str = "2024-10-01";
+/// The columns of `orig`, `src` and `hist`.
+const COLUMNS: [&str; 6] = ["id", "created_at", "user_id", "amount", "note", "flags"];
+/// Copying 260 000 rows on a shared machine may take longer than a one-shot command's deadline.
+const LONG: Duration = Duration::from_secs(900);
+
+/// `orig`: `rows` rows, ids 1..=rows; an id is old (before [`CUTOFF`]) when `id % 13 < 10`, so old and
+/// new rows interleave, and the largest id (a multiple of 13 when `rows` is) is old.
+async fn create_original(job: &TestJob, rows: u64) {
+    job.sql(
+        "CREATE TABLE orig (id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY, \
+         created_at DATETIME(6) NOT NULL, user_id INT NOT NULL, amount DECIMAL(12,2) NOT NULL, \
+         note VARCHAR(64) NULL, flags SMALLINT NOT NULL, KEY (created_at))",
+    )
+    .await;
+    job.sql(&format!(
+        "INSERT INTO orig SELECT seq, \
+         IF(seq % 13 < 10, TIMESTAMP'2024-01-01 00:00:00' + INTERVAL seq SECOND + INTERVAL seq % 999983 MICROSECOND, \
+            TIMESTAMP'{CUTOFF} 00:00:00' + INTERVAL seq SECOND), \
+         seq % 977, (seq * 37 % 100000) / 100, IF(seq % 11 = 0, NULL, CONCAT('note ', seq)), seq % 3 \
+         FROM seq_1_to_{rows}"
+    ))
+    .await;
+}
+
+fn job_toml(job: &TestJob, source_url: &str, target_url: &str, extra_target: &str) -> String {
+    format!(
+        r#"name = "{name}"
+group_size = {group_size}
+batch_size = {batch_size}
+
+[source]
+url = "{source_url}"
+table = "src"
+key = "id"
+filter = "created_at < '{CUTOFF}'"
+
+[target]
+kind = "sql"
+url = "{target_url}"
+table = "hist"
+{extra_target}
+"#,
+        name = job.name,
+        group_size = job.group_size,
+        batch_size = job.batch_size,
+    )
+}
+
+/// Produce, consume until idle (deadline [`LONG`]), then a compensator pass: every group complete.
+async fn copy(job: &TestJob, old: u64) {
+    job.produce(&[]).await;
+    job.spawn_consumer(&["--exit-when-idle", "3"])
+        .wait(LONG)
+        .await
+        .expect_code(0);
+    job.assert_job_complete(old, 0).await;
+}
+
+/// `bitmig-compensator purge --job F --json [extra…]`: exit code and summary.
+async fn purge(job: &TestJob, extra: &[&str]) -> (i32, Value) {
+    let mut args = vec!["purge", "--job", job.job_arg(), "--json"];
+    args.extend(extra);
+    let done = job.spawn(Bin::Compensator, &args).wait(LONG).await;
+    let code = done.code().unwrap_or(-1);
+    assert!(
+        code == 0 || code == 3,
+        "purge must exit 0 or 3\n{}",
+        done.describe()
+    );
+    (code, done.json())
+}
+
+async fn verify(job: &TestJob, extra: &[&str]) -> (i32, Value) {
+    let mut args = vec![
+        "verify",
+        "--job",
+        job.job_arg(),
+        "--json",
+        "--recheck-after",
+        "0s",
+    ];
+    args.extend(extra);
+    let done = job.spawn(Bin::Compensator, &args).wait(LONG).await;
+    (done.code().unwrap_or(-1), done.json())
+}
+
+fn num(v: &Value, field: &str) -> u64 {
+    v[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no number `{field}` in {v:#}"))
+}
+
+/// Rows of `a` (under `condition`) with an equal row in `b`: every column equal, NULLs included.
+async fn equal_rows(job: &TestJob, a: &str, b: &str, condition: &str) -> u64 {
+    let on: Vec<String> = COLUMNS
+        .iter()
+        .map(|c| format!("x.`{c}` <=> y.`{c}`"))
+        .collect();
+    job.sql_u64(&format!(
+        "SELECT COUNT(*) FROM {a} x JOIN {b} y ON {} WHERE {condition}",
+        on.join(" AND ")
+    ))
+    .await
+}
+
+/// After an archive of `orig`'s old rows: `src` holds exactly the new rows, `history` (checked by the
+/// caller) the old ones.
+async fn assert_source_holds_only_new_rows(job: &TestJob, new: u64) {
+    let old_cond = format!("x.created_at < '{CUTOFF}'");
+    assert_eq!(job.sql_u64("SELECT COUNT(*) FROM src").await, new);
+    assert_eq!(
+        equal_rows(job, "src", "orig", &format!("NOT ({old_cond})")).await,
+        new,
+        "the source's new rows are untouched"
+    );
+}
+
+/// Every row of `query`, each column as text (NULL as `None`).
+async fn mysql_texts(job: &TestJob, query: &str) -> Vec<Vec<Option<String>>> {
+    let rows: Vec<mysql_async::Row> = job
+        .conn()
+        .await
+        .query(query)
+        .await
+        .unwrap_or_else(|e| panic!("{query}\n→ {e}"));
+    rows.into_iter()
+        .map(|r| {
+            r.unwrap()
+                .into_iter()
+                .map(|v| match v {
+                    mysql_async::Value::NULL => None,
+                    mysql_async::Value::Bytes(b) => Some(String::from_utf8_lossy(&b).into_owned()),
+                    other => Some(other.as_sql(true)),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The purged bits of every group, as ids ascending.
+async fn purged_ids(job: &TestJob) -> Vec<u64> {
+    let mut ids = Vec::new();
+    for first in job.groups().await {
+        ids.extend(job.bitmap_ids(first, Bits::Purged).await);
+    }
+    ids
+}
+
+/// The ids `orig` has and `src` no longer has: the rows really deleted.
+async fn deleted_ids(job: &TestJob) -> Vec<u64> {
+    job.sql_ids(
+        "SELECT o.id FROM orig o LEFT JOIN src s ON s.id = o.id WHERE s.id IS NULL ORDER BY o.id",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn old_rows_are_archived_to_mariadb_and_postgres_and_only_proven_rows_are_deleted() {
+    const ROWS: u64 = 260_000;
+    const OLD: u64 = 200_000;
+    const NEW: u64 = ROWS - OLD;
+    let my = TestJob::new(10_000, 1_000).await;
+    let pgj = TestJob::new(10_000, 1_000).await;
+    let pg = pgj.pg().await;
+
+    // One original, two identical sources; `orig` is the kept copy compared with at the end.
+    create_original(&my, ROWS).await;
+    assert_eq!(
+        my.sql_u64(&format!(
+            "SELECT COUNT(*) FROM orig WHERE created_at < '{CUTOFF}'"
+        ))
+        .await,
+        OLD
+    );
+    for j in [&my, &pgj] {
+        j.sql(&format!("CREATE TABLE src LIKE `{}`.orig", my.database))
+            .await;
+        j.sql(&format!(
+            "INSERT INTO src SELECT * FROM `{}`.orig",
+            my.database
+        ))
+        .await;
+    }
+    pgj.sql(&format!("CREATE TABLE orig LIKE `{}`.orig", my.database))
+        .await;
+    pgj.sql(&format!(
+        "INSERT INTO orig SELECT * FROM `{}`.orig",
+        my.database
+    ))
+    .await;
+    my.sql("CREATE TABLE hist LIKE orig").await;
+    pg.sql(
+        "CREATE TABLE hist (id bigint PRIMARY KEY, created_at timestamp(6) NOT NULL, \
+         user_id integer NOT NULL, amount numeric(12,2) NOT NULL, note varchar(64), flags smallint NOT NULL)",
+    )
+    .await;
+    my.write_file(
+        "job.toml",
+        &job_toml(&my, &my.database_url, &my.database_url, ""),
+    );
+    pgj.write_file("job.toml", &job_toml(&pgj, &pgj.database_url, &pg.url, ""));
+
+    tokio::join!(copy(&my, OLD), copy(&pgj, OLD));
+    let (code, v) = verify(&my, &[]).await;
+    assert_eq!(code, 0, "{v:#}");
+    let (code, v) = verify(&pgj, &[]).await;
+    assert_eq!(code, 0, "{v:#}");
+
+    // A dry run deletes nothing, sets no bit, and says what it would delete.
+    let (code, dry) = purge(&my, &["--dry-run", "--batch", "5000"]).await;
+    assert_eq!(code, 0, "{dry:#}");
+    assert_eq!(num(&dry, "candidates"), OLD, "{dry:#}");
+    assert_eq!(
+        num(&dry, "deleted"),
+        OLD - 1,
+        "all but the largest key: {dry:#}"
+    );
+    assert_eq!(num(&dry, "kept_max_key"), ROWS, "{dry:#}");
+    assert_eq!(dry["dry_run"], Value::Bool(true));
+    assert_eq!(my.sql_u64("SELECT COUNT(*) FROM src").await, ROWS);
+    assert!(purged_ids(&my).await.is_empty(), "a dry run sets no bit");
+
+    // Rows updated in the source after their copy, and rows damaged (or lost) in the target.
+    let updated = [5u64, 1_001, 150_001];
+    let damaged = [7u64, 2_002];
+    let lost = 9u64;
+    for id in updated {
+        assert!(id % 13 < 10, "{id} is an old row");
+        for t in ["src", "orig"] {
+            // `orig` keeps what the source holds: the archive must end up with the update
+            my.sql(&format!(
+                "UPDATE {t} SET amount = amount + 1 WHERE id = {id}"
+            ))
+            .await;
+        }
+    }
+    for id in damaged {
+        my.sql(&format!("UPDATE hist SET note = 'damaged' WHERE id = {id}"))
+            .await;
+    }
+    my.sql(&format!("DELETE FROM hist WHERE id = {lost}")).await;
+    let mut kept: Vec<u64> = updated.iter().chain(&damaged).copied().collect();
+    kept.push(lost);
+    kept.sort_unstable();
+
+    // MariaDB → MariaDB, first pass: everything proven is deleted; the six are kept and re-driven.
+    let (code, first) = purge(&my, &["--batch", "5000"]).await;
+    assert_eq!(code, 3, "rows were kept: {first:#}");
+    assert_eq!(
+        num(&first, "deleted"),
+        OLD - 1 - kept.len() as u64,
+        "{first:#}"
+    );
+    assert_eq!(num(&first, "differing"), kept.len() as u64, "{first:#}");
+    assert_eq!(
+        num(&first, "republished_ids"),
+        kept.len() as u64,
+        "{first:#}"
+    );
+    let listed: Vec<u64> = first["differing_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(listed, kept, "{first:#}");
+    for id in &kept {
+        assert_eq!(
+            my.sql_u64(&format!("SELECT COUNT(*) FROM src WHERE id = {id}"))
+                .await,
+            1,
+            "id {id} differs in the target: it must not be deleted"
+        );
+    }
+    assert_eq!(
+        my.sql_u64(&format!("SELECT COUNT(*) FROM src WHERE id = {ROWS}"))
+            .await,
+        1,
+        "the largest key survives without --purge-max-key"
+    );
+    let (_, report) = my.report().await;
+    assert_eq!(
+        num(&report, "purged_ids"),
+        OLD - 1 - kept.len() as u64,
+        "{report:#}"
+    );
+    assert_eq!(
+        num(&report, "purge_pending"),
+        1 + kept.len() as u64,
+        "{report:#}"
+    );
+
+    // The re-drive repairs the target; the second pass deletes the six.
+    my.spawn_consumer(&["--exit-when-idle", "3"])
+        .wait(LONG)
+        .await
+        .expect_code(0);
+    let (code, second) = purge(&my, &[]).await;
+    assert_eq!(code, 0, "{second:#}");
+    assert_eq!(num(&second, "deleted"), kept.len() as u64, "{second:#}");
+    assert_eq!(num(&second, "kept_max_key"), ROWS, "{second:#}");
+    // … and --purge-max-key the last one.
+    let (code, last) = purge(&my, &["--purge-max-key"]).await;
+    assert_eq!(code, 0, "{last:#}");
+    assert_eq!(num(&last, "deleted"), 1, "{last:#}");
+
+    assert_source_holds_only_new_rows(&my, NEW).await;
+    assert_eq!(my.sql_u64("SELECT COUNT(*) FROM hist").await, OLD);
+    assert_eq!(
+        equal_rows(&my, "hist", "orig", "TRUE").await,
+        OLD,
+        "every archived row equals the original, column for column"
+    );
+    assert_eq!(purged_ids(&my).await, deleted_ids(&my).await);
+    let (_, report) = my.report().await;
+    assert_eq!(num(&report, "purged_ids"), OLD, "{report:#}");
+    assert_eq!(num(&report, "purge_pending"), 0, "{report:#}");
+    assert_eq!(num(&report, "groups_holding_rows"), 0, "{report:#}");
+
+    // Verify after the purge: purged ids are archived, not extra; --redrive re-drives nothing.
+    let (code, v) = verify(&my, &["--redrive"]).await;
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(num(&v, "republished_ids"), 0, "{v:#}");
+    // A re-drive of purged ids (as a follower or an operator could publish) must not delete the archive.
+    my.publish_raw(
+        format!(
+            r#"{{"job":"{}","group":0,"ids":[[1,2000]],"cause":"redrive","attempt":0}}"#,
+            my.name
+        )
+        .as_bytes(),
+    )
+    .await;
+    my.spawn_consumer(&["--exit-when-idle", "3"])
+        .wait(LONG)
+        .await
+        .expect_code(0);
+    assert_eq!(my.sql_u64("SELECT COUNT(*) FROM hist").await, OLD);
+    // the new ids of the range are out of `filter`, hence `gone`; no purged id is
+    let gone = my.bitmap_ids(0, Bits::Gone).await;
+    let purged = my.bitmap_ids(0, Bits::Purged).await;
+    assert!(
+        gone.iter().all(|id| purged.binary_search(id).is_err()),
+        "a purged id was marked gone"
+    );
+    let (code, v) = verify(&my, &[]).await;
+    assert_eq!(code, 0, "{v:#}");
+
+    // MariaDB → PostgreSQL.
+    let (code, p1) = purge(&pgj, &["--batch", "5000"]).await;
+    assert_eq!(code, 0, "{p1:#}");
+    assert_eq!(num(&p1, "deleted"), OLD - 1, "{p1:#}");
+    let (code, p2) = purge(&pgj, &["--purge-max-key"]).await;
+    assert_eq!(code, 0, "{p2:#}");
+    assert_eq!(num(&p2, "deleted"), 1, "{p2:#}");
+    assert_source_holds_only_new_rows(&pgj, NEW).await;
+    let want = mysql_texts(
+        &pgj,
+        &format!(
+            "SELECT CAST(id AS CHAR), DATE_FORMAT(created_at, '%Y-%m-%d %H:%i:%s.%f'), CAST(user_id AS CHAR), \
+             CAST(amount AS CHAR), note, CAST(flags AS CHAR) FROM orig WHERE created_at < '{CUTOFF}' ORDER BY id"
+        ),
+    )
+    .await;
+    let got = pg
+        .texts(
+            "SELECT id::text, to_char(created_at, 'YYYY-MM-DD HH24:MI:SS.US'), user_id::text, amount::text, \
+             note, flags::text FROM hist ORDER BY hist.id",
+        )
+        .await;
+    assert_eq!(got.len() as u64, OLD);
+    if let Some((g, w)) = got.iter().zip(&want).find(|(g, w)| g != w) {
+        panic!("the PostgreSQL history differs from the original's old rows: {g:?} ≠ {w:?}");
+    }
+    assert_eq!(purged_ids(&pgj).await, deleted_ids(&pgj).await);
+    let (code, v) = verify(&pgj, &["--redrive"]).await;
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(pg.count("SELECT count(*) FROM hist").await, OLD);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_purge_killed_mid_run_loses_nothing_and_its_rerun_finishes_with_exact_bits() {
+    const ROWS: u64 = 26_000;
+    const OLD: u64 = 20_000;
+    let job = TestJob::new(10_000, 500).await;
+    create_original(&job, ROWS).await;
+    job.sql("CREATE TABLE src LIKE orig").await;
+    job.sql("INSERT INTO src SELECT * FROM orig").await;
+    job.sql("CREATE TABLE hist LIKE orig").await;
+    job.write_file(
+        "job.toml",
+        &job_toml(&job, &job.database_url, &job.database_url, ""),
+    );
+    copy(&job, OLD).await;
+
+    // Slow enough to be caught mid-run: 100 rows a transaction, 2 000 rows/s.
+    let mut running = job.spawn(
+        Bin::Compensator,
+        &[
+            "purge",
+            "--job",
+            job.job_arg(),
+            "--batch",
+            "100",
+            "--rate",
+            "2000",
+        ],
+    );
+    wait_for(
+        "purge to delete 3 000 rows",
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        || async {
+            let n = job.sql_u64("SELECT COUNT(*) FROM src").await;
+            if n <= ROWS - 3_000 {
+                Ok(())
+            } else {
+                Err(format!("{n} rows in src"))
+            }
+        },
+    )
+    .await;
+    assert!(running.is_running(), "{}", running.output_so_far());
+    let killed = running.kill().await;
+    assert_eq!(killed.signal(), Some(9), "{}", killed.describe());
+    let left = job.sql_u64("SELECT COUNT(*) FROM src").await;
+    assert!(
+        left > ROWS - OLD,
+        "killed before the end ({left} rows left)"
+    );
+
+    // No row is both deleted and missing from the target; every deleted row is archived intact.
+    let deleted = deleted_ids(&job).await;
+    assert_eq!(
+        job.sql_u64("SELECT COUNT(*) FROM orig o LEFT JOIN src s ON s.id = o.id LEFT JOIN hist h ON h.id = o.id \
+                     WHERE s.id IS NULL AND h.id IS NULL")
+            .await,
+        0,
+        "a row was deleted from the source and is not in the target"
+    );
+    let archived_deleted =
+        equal_rows(&job, "orig", "hist", "x.id NOT IN (SELECT id FROM src)").await;
+    assert_eq!(archived_deleted, deleted.len() as u64);
+    // Bits follow commits: every purged bit is a deleted row (a commit may lack its bits).
+    let bits = purged_ids(&job).await;
+    assert!(bits.iter().all(|id| deleted.binary_search(id).is_ok()));
+
+    // A crash between a COMMIT and its bits, made certain: old rows deleted with no bit set.
+    let lost_bits = job
+        .sql_ids("SELECT id FROM src WHERE created_at < '2024-10-01' AND id < 26000 ORDER BY id DESC LIMIT 5")
+        .await;
+    assert_eq!(lost_bits.len(), 5);
+    let list: Vec<String> = lost_bits.iter().map(u64::to_string).collect();
+    job.sql(&format!("DELETE FROM src WHERE id IN ({})", list.join(",")))
+        .await;
+
+    let (code, rerun) = purge(&job, &[]).await;
+    assert_eq!(code, 0, "{rerun:#}");
+    assert!(num(&rerun, "repaired") >= 5, "{rerun:#}");
+    assert_eq!(
+        job.sql_u64("SELECT COUNT(*) FROM src").await,
+        ROWS - OLD + 1,
+        "the new rows and the largest key are left"
+    );
+    assert_eq!(
+        purged_ids(&job).await,
+        deleted_ids(&job).await,
+        "purged bits == rows really deleted"
+    );
+    assert_eq!(
+        equal_rows(&job, "hist", "orig", "TRUE").await,
+        OLD,
+        "the archive holds every old row intact (the five deleted by hand were copied before)"
+    );
+    assert_eq!(job.sql_u64("SELECT COUNT(*) FROM hist").await, OLD);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn purge_refuses_a_target_that_is_the_source_and_a_running_follower() {
+    let job = TestJob::new(1_000, 200).await;
+    create_original(&job, 1_300).await;
+    job.sql("CREATE TABLE src LIKE orig").await;
+    job.sql("INSERT INTO src SELECT * FROM orig").await;
+    job.sql("CREATE TABLE hist LIKE orig").await;
+
+    // The target is the source table: refused before anything is read.
+    let same = job.write_file(
+        "same.toml",
+        &job_toml(&job, &job.database_url, &job.database_url, "")
+            .replace("table = \"hist\"", "table = \"src\""),
+    );
+    let done = job
+        .run(
+            Bin::Compensator,
+            &["purge", "--job", crate::helpers::path_str(&same)],
+        )
+        .await;
+    done.expect_code(2);
+    assert!(
+        done.stderr.contains("is the source table"),
+        "{}",
+        done.describe()
+    );
+
+    job.write_file(
+        "job.toml",
+        &job_toml(&job, &job.database_url, &job.database_url, ""),
+    );
+    copy(&job, 1_000).await;
+
+    // A follower wrote its state a moment ago: refused, nothing deleted.
+    let mut redis = job.redis.clone();
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let follow = job.job_key("follow");
+    redis::cmd("HSET")
+        .arg(&follow)
+        .arg("from")
+        .arg("binlog")
+        .arg("started_at")
+        .arg(&now)
+        .arg("heartbeat_at")
+        .arg(&now)
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+    let done = job
+        .run(Bin::Compensator, &["purge", "--job", job.job_arg()])
+        .await;
+    done.expect_code(2);
+    assert!(
+        done.stderr.contains("being followed"),
+        "{}",
+        done.describe()
+    );
+    assert_eq!(job.sql_u64("SELECT COUNT(*) FROM src").await, 1_300);
+
+    // Stopped cleanly: the purge runs.
+    redis::cmd("HSET")
+        .arg(&follow)
+        .arg("stopped_at")
+        .arg(&now)
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+    let (code, v) = purge(&job, &[]).await;
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(num(&v, "deleted"), 999, "{v:#}");
+    assert_eq!(job.sql_u64("SELECT COUNT(*) FROM src").await, 301);
+}
