@@ -33,6 +33,13 @@ enum Command {
         /// Print each pass's summary as one JSON object.
         #[arg(long)]
         json: bool,
+        /// Also verify content (DESIGN.md §9) after each pass: the complete groups not found equal since
+        /// they were last driven; differing ids are re-driven.
+        #[arg(long)]
+        verify: bool,
+        /// With `--verify`: re-check differing ids after this long before counting them.
+        #[arg(long, default_value = "30s", value_parser = cli::parse_duration, requires = "verify")]
+        recheck_after: Duration,
         /// With `--every`: serve /metrics (`bitmig_missing_ids`), /healthz, /readyz.
         #[command(flatten)]
         metrics: bitmig_shared::telemetry::metrics::MetricsArgs,
@@ -104,6 +111,9 @@ fn print_pass(s: &bitmig_compensator::PassSummary, json: bool) {
             "job {}: checked {} groups ({} too young, {} complete): republished {} ids in {} groups",
             s.job, s.groups_checked, s.groups_too_young, s.groups_complete, s.republished_ids, s.groups_redriven
         );
+        if let Some(v) = &s.verify {
+            print!("{v}");
+        }
     }
 }
 
@@ -150,6 +160,8 @@ async fn main() {
             every,
             retry_failed,
             json,
+            verify,
+            recheck_after,
             metrics,
         } => {
             let job = cli::load_job(&common);
@@ -158,9 +170,10 @@ async fn main() {
                 redis_url: common.redis_url.clone(),
                 min_age,
                 retry_failed,
+                verify: verify.then_some(recheck_after),
             };
             let done = match every {
-                None => bitmig_compensator::run_once(&job, &opts)
+                None => bitmig_compensator::run_pass(&job, &opts)
                     .await
                     .map(|s| print_pass(&s, json)),
                 Some(every) => {
@@ -198,6 +211,7 @@ async fn main() {
                 rate,
                 recheck_after,
                 redrive,
+                due_only: false,
             };
             match bitmig_compensator::verify(&job, &opts).await {
                 Ok(s) => {

@@ -5,6 +5,11 @@
 //! `--retry-failed`) as `redrive` messages with publisher confirms, records the re-drive in the group's
 //! meta, and marks a group with nothing missing `complete`. [`run_every`] repeats passes until cancelled:
 //! a pass that fails at run time is logged and the next one runs as scheduled; bad input stops the loop.
+//!
+//! With `--verify` ([`RunOptions::verify`]), each pass ([`run_pass`]) then verifies the groups that are
+//! complete and not found equal since they were last driven (never verified, re-driven since, or differing
+//! at the last verification; [`crate::verify::VerifyOptions::due_only`]) and re-drives what differs, so a
+//! scheduled compensator keeps the answer current without re-reading equal groups every pass.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -27,6 +32,8 @@ pub struct RunOptions {
     pub min_age: Duration,
     /// Re-drive ids recorded in `failed` too (they are removed from `failed` first).
     pub retry_failed: bool,
+    /// Also verify the groups due (see the module doc), re-checking differing ids after this delay.
+    pub verify: Option<Duration>,
 }
 
 /// What one pass did.
@@ -40,6 +47,9 @@ pub struct PassSummary {
     pub groups_redriven: u64,
     pub republished_ids: u64,
     pub messages: u64,
+    /// With `--verify`: what the verification of this pass found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify: Option<crate::verify::VerifySummary>,
 }
 
 fn parse_time(s: Option<&String>) -> Option<chrono::DateTime<chrono::Utc>> {
@@ -141,6 +151,29 @@ pub async fn run_once(job: &JobSpec, opts: &RunOptions) -> anyhow::Result<PassSu
     Ok(summary)
 }
 
+/// One pass of `run`: [`run_once`], then with [`RunOptions::verify`] a verification of the groups due,
+/// whose differing ids are re-driven as `verify` batches.
+pub async fn run_pass(job: &JobSpec, opts: &RunOptions) -> anyhow::Result<PassSummary> {
+    let mut summary = run_once(job, opts).await?;
+    if let Some(recheck_after) = opts.verify {
+        let v = crate::verify::verify(
+            job,
+            &crate::verify::VerifyOptions {
+                amqp_url: opts.amqp_url.clone(),
+                redis_url: opts.redis_url.clone(),
+                groups: None,
+                rate: None,
+                recheck_after,
+                redrive: true,
+                due_only: true,
+            },
+        )
+        .await?;
+        summary.verify = Some(v);
+    }
+    Ok(summary)
+}
+
 /// One pass every `every` until `cancel` fires, each pass's summary handed to `on_pass`.
 ///
 /// The first pass runs at once; the token is checked between passes, so a pass in progress finishes
@@ -155,7 +188,7 @@ pub async fn run_every(
     mut on_pass: impl FnMut(&PassSummary),
 ) -> anyhow::Result<()> {
     while !cancel.is_cancelled() {
-        match run_once(job, opts).await {
+        match run_pass(job, opts).await {
             Ok(summary) => on_pass(&summary),
             Err(e) if cli::exit_code_for(&e) == exit::FAILED => {
                 tracing::error!(job = %job.name, error = %format!("{e:#}"), "compensator pass failed; next pass as scheduled");
@@ -219,6 +252,7 @@ mod tests {
             redis_url: redis_url(),
             min_age: Duration::ZERO,
             retry_failed: false,
+            verify: None,
         }
     }
 

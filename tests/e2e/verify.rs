@@ -77,6 +77,11 @@ async fn mariadb_to_mariadb_verify_finds_each_damage_and_redrive_repairs_it() {
     let (code, summary) = verify(&job, &["--recheck-after", "0s"]).await;
     assert_eq!(code, 0, "a complete copy must verify equal: {summary:#}");
     assert_eq!(
+        summary["digest"].as_str(),
+        Some("mysql"),
+        "MariaDB → MariaDB with the same types hashes on the servers: {summary:#}"
+    );
+    assert_eq!(
         summary["groups_verified"].as_u64(),
         Some(groups.len() as u64)
     );

@@ -207,6 +207,15 @@ pub(crate) async fn sql_tables_to_read(
     Ok(names)
 }
 
+/// Every table a verification of a SQL target reads (the route's own list and every name in `log`), for a
+/// caller that reads them itself (verify's MySQL checksum pushdown); tables that do not exist are listed too.
+pub async fn sql_tables_of(
+    route: &crate::job::TableRoute,
+    log: Arc<dyn TableLog>,
+) -> Result<Vec<TableName>, SinkError> {
+    sql_tables_to_read(&Tables::new(Some(log)), route).await
+}
+
 /// The tables a SQL batch that deletes must visit: `every` listed name parsed, the list being the route's
 /// own for plain and range routes. `None` when the batch deletes nothing.
 pub(crate) async fn sql_tables_to_visit(
