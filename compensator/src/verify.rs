@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bitmig_shared::cli;
+use bitmig_shared::digest::es::{differing_fields, DocHasher};
 use bitmig_shared::digest::pushdown::{
     types_match, MysqlChecksum, MysqlColumnType, MYSQL_COLUMN_TYPES_SQL,
 };
@@ -38,7 +39,7 @@ use bitmig_shared::job::{Engine, Ident, JobSpec, TableName, TargetSpec};
 use bitmig_shared::ledger::{now_rfc3339, Ledger};
 use bitmig_shared::progress::Progress;
 use bitmig_shared::queue::{self, Cause, Message, Publisher};
-use bitmig_shared::sink::{self, Sink};
+use bitmig_shared::sink::{self, DocumentTarget, Sink};
 use bitmig_shared::source::{self, Source};
 use bitmig_shared::value::RowSet;
 use mysql_async::prelude::Queryable;
@@ -108,7 +109,8 @@ pub struct VerifySummary {
     pub settled_on_recheck: u64,
     pub republished_ids: u64,
     pub messages: u64,
-    /// How the digests were computed: `mysql` (pushed into SQL on both servers) or `client`.
+    /// How the digests were computed: `mysql` (pushed into SQL on both servers), `client` (rows hashed
+    /// here) or `documents` (Elasticsearch: documents hashed here).
     pub digest: String,
     /// Every differing id of this run (at most [`SAMPLE_CAP`]), ascending.
     pub diffs: Vec<KeyDiff>,
@@ -323,16 +325,18 @@ impl Read {
 }
 
 impl Comparer {
-    /// Both sides' rows of `first..=last` (at most [`READ_KEYS`] ids), read at once. The one place where
-    /// the source side of a range is known.
+    /// The source's rows of `first..=last`: the one place where the source side of a range is known.
+    async fn read_source(&self, first: u64, last: u64) -> anyhow::Result<RowSet> {
+        self.source
+            .read_rows(&[[first, last]])
+            .await
+            .map_err(bitmig_shared::cli::source_error)
+            .with_context(|| format!("reading the source rows of {first}..={last}"))
+    }
+
+    /// Both sides' rows of `first..=last` (at most [`READ_KEYS`] ids), read at once.
     async fn read(&self, first: u64, last: u64) -> anyhow::Result<Read> {
-        let source = async {
-            self.source
-                .read_rows(&[[first, last]])
-                .await
-                .map_err(bitmig_shared::cli::source_error)
-                .with_context(|| format!("reading the source rows of {first}..={last}"))
-        };
+        let source = self.read_source(first, last);
         let target = async {
             self.sink
                 .read_range(&self.key, first, last)
@@ -343,19 +347,65 @@ impl Comparer {
         Ok(Read { source, target })
     }
 
+    /// A document target's piece: the source rows encoded as the sink would write them, against the
+    /// documents fetched, both hashed as canonical JSON ([`DocHasher`]); differing fields named.
+    async fn compare_documents(
+        &self,
+        docs: &dyn DocumentTarget,
+        first: u64,
+        last: u64,
+    ) -> anyhow::Result<Found> {
+        let source = self.read_source(first, last);
+        let target = async {
+            docs.read_documents(first, last)
+                .await
+                .with_context(|| format!("reading the target documents of {first}..={last}"))
+        };
+        let (rows, target) = tokio::try_join!(source, target)?;
+        let expected = docs
+            .documents_of(&rows)
+            .context("encoding the source rows as documents")?;
+        let mut h = DocHasher::new();
+        let s_hashes: Vec<(u64, u128)> =
+            expected.iter().map(|(k, d)| (*k, h.hash(*k, d))).collect();
+        let t_hashes: Vec<(u64, u128)> = target.iter().map(|(k, d)| (*k, h.hash(*k, d))).collect();
+        let mut found = Found {
+            source_rows: rows.rows.len() as u64,
+            target_rows: target.len() as u64,
+            ..Found::default()
+        };
+        let mut kinds: Vec<(u64, DiffKind)> = Vec::new();
+        merge_keyed(s_hashes, t_hashes, |k, kind| kinds.push((k, kind)))?;
+        for (key, kind) in kinds {
+            let mut columns = Vec::new();
+            if kind == DiffKind::Differs {
+                let s_doc = expected.iter().find(|(k, _)| *k == key).map(|(_, d)| d);
+                let t_doc = target.iter().find(|(k, _)| *k == key).map(|(_, d)| d);
+                if let (Some(a), Some(b)) = (s_doc, t_doc) {
+                    columns = differing_fields(a, b);
+                }
+            }
+            found.diffs.push(KeyDiff { key, kind, columns });
+        }
+        Ok(found)
+    }
+
     /// Reads `first..=last` in pieces of [`READ_KEYS`] ids and compares each (client-side hashing).
     async fn compare_range(&self, first: u64, last: u64, pace: &mut Pace) -> anyhow::Result<Found> {
         let mut found = Found::default();
         let mut lo = first;
         loop {
             let hi = lo.saturating_add(READ_KEYS - 1).min(last);
-            let read = self.read(lo, hi).await?;
-            let piece = Found {
-                diffs: self.compare(&read, lo, hi)?,
-                source_rows: read.source.rows.len() as u64,
-                target_rows: read.target_rows(),
+            let piece = if let Some(docs) = self.sink.documents() {
+                self.compare_documents(docs, lo, hi).await?
+            } else {
+                let read = self.read(lo, hi).await?;
+                Found {
+                    diffs: self.compare(&read, lo, hi)?,
+                    source_rows: read.source.rows.len() as u64,
+                    target_rows: read.target_rows(),
+                }
             };
-            drop(read);
             pace.after(piece.source_rows + piece.target_rows).await;
             found.add(piece);
             if hi >= last {
@@ -564,6 +614,11 @@ pub async fn verify(job: &JobSpec, opts: &VerifyOptions) -> anyhow::Result<Verif
             None
         }
     };
+    if let Some(docs) = sink.documents() {
+        docs.refresh()
+            .await
+            .context("refreshing the target indices")?;
+    }
     let cmp = Comparer {
         source,
         sink,
@@ -576,6 +631,8 @@ pub async fn verify(job: &JobSpec, opts: &VerifyOptions) -> anyhow::Result<Verif
         job: job.name.clone(),
         digest: if cmp.pushdown.is_some() {
             "mysql"
+        } else if cmp.sink.documents().is_some() {
+            "documents"
         } else {
             "client"
         }
