@@ -310,6 +310,43 @@ mod tests {
     }
 
     #[test]
+    fn numbers_and_times_are_written_bare_and_everything_else_quoted() {
+        for bare in [
+            "bigint(20) unsigned",
+            "INT",
+            "decimal(12,2)",
+            "double",
+            "datetime(6)",
+            "year(4)",
+        ] {
+            assert!(!needs_quote(bare), "{bare}");
+        }
+        for quoted in [
+            "varchar(64)",
+            "longtext",
+            "varbinary(16)",
+            "bit(12)",
+            "enum('a','b')",
+            "json",
+        ] {
+            assert!(needs_quote(quoted), "{quoted}");
+        }
+        let t = TableName::parse("orders").unwrap();
+        let k = Ident::new("id").unwrap();
+        let cols = [
+            (Ident::new("amount").unwrap(), "decimal(12,2)"),
+            (Ident::new("note").unwrap(), "varchar(64)"),
+        ];
+        let q = MysqlChecksum::with_types(&t, &k, &cols, None);
+        assert_eq!(
+            q.range_sql(),
+            "SELECT COUNT(*), CAST(COALESCE(SUM(CAST(CONV(LEFT(SHA1(CONCAT_WS(',', `id`, \
+             IFNULL(`amount`, 'NULL'), QUOTE(CAST(`note` AS BINARY)))), 16), 16, 10) AS UNSIGNED)), 0) AS CHAR) \
+             FROM `orders` WHERE `id` BETWEEN ? AND ?"
+        );
+    }
+
+    #[test]
     fn types_must_match_column_for_column() {
         let side = |ty: &str| {
             vec![
