@@ -3,7 +3,8 @@
 //! One module per subcommand, each with its own entry points; `main.rs` only parses the command line and
 //! dispatches:
 //!
-//! - [`redrive`]: `run` — one pass ([`run_once`]) or one every `--every` until cancelled ([`run_every`]).
+//! - [`redrive`]: `run` — one pass ([`run_once`], with `--verify` [`run_pass`]) or one every `--every`
+//!   until cancelled ([`run_every`]).
 //! - [`report`](mod@report): `report` — what the ledger says ([`report()`]), exit 3 unless complete.
 //! - [`verify`](mod@verify): `verify` — content compared group by group ([`verify()`]), exit 3 unless
 //!   every group is equal.
@@ -19,7 +20,7 @@ pub mod verify;
 
 pub use control::set_paused;
 pub use purge::{purge, PurgeOptions, PurgeSummary};
-pub use redrive::{run_every, run_once, PassSummary, RunOptions};
+pub use redrive::{run_every, run_once, run_pass, PassSummary, RunOptions};
 pub use report::{report, Report};
 pub use verify::{verify, VerifyOptions, VerifySummary};
 

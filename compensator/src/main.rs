@@ -33,6 +33,13 @@ enum Command {
         /// Print each pass's summary as one JSON object.
         #[arg(long)]
         json: bool,
+        /// Also verify content (DESIGN.md §9) after each pass: the complete groups not found equal since
+        /// they were last driven; differing ids are re-driven.
+        #[arg(long)]
+        verify: bool,
+        /// With `--verify`: re-check differing ids after this long before counting them.
+        #[arg(long, default_value = "30s", value_parser = cli::parse_duration, requires = "verify")]
+        recheck_after: Duration,
         /// With `--every`: serve /metrics (`bitmig_missing_ids`), /healthz, /readyz.
         #[command(flatten)]
         metrics: bitmig_shared::telemetry::metrics::MetricsArgs,
@@ -131,6 +138,9 @@ fn print_pass(s: &bitmig_compensator::PassSummary, json: bool) {
             s.groups_redriven,
             if s.paused { " (paused: nothing re-published)" } else { "" }
         );
+        if let Some(v) = &s.verify {
+            print!("{v}");
+        }
     }
 }
 
@@ -177,6 +187,8 @@ async fn main() {
             every,
             retry_failed,
             json,
+            verify,
+            recheck_after,
             metrics,
         } => {
             let job = cli::load_job(&common);
@@ -185,9 +197,10 @@ async fn main() {
                 redis_url: common.redis_url.clone(),
                 min_age,
                 retry_failed,
+                verify: verify.then_some(recheck_after),
             };
             let done = match every {
-                None => bitmig_compensator::run_once(&job, &opts)
+                None => bitmig_compensator::run_pass(&job, &opts)
                     .await
                     .map(|s| print_pass(&s, json)),
                 Some(every) => {
@@ -229,6 +242,7 @@ async fn main() {
                 rate,
                 recheck_after,
                 redrive,
+                due_only: false,
             };
             match bitmig_compensator::verify(&job, &opts).await {
                 Ok(s) => {

@@ -10,6 +10,11 @@
 //! no work, so ids waiting in the queue would look missing once older than `--min-age` and be published
 //! again and again. With metrics attached, [`run_every`] sets `bitmig_missing_ids` after each pass to the
 //! ledger's `missing_ids` as `report` counts it, and `bitmig_paused`.
+//!
+//! With `--verify` ([`RunOptions::verify`]), each pass ([`run_pass`]) then verifies the groups that are
+//! complete and not found equal since they were last driven (never verified, re-driven since, or differing
+//! at the last verification; [`crate::verify::VerifyOptions::due_only`]) and re-drives what differs, so a
+//! scheduled compensator keeps the answer current without re-reading equal groups every pass.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -34,6 +39,8 @@ pub struct RunOptions {
     pub min_age: Duration,
     /// Re-drive ids recorded in `failed` too (they are removed from `failed` first).
     pub retry_failed: bool,
+    /// Also verify the groups due (see the module doc), re-checking differing ids after this delay.
+    pub verify: Option<Duration>,
 }
 
 /// What one pass did.
@@ -49,6 +56,9 @@ pub struct PassSummary {
     pub messages: u64,
     /// The job was paused: the pass looked at nothing and re-published nothing.
     pub paused: bool,
+    /// With `--verify`: what the verification of this pass found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify: Option<crate::verify::VerifySummary>,
 }
 
 fn parse_time(s: Option<&String>) -> Option<chrono::DateTime<chrono::Utc>> {
@@ -161,6 +171,32 @@ pub async fn run_once(job: &JobSpec, opts: &RunOptions) -> anyhow::Result<PassSu
     Ok(summary)
 }
 
+/// One pass of `run`: [`run_once`], then with [`RunOptions::verify`] a verification of the groups due,
+/// whose differing ids are re-driven as `verify` batches (nothing while the job is paused).
+pub async fn run_pass(job: &JobSpec, opts: &RunOptions) -> anyhow::Result<PassSummary> {
+    let mut summary = run_once(job, opts).await?;
+    if summary.paused {
+        return Ok(summary);
+    }
+    if let Some(recheck_after) = opts.verify {
+        let v = crate::verify::verify(
+            job,
+            &crate::verify::VerifyOptions {
+                amqp_url: opts.amqp_url.clone(),
+                redis_url: opts.redis_url.clone(),
+                groups: None,
+                rate: None,
+                recheck_after,
+                redrive: true,
+                due_only: true,
+            },
+        )
+        .await?;
+        summary.verify = Some(v);
+    }
+    Ok(summary)
+}
+
 /// One pass every `every` until `cancel` fires, each pass's summary handed to `on_pass`; with `metrics`,
 /// `bitmig_missing_ids` is set after each pass to what [`crate::report()`] counts then (so the gauge and
 /// `report` agree), and `bitmig_paused` to whether the pass found the job paused.
@@ -178,7 +214,7 @@ pub async fn run_every(
     mut on_pass: impl FnMut(&PassSummary),
 ) -> anyhow::Result<()> {
     while !cancel.is_cancelled() {
-        match run_once(job, opts).await {
+        match run_pass(job, opts).await {
             Ok(summary) => {
                 if let Some(m) = metrics {
                     m.set_paused(summary.paused);
@@ -253,6 +289,7 @@ mod tests {
             redis_url: redis_url(),
             min_age: Duration::ZERO,
             retry_failed: false,
+            verify: None,
         }
     }
 

@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{json, Value};
+
+use crate::helpers::es::Es;
 
 use crate::helpers::{wait_for, Bin, TestJob, COMMAND_DEADLINE};
 
@@ -76,6 +78,11 @@ async fn mariadb_to_mariadb_verify_finds_each_damage_and_redrive_repairs_it() {
     // A complete copy is equal, every group of it.
     let (code, summary) = verify(&job, &["--recheck-after", "0s"]).await;
     assert_eq!(code, 0, "a complete copy must verify equal: {summary:#}");
+    assert_eq!(
+        summary["digest"].as_str(),
+        Some("mysql"),
+        "MariaDB → MariaDB with the same types hashes on the servers: {summary:#}"
+    );
     assert_eq!(
         summary["groups_verified"].as_u64(),
         Some(groups.len() as u64)
@@ -500,5 +507,206 @@ create = true
     assert_eq!(
         code, 0,
         "after the repair the target must verify equal: {summary:#}"
+    );
+}
+
+/// The `_source` of document `id` in `index`, changed by `change` and written back.
+async fn rewrite_document(es: &Es, index: &str, id: u64, change: impl FnOnce(&mut Value)) {
+    let (mut doc, _) = es
+        .get(index, id)
+        .await
+        .unwrap_or_else(|| panic!("document {id} in {index}"));
+    change(&mut doc);
+    es.ok("PUT", &format!("/{index}/_doc/{id}"), Some(&doc))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mariadb_to_elasticsearch_verify_reads_documents_back_and_redrive_repairs_them() {
+    let job = TestJob::new(1_000, 200).await;
+    let es = Es::connect(&job.name).await;
+    job.sql(
+        "CREATE TABLE src (id BIGINT UNSIGNED NOT NULL PRIMARY KEY, c_int INT NULL, \
+         c_varchar VARCHAR(40) NULL, c_dt DATETIME(6) NULL, amount DECIMAL(12,2) NULL, \
+         tags JSON NULL, secret VARCHAR(32) NULL) DEFAULT CHARSET = utf8mb4",
+    )
+    .await;
+    job.sql(
+        "INSERT INTO src SELECT seq, seq * 7 - 5000, IF(seq % 5 = 0, NULL, CONCAT('v', seq)), \
+         '2024-01-01' + INTERVAL seq MINUTE + INTERVAL (seq % 3) * 1000 MICROSECOND, (seq % 1000) / 4, \
+         JSON_OBJECT('b', seq, 'a', JSON_ARRAY(1, 'two')), CONCAT('secret', seq) FROM (SELECT CAST(seq AS SIGNED) AS seq FROM seq_1_to_2500) AS g",
+    )
+    .await;
+    let index = format!("{}_docs", job.name);
+    job.write_es_job(&es.url, &index, "", "exclude = [\"secret\"]");
+    job.produce(&[]).await;
+    job.consume_until_idle(1, &[]).await;
+    job.assert_job_complete(2_500, 0).await;
+
+    let (code, summary) = verify(&job, &["--recheck-after", "0s"]).await;
+    assert_eq!(code, 0, "a complete copy must verify equal: {summary:#}");
+    assert_eq!(summary["digest"].as_str(), Some("documents"), "{summary:#}");
+    assert_eq!(summary["source_rows"].as_u64(), Some(2_500));
+    assert_eq!(summary["target_rows"].as_u64(), Some(2_500));
+
+    // An excluded column may change at will: it is not in the documents.
+    job.sql("UPDATE src SET secret = 'changed' WHERE id = 10")
+        .await;
+    // Damage the index: a changed field, 1 µs, a trailing space, a deleted document; and an extra one.
+    rewrite_document(&es, &index, 101, |d| {
+        d["c_int"] = json!(d["c_int"].as_i64().unwrap() + 1)
+    })
+    .await;
+    rewrite_document(&es, &index, 1_202, |d| {
+        d["c_dt"] = json!("2024-01-01T20:02:00.000001")
+    })
+    .await;
+    rewrite_document(&es, &index, 1_203, |d| {
+        d["c_varchar"] = json!(format!("{} ", d["c_varchar"].as_str().unwrap()))
+    })
+    .await;
+    es.ok("DELETE", &format!("/{index}/_doc/2004"), None).await;
+    job.sql("DELETE FROM src WHERE id = 2222").await;
+
+    let (code, summary) = verify(&job, &["--recheck-after", "0s"]).await;
+    assert_eq!(
+        code, 3,
+        "a damaged index must not verify equal: {summary:#}"
+    );
+    let want: BTreeMap<u64, (String, Vec<String>)> = [
+        (101, ("differs", vec!["c_int"])),
+        (1_202, ("differs", vec!["c_dt"])),
+        (1_203, ("differs", vec!["c_varchar"])),
+        (2_004, ("missing", vec![])),
+        (2_222, ("extra", vec![])),
+    ]
+    .into_iter()
+    .map(|(id, (kind, cols))| {
+        let cols = cols.into_iter().map(str::to_owned).collect();
+        (id, (kind.to_owned(), cols))
+    })
+    .collect();
+    assert_eq!(diffs_of(&summary), want, "{summary:#}");
+    for id in want.keys() {
+        assert!(
+            job.diff_ids(job.group_of(*id)).await.contains(id),
+            "id {id} in its diff bitmap"
+        );
+    }
+
+    let (code, summary) = verify(&job, &["--recheck-after", "0s", "--redrive"]).await;
+    assert_eq!(code, 3, "{summary:#}");
+    assert_eq!(summary["republished_ids"].as_u64(), Some(5), "{summary:#}");
+    job.consume_until_idle(1, &[]).await;
+    let (code, summary) = verify(&job, &["--recheck-after", "0s"]).await;
+    assert_eq!(
+        code, 0,
+        "after the repair the index must verify equal: {summary:#}"
+    );
+    assert_eq!(summary["target_rows"].as_u64(), Some(2_499), "{summary:#}");
+    assert!(
+        es.get(&index, 2_222).await.is_none(),
+        "the extra document is deleted"
+    );
+}
+
+/// `run --min-age 0s --verify --recheck-after 0s --json`: the pass's summary (exit 0 expected).
+async fn run_verify(job: &TestJob) -> Value {
+    let done = job
+        .run(
+            Bin::Compensator,
+            &[
+                "run",
+                "--job",
+                job.job_arg(),
+                "--min-age",
+                "0s",
+                "--verify",
+                "--recheck-after",
+                "0s",
+                "--json",
+            ],
+        )
+        .await;
+    done.expect_code(0);
+    done.json()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_verify_verifies_the_groups_not_found_equal_since_they_were_driven() {
+    let job = TestJob::new(1_000, 200).await;
+    let rows = job.create_source(3_000).await;
+    job.produce(&[]).await;
+    job.consume_until_idle(1, &[]).await;
+    job.run(
+        Bin::Compensator,
+        &["run", "--job", job.job_arg(), "--min-age", "0s"],
+    )
+    .await
+    .expect_code(0);
+    job.assert_job_complete(rows, 0).await;
+    let groups = job.groups().await;
+
+    // Never verified: every group.
+    let pass = run_verify(&job).await;
+    assert_eq!(
+        pass["verify"]["groups_verified"].as_u64(),
+        Some(groups.len() as u64),
+        "{pass:#}"
+    );
+    assert_eq!(
+        pass["verify"]["groups_equal"].as_u64(),
+        Some(groups.len() as u64),
+        "{pass:#}"
+    );
+    // Equal since driven: none.
+    let pass = run_verify(&job).await;
+    assert_eq!(
+        pass["verify"]["groups_verified"].as_u64(),
+        Some(0),
+        "{pass:#}"
+    );
+
+    // A group found differing (by a verify of its own) is verified on every pass until it is equal, and
+    // its differing ids are re-driven.
+    let mut taken = Vec::new();
+    let changed = pick(&job, "c_int BETWEEN -1000000 AND 1000000", &mut taken).await;
+    job.sql(&format!(
+        "UPDATE dst SET c_int = c_int + 1 WHERE id = {changed}"
+    ))
+    .await;
+    let (code, _) = verify(&job, &["--recheck-after", "0s"]).await;
+    assert_eq!(code, 3);
+    let pass = run_verify(&job).await;
+    assert_eq!(
+        pass["verify"]["groups_verified"].as_u64(),
+        Some(1),
+        "{pass:#}"
+    );
+    assert_eq!(
+        pass["verify"]["republished_ids"].as_u64(),
+        Some(1),
+        "{pass:#}"
+    );
+    job.consume_until_idle(1, &[]).await;
+    job.assert_target_equals_source().await;
+    let pass = run_verify(&job).await;
+    assert_eq!(
+        pass["verify"]["groups_verified"].as_u64(),
+        Some(1),
+        "{pass:#}"
+    );
+    assert_eq!(pass["verify"]["groups_equal"].as_u64(), Some(1), "{pass:#}");
+    let pass = run_verify(&job).await;
+    assert_eq!(
+        pass["verify"]["groups_verified"].as_u64(),
+        Some(0),
+        "{pass:#}"
+    );
+    let meta = job.meta(job.group_of(changed)).await;
+    assert_eq!(
+        meta.get("verify").map(String::as_str),
+        Some("equal"),
+        "{meta:?}"
     );
 }

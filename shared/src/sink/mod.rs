@@ -100,6 +100,29 @@ pub trait Sink: Send + Sync {
             "this target cannot be read back for verification yet".into(),
         ))
     }
+
+    /// A target that holds documents rather than rows (Elasticsearch): verify compares documents through
+    /// this instead of [`Sink::read_range`].
+    fn documents(&self) -> Option<&dyn DocumentTarget> {
+        None
+    }
+}
+
+/// Verify's view of a document target (DESIGN.md §9): what it holds, and what it should hold.
+#[async_trait]
+pub trait DocumentTarget: Send + Sync {
+    /// Make every write so far visible to [`DocumentTarget::read_documents`] (once, before reading).
+    async fn refresh(&self) -> Result<(), SinkError>;
+    /// `(key, document)` of every document with a key in `first..=last` across every index of the job,
+    /// ascending by key (a key found in two indices comes twice).
+    async fn read_documents(
+        &self,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<(u64, serde_json::Value)>, SinkError>;
+    /// `(key, document)` the sink would write for each row, in the rows' order; rows it refuses (which it
+    /// records as `failed` when writing) are left out.
+    fn documents_of(&self, rows: &RowSet) -> Result<Vec<(u64, serde_json::Value)>, SinkError>;
 }
 
 /// Where the job's target tables and indices are listed (`bitmig:{JOB}:tables`); the ledger in production.
@@ -205,6 +228,15 @@ pub(crate) async fn sql_tables_to_read(
         }
     }
     Ok(names)
+}
+
+/// Every table a verification of a SQL target reads (the route's own list and every name in `log`), for a
+/// caller that reads them itself (verify's MySQL checksum pushdown); tables that do not exist are listed too.
+pub async fn sql_tables_of(
+    route: &crate::job::TableRoute,
+    log: Arc<dyn TableLog>,
+) -> Result<Vec<TableName>, SinkError> {
+    sql_tables_to_read(&Tables::new(Some(log)), route).await
 }
 
 /// The tables a SQL batch that deletes must visit: `every` listed name parsed, the list being the route's

@@ -63,7 +63,7 @@ use tracing::{debug, info, instrument, warn};
 
 pub use retry::RetryPolicy;
 
-use super::{deletions, Changes, OpenError, Sink, SinkError, Tables, WriteOutcome};
+use super::{deletions, Changes, DocumentTarget, OpenError, Sink, SinkError, Tables, WriteOutcome};
 use crate::es::{classify, EsClient, EsError, API_KEY_ENV};
 use crate::job::{EsTarget, Ident, JobSpec, RoutePart, TargetSpec};
 use crate::value::Column;
@@ -177,6 +177,20 @@ impl EsSink {
         Ok(out)
     }
 
+    /// Every index of the job: the route's one name, or every name the ledger lists.
+    async fn indices(&self) -> Result<Vec<String>, SinkError> {
+        let known = self.target.index.plain().map(|name| vec![name.to_owned()]);
+        self.tables.every(known).await
+    }
+
+    /// An error of a read-back request, as a sink error.
+    fn read_error(what: &str, e: EsError) -> SinkError {
+        match e {
+            e @ EsError::Permanent { .. } => SinkError::Batch(format!("{what}: {e}")),
+            e => SinkError::Transient(format!("{what}: {e}")),
+        }
+    }
+
     fn plan(&self, columns: &[Column]) -> Result<Plan, SinkError> {
         Plan::new(&self.target, self.version.as_ref(), columns).map_err(SinkError::Batch)
     }
@@ -204,7 +218,94 @@ fn check_route(target: &EsTarget) -> Result<(), String> {
 }
 
 #[async_trait]
+impl DocumentTarget for EsSink {
+    async fn refresh(&self) -> Result<(), SinkError> {
+        let indices = self.indices().await?;
+        if indices.is_empty() {
+            return Ok(());
+        }
+        let path = format!(
+            "/{}/_refresh?ignore_unavailable=true&allow_no_indices=true",
+            indices.join(",")
+        );
+        self.client
+            .json(reqwest::Method::POST, &path, None)
+            .await
+            .map(|_| ())
+            .map_err(|e| Self::read_error("refreshing the indices", e))
+    }
+
+    /// One search per call: an `ids` query over every index of the job (indices that do not exist are
+    /// skipped), `size` the whole range, so the range must stay within the cluster's result window
+    /// (10 000 by default; verify asks for 4 096 ids at a time).
+    async fn read_documents(
+        &self,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<(u64, serde_json::Value)>, SinkError> {
+        let indices = self.indices().await?;
+        if indices.is_empty() || last < first {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = (first..=last).map(|k| k.to_string()).collect();
+        let body = serde_json::json!({
+            "size": ids.len(),
+            "query": {"ids": {"values": ids}},
+            "_source": true,
+        });
+        let path = format!(
+            "/{}/_search?ignore_unavailable=true&allow_no_indices=true",
+            indices.join(",")
+        );
+        let what = format!("reading documents {first}..={last}");
+        let answer = self
+            .client
+            .json(reqwest::Method::POST, &path, Some(&body))
+            .await
+            .map_err(|e| Self::read_error(&what, e))?;
+        let hits = answer["hits"]["hits"]
+            .as_array()
+            .ok_or_else(|| SinkError::Transient(format!("{what}: the answer has no hits")))?;
+        let mut out = Vec::with_capacity(hits.len());
+        for hit in hits {
+            let key = hit["_id"]
+                .as_str()
+                .and_then(|id| id.parse::<u64>().ok())
+                .filter(|k| (first..=last).contains(k));
+            if let Some(key) = key {
+                out.push((key, hit["_source"].clone()));
+            }
+        }
+        out.sort_by_key(|(k, _)| *k);
+        Ok(out)
+    }
+
+    fn documents_of(
+        &self,
+        rows: &crate::value::RowSet,
+    ) -> Result<Vec<(u64, serde_json::Value)>, SinkError> {
+        let plan = self.plan(&rows.columns)?;
+        let mut out = Vec::with_capacity(rows.rows.len());
+        for row in &rows.rows {
+            let Ok(doc) = plan.encode(row) else {
+                continue; // refused when written too: recorded in `failed`, not in the index
+            };
+            let text = crate::digest::es::bulk_document(&doc.lines).unwrap_or_default();
+            let json = serde_json::from_slice(text).map_err(|e| {
+                SinkError::Batch(format!("id {}: the encoder's document: {e}", row.key))
+            })?;
+            out.push((row.key, json));
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
 impl Sink for EsSink {
+    fn documents(&self) -> Option<&dyn DocumentTarget> {
+        Some(self)
+    }
+
     /// Check the job against the columns, then `GET /`. An unreachable cluster is transient (the consumer
     /// exits 1 naming the URL); refused credentials or something that is not Elasticsearch is a batch
     /// error (the consumer exits 2).
