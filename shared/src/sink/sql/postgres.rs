@@ -5,9 +5,9 @@
 //!   binary `COPY … FROM STDIN` straight into the table, which the server inserts faster than the
 //!   upsert. Before it, the one-row upsert is prepared: its parameters give the column types and its
 //!   `ON CONFLICT (key)` proves the unique index, so a `COPY` can never add a second row for a key. A
-//!   `COPY` refused for a row (a key already there — a redelivery, a producer re-run —, a bad value, a
-//!   constraint) writes nothing; the piece is then upserted as below, which keeps the version guard and
-//!   isolates a bad row. Inside a transaction the `COPY` runs under a savepoint, so its refusal does not
+//!   `COPY` refused for any reason but a transient one (a key already there — a redelivery, a producer
+//!   re-run —, a bad value, a constraint, a target `COPY` cannot write) writes nothing; the piece is then
+//!   upserted as below, which keeps the version guard, isolates a bad row and reports the rest. Inside a transaction the `COPY` runs under a savepoint, so its refusal does not
 //!   abort the batch.
 //! - At most 65 535 parameters per statement (the protocol's limit): a larger piece is split.
 //! - A key twice in one statement would make `ON CONFLICT DO UPDATE` fail ("cannot affect row a second
@@ -143,16 +143,24 @@ impl Postgres {
         columns: &[Column],
         table: &TableName,
         cache: bool,
-    ) -> Result<(Vec<Type>, Statement), SinkError> {
+    ) -> Result<Vec<Type>, SinkError> {
         let upsert = self.statement(client, columns, table, 1, cache).await?;
-        let sql = copy_sql(table, columns);
-        let copy = if cache {
-            client.prepare_cached(&sql).await
-        } else {
-            client.prepare(&sql).await
-        }
-        .map_err(|e| error(&e, Some(table)))?;
-        Ok((upsert.params().to_vec(), copy))
+        Ok(upsert.params().to_vec())
+    }
+}
+
+/// The binary `COPY` of `columns` into `table`, prepared (kept on the connection with `cache`).
+async fn prepare_copy<C: GenericClient>(
+    client: &C,
+    table: &TableName,
+    columns: &[Column],
+    cache: bool,
+) -> Result<Statement, tokio_postgres::Error> {
+    let sql = copy_sql(table, columns);
+    if cache {
+        client.prepare_cached(&sql).await
+    } else {
+        client.prepare(&sql).await
     }
 }
 
@@ -186,7 +194,9 @@ fn copied(
 ) -> Result<Copied, SinkError> {
     match result {
         Ok(()) => Ok(Copied::Written),
-        Err(e) if pg_is_row_error(&e) => {
+        // A key already there, a bad value, a constraint — or a target `COPY` cannot write (a view): the
+        // upsert finds out which, as it did before `COPY`.
+        Err(e) if !pg_is_transient(&e) => {
             debug!(table = %table, reason = %pg_error_text(&e), "COPY refused: upserting the piece instead");
             Ok(Copied::Upsert)
         }
@@ -253,14 +263,16 @@ impl Dialect for Postgres {
         hints: WriteHints,
     ) -> Result<Result<(), String>, SinkError> {
         if hints.fresh {
-            let (types, copy) = self
+            let types = self
                 .copy_types(&*conn, &rs.columns, table, hints.cache)
                 .await?;
-            let sink = conn
-                .copy_in(&copy)
-                .await
-                .map_err(|e| error(&e, Some(table)))?;
-            if let Copied::Written = copied(copy_rows(sink, &types, rs, rows).await, table)? {
+            let attempt = async {
+                let copy = prepare_copy(&*conn, table, &rs.columns, hints.cache).await?;
+                let sink = conn.copy_in(&copy).await?;
+                copy_rows(sink, &types, rs, rows).await
+            }
+            .await;
+            if let Copied::Written = copied(attempt, table)? {
                 return Ok(Ok(()));
             }
         }
@@ -278,17 +290,19 @@ impl Dialect for Postgres {
         hints: WriteHints,
     ) -> Result<Result<(), String>, SinkError> {
         if hints.fresh {
-            let (types, copy) = self
+            let types = self
                 .copy_types(&*tx, &rs.columns, table, hints.cache)
                 .await?;
             tx.batch_execute("SAVEPOINT bitmig_copy")
                 .await
                 .map_err(|e| error(&e, Some(table)))?;
-            let sink = tx
-                .copy_in(&copy)
-                .await
-                .map_err(|e| error(&e, Some(table)))?;
-            let done = copied(copy_rows(sink, &types, rs, rows).await, table)?;
+            let attempt = async {
+                let copy = prepare_copy(&*tx, table, &rs.columns, hints.cache).await?;
+                let sink = tx.copy_in(&copy).await?;
+                copy_rows(sink, &types, rs, rows).await
+            }
+            .await;
+            let done = copied(attempt, table)?;
             let after = match done {
                 Copied::Written => "RELEASE SAVEPOINT bitmig_copy",
                 Copied::Upsert => {
