@@ -306,7 +306,7 @@ mod tests {
                     Some((_, gone)) => ids.iter().copied().filter(|i| !gone.contains(i)).collect(),
                     None => ids.clone(),
                 };
-                let tgt = bitmig_shared::ids::bitmap_of(first, landed.into_iter());
+                let tgt = bitmig_shared::ids::bitmap_of(first, landed);
                 p.zadd(ledger.job_key("groups"), first, first)
                     .set(ledger.group_key(first, "src"), bits)
                     .set(ledger.group_key(first, "tgt"), tgt)
