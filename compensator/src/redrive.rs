@@ -15,6 +15,10 @@
 //! complete and not found equal since they were last driven (never verified, re-driven since, or differing
 //! at the last verification; [`crate::verify::VerifyOptions::due_only`]) and re-drives what differs, so a
 //! scheduled compensator keeps the answer current without re-reading equal groups every pass.
+//!
+//! A pass walks the groups in pages of [`GROUP_PAGE`]: per page one pipeline of metas, then one of the
+//! due groups' bitmaps, so its memory does not grow with the ledger. RabbitMQ is connected only when a
+//! group has ids to re-publish.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -30,6 +34,9 @@ use bitmig_shared::telemetry::metrics::Metrics;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
+
+/// Groups whose meta is read per round trip (and whose bitmaps, of the due ones): all a pass holds at once.
+const GROUP_PAGE: usize = 1000;
 
 /// What a `run` pass needs besides the job: where the services are and which groups it may touch.
 #[derive(Debug, Clone)]
@@ -83,91 +90,105 @@ pub async fn run_once(job: &JobSpec, opts: &RunOptions) -> anyhow::Result<PassSu
             ..Default::default()
         });
     }
-    let firsts = ledger.groups().await?;
-    let metas = ledger.metas(&firsts).await?;
     let now = chrono::Utc::now();
     let min_age = chrono::Duration::from_std(opts.min_age).unwrap_or(chrono::Duration::MAX);
-
     let mut summary = PassSummary {
         job: job.name.clone(),
-        groups: firsts.len() as u64,
         ..Default::default()
     };
-    let mut due = Vec::new();
-    for (first, meta) in firsts.iter().zip(&metas) {
-        match meta.get("status").and_then(|s| GroupStatus::parse(s)) {
-            Some(GroupStatus::Complete) => summary.groups_complete += 1,
-            Some(GroupStatus::Produced) => {
-                let driven = parse_time(meta.get("driven_at").or(meta.get("produced_at")));
-                if driven.is_some_and(|t| now - t >= min_age) {
-                    due.push(*first);
-                } else {
-                    summary.groups_too_young += 1;
+    // Read when the first group is due; RabbitMQ is connected when the first id is missing.
+    let mut failed: Option<HashSet<u64>> = None;
+    let mut publishing: Option<(lapin::Connection, Publisher)> = None;
+    // One page of groups at a time: memory stays bounded whatever the ledger's size.
+    let mut pages = ledger.group_pages(GROUP_PAGE);
+    while let Some(firsts) = pages.next().await? {
+        summary.groups += firsts.len() as u64;
+        let metas = ledger.metas(&firsts).await?;
+        let mut due = Vec::new();
+        for (first, meta) in firsts.iter().zip(&metas) {
+            match meta.get("status").and_then(|s| GroupStatus::parse(s)) {
+                Some(GroupStatus::Complete) => summary.groups_complete += 1,
+                Some(GroupStatus::Produced) => {
+                    let driven = parse_time(meta.get("driven_at").or(meta.get("produced_at")));
+                    if driven.is_some_and(|t| now - t >= min_age) {
+                        due.push(*first);
+                    } else {
+                        summary.groups_too_young += 1;
+                    }
                 }
+                // `producing` (or no meta): the producer owns it until it is produced.
+                _ => {}
             }
-            // `producing` (or no meta): the producer owns it until it is produced.
-            _ => {}
         }
-    }
-    if due.is_empty() {
-        return Ok(summary);
-    }
-
-    let failed: HashSet<u64> = ledger.failed_ids().await?.into_iter().collect();
-    let bits = ledger.bits(&due).await?;
-    let conn = queue::connect(&opts.amqp_url, "bitmig-compensator")
-        .await
-        .context("connecting to RabbitMQ")?;
-    let mut publisher = Publisher::new(&conn).await?;
-    queue::declare_topology(publisher.channel(), &job.name).await?;
-
-    for (first, b) in due.iter().copied().zip(bits) {
-        summary.groups_checked += 1;
-        let missing_bits = and_not(&b.src, &[&b.tgt, &b.gone]);
-        let last = group_last(first, job.group_size);
-        let mut missing: Vec<u64> = ids_of(first, &missing_bits)
-            .into_iter()
-            .filter(|id| *id <= last)
-            .collect();
-        if opts.retry_failed {
-            let retry: Vec<u64> = missing
-                .iter()
-                .copied()
-                .filter(|id| failed.contains(id))
-                .collect();
-            ledger.forget_failed(&retry).await?;
-        } else {
-            missing.retain(|id| !failed.contains(id));
-        }
-        if missing.is_empty() {
-            // Only a group whose failed ids are all settled may be complete; failed ones keep it open.
-            if popcount(&missing_bits) == 0 {
-                ledger.mark_complete(first).await?;
-                summary.groups_complete += 1;
-            }
+        if due.is_empty() {
             continue;
         }
-        for ranges in batches(&missing, job.batch_size as usize) {
-            let m = Message {
-                job: job.name.clone(),
-                group: first,
-                ids: ranges,
-                cause: Cause::Redrive,
-                attempt: 0,
+        let failed = match &mut failed {
+            Some(f) => f,
+            None => failed.insert(ledger.failed_ids().await?.into_iter().collect()),
+        };
+        let bits = ledger.bits(&due).await?;
+        for (first, b) in due.iter().copied().zip(bits) {
+            summary.groups_checked += 1;
+            let missing_bits = and_not(&b.src, &[&b.tgt, &b.gone]);
+            let last = group_last(first, job.group_size);
+            let mut missing: Vec<u64> = ids_of(first, &missing_bits)
+                .into_iter()
+                .filter(|id| *id <= last)
+                .collect();
+            if opts.retry_failed {
+                let retry: Vec<u64> = missing
+                    .iter()
+                    .copied()
+                    .filter(|id| failed.contains(id))
+                    .collect();
+                ledger.forget_failed(&retry).await?;
+            } else {
+                missing.retain(|id| !failed.contains(id));
+            }
+            if missing.is_empty() {
+                // Only a group whose failed ids are all settled may be complete; failed ones keep it open.
+                if popcount(&missing_bits) == 0 {
+                    ledger.mark_complete(first).await?;
+                    summary.groups_complete += 1;
+                }
+                continue;
+            }
+            let publisher = match &mut publishing {
+                Some((_, p)) => p,
+                None => {
+                    let conn = queue::connect(&opts.amqp_url, "bitmig-compensator")
+                        .await
+                        .context("connecting to RabbitMQ")?;
+                    let publisher = Publisher::new(&conn).await?;
+                    queue::declare_topology(publisher.channel(), &job.name).await?;
+                    &mut publishing.insert((conn, publisher)).1
+                }
             };
-            publisher.publish_message(&job.name, &m).await?;
-            summary.messages += 1;
+            for ranges in batches(&missing, job.batch_size as usize) {
+                let m = Message {
+                    job: job.name.clone(),
+                    group: first,
+                    ids: ranges,
+                    cause: Cause::Redrive,
+                    attempt: 0,
+                };
+                publisher.publish_message(&job.name, &m).await?;
+                summary.messages += 1;
+            }
+            publisher
+                .wait()
+                .await
+                .with_context(|| format!("re-publishing group {first}"))?;
+            ledger.mark_redriven(first, missing.len() as u64).await?;
+            info!(job = %job.name, group = first, cause = "redrive", ids = missing.len(), "re-published missing ids");
+            summary.groups_redriven += 1;
+            summary.republished_ids += missing.len() as u64;
         }
-        publisher
-            .wait()
-            .await
-            .with_context(|| format!("re-publishing group {first}"))?;
-        ledger.mark_redriven(first, missing.len() as u64).await?;
-        info!(job = %job.name, group = first, cause = "redrive", ids = missing.len(), "re-published missing ids");
-        summary.groups_redriven += 1;
-        summary.republished_ids += missing.len() as u64;
     }
-    let _ = conn.close(200, "done".into()).await;
+    if let Some((conn, _)) = publishing {
+        let _ = conn.close(200, "done".into()).await;
+    }
     Ok(summary)
 }
 
@@ -337,6 +358,125 @@ mod tests {
         for pass in &passes {
             assert_eq!((pass.job.as_str(), pass.groups), (job.name.as_str(), 0));
         }
+    }
+
+    /// Writes a ledger of `groups` groups of job `job` straight into Redis: every group `produced` long
+    /// ago with 10 ids published and landed, except `missing` (group first → ids published, not landed).
+    async fn synthetic_ledger(job: &JobSpec, groups: u64, missing: &[(u64, Vec<u64>)]) {
+        let ledger = Ledger::connect(&redis_url(), &job.name)
+            .await
+            .expect("Redis is up");
+        let mut con = ledger.connection();
+        let size = job.group_size;
+        for chunk in (0..groups).collect::<Vec<_>>().chunks(500) {
+            let mut p = redis::pipe();
+            for g in chunk {
+                let first = g * size;
+                let ids: Vec<u64> = (first..first + 10).collect();
+                let bits = bitmig_shared::ids::bitmap_of(first, ids.iter().copied());
+                let landed: Vec<u64> = match missing.iter().find(|(f, _)| *f == first) {
+                    Some((_, gone)) => ids.iter().copied().filter(|i| !gone.contains(i)).collect(),
+                    None => ids.clone(),
+                };
+                let tgt = bitmig_shared::ids::bitmap_of(first, landed);
+                p.zadd(ledger.job_key("groups"), first, first)
+                    .set(ledger.group_key(first, "src"), bits)
+                    .set(ledger.group_key(first, "tgt"), tgt)
+                    .hset_multiple(
+                        ledger.group_key(first, "meta"),
+                        &[
+                            ("status", "produced"),
+                            ("driven_at", "2020-01-01T00:00:00.000Z"),
+                        ],
+                    );
+            }
+            p.query_async::<()>(&mut con).await.expect("pipeline");
+        }
+    }
+
+    /// Deletes every key of the job (its groups' keys included).
+    async fn forget_all(job: &JobSpec) {
+        let client = redis::Client::open(redis_url()).expect("a Redis URL");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("Redis is up");
+        let pattern = format!("bitmig:{{{}*", job.name);
+        let keys: Vec<String> = redis::AsyncCommands::keys(&mut conn, pattern)
+            .await
+            .expect("KEYS");
+        for chunk in keys.chunks(1000) {
+            let _: () = redis::AsyncCommands::del(&mut conn, chunk)
+                .await
+                .expect("DEL");
+        }
+    }
+
+    #[tokio::test]
+    async fn report_and_run_walk_every_page_of_a_ledger_larger_than_a_page() {
+        let job = job(&unique_name("pages"), "src");
+        let groups = 2 * GROUP_PAGE as u64 + 345;
+        let size = job.group_size;
+        // Missing ids on the first, a middle and the very last group: in the first, second and third page.
+        let missing = vec![
+            (0, vec![3]),
+            (1_500 * size, vec![1_500 * size, 1_500 * size + 9]),
+            ((groups - 1) * size, vec![(groups - 1) * size + 5]),
+        ];
+        synthetic_ledger(&job, groups, &missing).await;
+
+        let r = crate::report(&job, &redis_url()).await;
+        let pass = run_once(
+            &job,
+            &RunOptions {
+                // Groups with missing ids exist: a pass connects to the tests' RabbitMQ and re-publishes
+                // them; `retry_failed` off, nothing recorded as failed.
+                amqp_url: std::env::var("BITMIG_AMQP_URL")
+                    .ok()
+                    .filter(|v| !v.is_empty())
+                    .unwrap_or_else(|| cli::DEFAULT_AMQP_URL.to_owned()),
+                ..opts()
+            },
+        )
+        .await;
+        let after = crate::report(&job, &redis_url()).await;
+        forget_all(&job).await;
+        let conn = queue::connect(
+            &std::env::var("BITMIG_AMQP_URL")
+                .ok()
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| cli::DEFAULT_AMQP_URL.to_owned()),
+            "bitmig-compensator-test",
+        )
+        .await
+        .expect("RabbitMQ is up");
+        let ch = conn.create_channel().await.expect("a channel");
+        let mut names = vec![queue::work_queue(&job.name), queue::dead_queue(&job.name)];
+        names.extend((1..=queue::RETRY_DELAYS.len()).map(|n| queue::retry_queue(&job.name, n)));
+        for name in names {
+            ch.queue_delete(name.as_str().into(), Default::default())
+                .await
+                .expect("queue deleted");
+        }
+        let _ = conn.close(200, "done".into()).await;
+
+        let r = r.expect("report");
+        assert_eq!(r.groups, groups);
+        assert_eq!(r.groups_produced, groups);
+        assert_eq!(r.source_ids, groups * 10);
+        assert_eq!(r.missing_ids, 4);
+        assert_eq!(r.target_ids, groups * 10 - 4);
+        assert_eq!(
+            r.groups_missing.into_iter().collect::<Vec<_>>(),
+            [(0, 1), (1_500 * size, 2), ((groups - 1) * size, 1)]
+        );
+        let pass = pass.expect("a pass");
+        assert_eq!(pass.groups, groups);
+        assert_eq!(pass.groups_checked, groups);
+        assert_eq!(pass.groups_complete, groups - 3);
+        assert_eq!((pass.groups_redriven, pass.republished_ids), (3, 4));
+        let after = after.expect("report");
+        assert_eq!(after.groups_complete, groups - 3);
     }
 
     #[tokio::test]

@@ -8,21 +8,29 @@
 //! Archiving (DESIGN.md §10): `purged_ids` (rows `purge` deleted from the source after proving them),
 //! `purge_pending` (in the target, not purged yet) and the groups still holding such rows.
 //!
+//! The groups are walked in pages of [`GROUP_PAGE`] (meta and bitmaps fetched per page, one pipeline each)
+//! and summed by `Report::add_group` as they come, so the report's memory does not grow with the ledger:
+//! a billion-id job is read in the memory of one page.
+//!
 //! A followed job (DESIGN.md §8) adds `follow` (from `bitmig:{JOB}:follow`) and `caught_up`: every group
 //! complete, no settle re-drive waiting, lag under a second, not paused (a paused follower reads nothing,
 //! so changes may wait unseen in the source's log) and — checked by [`check_queues`], which
 //! `report` on the command line runs — the work and retry queues empty. `caught_up` is the moment an
 //! operator may switch the application over.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::Context;
 use bitmig_shared::cli;
 use bitmig_shared::control::Control;
 use bitmig_shared::ids::{and_not, ids_of, popcount};
 use bitmig_shared::job::JobSpec;
-use bitmig_shared::ledger::{GroupStatus, Ledger, SpecCheck};
+use bitmig_shared::ledger::{GroupBits, GroupStatus, Ledger, SpecCheck};
 use serde::Serialize;
+
+/// Groups read per round trip: their meta and bitmaps (~3.75 KB per group of 10 000 ids) are all the
+/// report holds at once.
+const GROUP_PAGE: usize = 1000;
 
 /// What the ledger says about a job.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -163,60 +171,16 @@ pub async fn report(job: &JobSpec, redis_url: &str) -> anyhow::Result<Report> {
         .get("status")
         .cloned()
         .unwrap_or_else(|| "none".into());
-    let firsts = ledger.groups().await?;
-    let metas = ledger.metas(&firsts).await?;
     let failed: HashSet<u64> = ledger.failed_ids().await?.into_iter().collect();
     r.failed_ids = failed.len() as u64;
-    r.groups = firsts.len() as u64;
-    for chunk in firsts.chunks(200).zip(metas.chunks(200)) {
-        let (firsts, metas) = chunk;
-        let bits = ledger.bits(firsts).await?;
-        let purged = ledger.bitmaps(firsts, &["purged"]).await?;
-        for (((first, meta), b), purged) in firsts.iter().zip(metas).zip(bits).zip(purged) {
-            let purged = &purged[0];
-            r.purged_ids += popcount(purged);
-            let pending = ids_of(*first, &and_not(&b.tgt, &[&b.gone, purged]))
-                .into_iter()
-                .filter(|id| !failed.contains(id))
-                .count() as u64;
-            if pending > 0 {
-                r.purge_pending += pending;
-                r.groups_holding_rows += 1;
-                if r.groups_holding.len() < 20 {
-                    r.groups_holding.insert(*first, pending);
-                }
-            }
-            match meta.get("status").and_then(|s| GroupStatus::parse(s)) {
-                Some(GroupStatus::Complete) => r.groups_complete += 1,
-                Some(GroupStatus::Produced) => r.groups_produced += 1,
-                _ => r.groups_producing += 1,
-            }
-            match meta.get("verify").map(String::as_str) {
-                Some("equal") => r.groups_verified += 1,
-                Some("differs") => {
-                    r.groups_verified += 1;
-                    r.groups_differing += 1;
-                    r.diff_ids += meta
-                        .get("differs")
-                        .and_then(|d| d.parse::<u64>().ok())
-                        .unwrap_or(0);
-                }
-                _ => {}
-            }
-            r.source_ids += popcount(&b.src);
-            r.target_ids += popcount(&b.tgt);
-            r.gone_ids += popcount(&and_not(&b.gone, &[&b.tgt]));
-            r.extra_ids += popcount(&and_not(&b.tgt, &[&b.src]));
-            let missing = ids_of(*first, &and_not(&b.src, &[&b.tgt, &b.gone]))
-                .into_iter()
-                .filter(|id| !failed.contains(id))
-                .count() as u64;
-            if missing > 0 {
-                r.missing_ids += missing;
-                if r.groups_missing.len() < 20 {
-                    r.groups_missing.insert(*first, missing);
-                }
-            }
+    // One page of groups at a time: memory stays bounded whatever the ledger's size.
+    let mut pages = ledger.group_pages(GROUP_PAGE);
+    while let Some(firsts) = pages.next().await? {
+        let metas = ledger.metas(&firsts).await?;
+        let bits = ledger.bits(&firsts).await?;
+        let purged = ledger.bitmaps(&firsts, &["purged"]).await?;
+        for (((first, meta), b), purged) in firsts.iter().zip(&metas).zip(&bits).zip(&purged) {
+            r.add_group(*first, meta, b, &purged[0], &failed);
         }
     }
     if !r.ledger_present {
@@ -274,6 +238,74 @@ pub async fn report(job: &JobSpec, redis_url: &str) -> anyhow::Result<Report> {
     }
     r.caught_up = caught_up(&r);
     Ok(r)
+}
+
+impl Report {
+    /// Add one group's meta and bitmaps to the totals: every per-group count of the report is summed here,
+    /// once, as the walk over the ledger's pages goes.
+    fn add_group(
+        &mut self,
+        first: u64,
+        meta: &HashMap<String, String>,
+        b: &GroupBits,
+        purged: &[u8],
+        failed: &HashSet<u64>,
+    ) {
+        self.groups += 1;
+        self.purged_ids += popcount(purged);
+        let pending_bits = and_not(&b.tgt, &[&b.gone, purged]);
+        let pending = match popcount(&pending_bits) {
+            0 => 0,
+            n if failed.is_empty() => n,
+            _ => ids_of(first, &pending_bits)
+                .into_iter()
+                .filter(|id| !failed.contains(id))
+                .count() as u64,
+        };
+        if pending > 0 {
+            self.purge_pending += pending;
+            self.groups_holding_rows += 1;
+            if self.groups_holding.len() < 20 {
+                self.groups_holding.insert(first, pending);
+            }
+        }
+        match meta.get("status").and_then(|s| GroupStatus::parse(s)) {
+            Some(GroupStatus::Complete) => self.groups_complete += 1,
+            Some(GroupStatus::Produced) => self.groups_produced += 1,
+            _ => self.groups_producing += 1,
+        }
+        match meta.get("verify").map(String::as_str) {
+            Some("equal") => self.groups_verified += 1,
+            Some("differs") => {
+                self.groups_verified += 1;
+                self.groups_differing += 1;
+                self.diff_ids += meta
+                    .get("differs")
+                    .and_then(|d| d.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+            _ => {}
+        }
+        self.source_ids += popcount(&b.src);
+        self.target_ids += popcount(&b.tgt);
+        self.gone_ids += popcount(&and_not(&b.gone, &[&b.tgt]));
+        self.extra_ids += popcount(&and_not(&b.tgt, &[&b.src]));
+        let missing_bits = and_not(&b.src, &[&b.tgt, &b.gone]);
+        let missing = match popcount(&missing_bits) {
+            0 => 0,
+            n if failed.is_empty() => n,
+            _ => ids_of(first, &missing_bits)
+                .into_iter()
+                .filter(|id| !failed.contains(id))
+                .count() as u64,
+        };
+        if missing > 0 {
+            self.missing_ids += missing;
+            if self.groups_missing.len() < 20 {
+                self.groups_missing.insert(first, missing);
+            }
+        }
+    }
 }
 
 impl std::fmt::Display for Report {

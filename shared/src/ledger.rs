@@ -87,6 +87,28 @@ pub struct GroupBits {
 /// A group's `src`, `tgt`, `gone` as one pipeline answers them.
 type ThreeBitmaps = (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>);
 
+/// A walk over the planned groups one page at a time ([`Ledger::group_pages`]): memory bounded by the
+/// page, whatever the ledger's size.
+pub struct GroupPages<'l> {
+    ledger: &'l Ledger,
+    after: Option<u64>,
+    page: usize,
+}
+
+impl GroupPages<'_> {
+    /// The next page of groups' `first`, ascending; `None` once every group was handed out.
+    pub async fn next(&mut self) -> Result<Option<Vec<u64>>, LedgerError> {
+        let firsts = self.ledger.groups_after(self.after, self.page).await?;
+        match firsts.last() {
+            Some(&last) => {
+                self.after = Some(last);
+                Ok(Some(firsts))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Ledger {
     con: RedisCon,
@@ -181,6 +203,51 @@ impl Ledger {
         let mut con = self.con.clone();
         let v: Vec<u64> = con.zrange(self.job_key("groups"), 0, -1).await?;
         Ok(v)
+    }
+
+    /// Up to `limit` planned groups' `first` above `after` (from the lowest when `None`), ascending: one
+    /// `ZRANGEBYSCORE … LIMIT` page of `groups`, so a walk over any number of groups holds one page at a
+    /// time ([`GroupPages`]). A group planned meanwhile above the cursor is met later in the walk.
+    ///
+    /// Scores are doubles: above 2^53 neighbouring `first`s may share one, so there the lower bound is
+    /// inclusive and what is not above `after` is dropped here (a page made only of those looks further on).
+    pub async fn groups_after(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<u64>, LedgerError> {
+        let mut con = self.con.clone();
+        let limit = limit.max(1);
+        // A double holds every integer up to 2^53 exactly: there the bound can exclude `after` itself.
+        let min = match after {
+            None => "-inf".to_owned(),
+            Some(a) if a <= 1 << 53 => format!("({a}"),
+            Some(a) => a.to_string(),
+        };
+        let mut offset = 0isize;
+        loop {
+            let raw: Vec<u64> = con
+                .zrangebyscore_limit(self.job_key("groups"), &min, "+inf", offset, limit as isize)
+                .await?;
+            let full = raw.len() == limit;
+            let fresh: Vec<u64> = raw
+                .into_iter()
+                .filter(|f| after.is_none_or(|a| *f > a))
+                .collect();
+            if !fresh.is_empty() || !full {
+                return Ok(fresh);
+            }
+            offset += limit as isize;
+        }
+    }
+
+    /// Walk every planned group in pages of `page` groups, ascending (see [`Self::groups_after`]).
+    pub fn group_pages(&self, page: usize) -> GroupPages<'_> {
+        GroupPages {
+            ledger: self,
+            after: None,
+            page,
+        }
     }
 
     /// Whether the producer planned the group (it is in `groups`).

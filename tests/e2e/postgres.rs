@@ -1038,3 +1038,63 @@ async fn a_batch_over_postgres_bind_limit_is_split_and_lands_in_one_transaction(
     assert_eq!(pg.count("SELECT count(*) FROM dst").await, 3000);
     job.assert_job_complete(3000, 0).await;
 }
+
+#[tokio::test]
+async fn a_produce_batch_copied_in_pieces_falls_back_per_piece_on_existing_keys_and_refused_rows() {
+    // 41 columns × 3 000 rows in one batch: two pieces (ids 1–1 598 and 1 599–3 000, 65 535 parameters
+    // at most) in one transaction, each tried by COPY first under a savepoint. Piece one meets keys already
+    // in the target (some newer, some older), piece two a row the target's CHECK refuses: both fall back
+    // to the upsert, which keeps the newer rows and isolates the refused one.
+    let job = TestJob::new(5_000, 5_000).await;
+    let pg = job.pg().await;
+    let cols: Vec<String> = (1..=39).map(|i| format!("c{i} integer")).collect();
+    let exprs: Vec<String> = (1..=39).map(|i| format!("s * {i}")).collect();
+    for (table, check) in [("src", ""), ("dst", ", CHECK (c1 <> 2500)")] {
+        pg.sql(&format!(
+            "CREATE TABLE {table} (id bigint PRIMARY KEY, v integer, {}{check})",
+            cols.join(", ")
+        ))
+        .await;
+    }
+    pg.sql(&format!(
+        "INSERT INTO src SELECT s, 1, {} FROM generate_series(1, 3000) s",
+        exprs.join(", ")
+    ))
+    .await;
+    let zeros = vec!["0"; 39].join(", ");
+    pg.sql(&format!(
+        "INSERT INTO dst SELECT s, 2, {zeros} FROM generate_series(1501, 1510) s; \
+         INSERT INTO dst SELECT s, 0, {zeros} FROM generate_series(1511, 1520) s;"
+    ))
+    .await;
+    let one_batch = job_file(&job, &pg.url, &pg.url, "version = \"v\"")
+        .replace("group_size = 1000", "group_size = 5000")
+        .replace("batch_size = 200", "batch_size = 5000");
+    job.write_file("job.toml", &one_batch);
+
+    job.produce(&[]).await;
+    job.consume_until_idle(1, &[]).await;
+
+    assert_eq!(
+        failed(&job).await.keys().copied().collect::<Vec<_>>(),
+        [2500],
+        "the row the CHECK refuses, alone"
+    );
+    assert_eq!(
+        pg.count("SELECT count(*) FROM dst WHERE id BETWEEN 1501 AND 1510 AND v = 2 AND c1 = 0")
+            .await,
+        10,
+        "newer target rows survive the older source rows"
+    );
+    let differing = pg
+        .count(
+            "SELECT count(*) FROM src s FULL JOIN dst d USING (id) \
+             WHERE (s.*)::text IS DISTINCT FROM (d.*)::text AND id NOT BETWEEN 1501 AND 1510",
+        )
+        .await;
+    assert_eq!(
+        differing, 1,
+        "every other row equals its source (2500 is absent)"
+    );
+    assert_eq!(pg.count("SELECT count(*) FROM dst").await, 2999);
+}

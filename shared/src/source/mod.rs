@@ -1,8 +1,8 @@
 //! Reading from the source database: the ids of a group (producer) and the current rows of a batch
 //! (consumer). One trait, one implementation per engine; the batch read's plan ([`RowsQuery`]: one
-//! `BETWEEN` for a dense batch, its ranges listed for a sparse one, and which rows to keep) is here once,
-//! the placeholders, parameters and decoding per engine. [`PurgeTx`] is `purge`'s transaction (lock,
-//! delete, commit), its SQL in `purge.rs`.
+//! `BETWEEN` for a dense batch, its ranges listed for a sparse one in a few bounded statement shapes, and
+//! which rows to keep) is here once, the placeholders, parameters and decoding per engine. [`PurgeTx`] is
+//! `purge`'s transaction (lock, delete, commit), its SQL in `purge.rs`.
 
 mod mysql;
 mod postgres;
@@ -138,6 +138,9 @@ impl SourceSql {
 /// that stays prepared); sparser batches list their ranges.
 const DENSE_SPAN_FACTOR: u64 = 4;
 
+/// A sparse read lists at most this many ranges per statement; a batch with more is read in several.
+const MAX_RANGES_PER_READ: usize = 64;
+
 /// How to read the current rows of a batch's ranges.
 pub(crate) struct RowsQuery {
     /// The `SELECT`, its parameters being [`RowsQuery::bounds`] in order.
@@ -149,17 +152,47 @@ pub(crate) struct RowsQuery {
 }
 
 impl RowsQuery {
-    /// The query for `ranges` (ascending, non-overlapping; `None` when empty). `placeholder(n)` is the
-    /// engine's n-th (1-based) key parameter: `?` or `$n::int8`.
-    pub fn new(
+    /// The reads of a batch's `ranges` (ascending, non-overlapping; none when empty), each with the
+    /// ranges it covers: one `BETWEEN` over the whole span for a dense batch, otherwise the ranges listed
+    /// by at most [`MAX_RANGES_PER_READ`] per statement, their number padded up to a power of two by
+    /// repeating the last range (a row matches once however often its range is listed). So a source sees
+    /// a handful of statement shapes, each prepared once per connection, whatever the batches look like.
+    /// `placeholder(n)` is the engine's n-th (1-based) key parameter: `?` or `$n::int8`.
+    pub fn plan<'r>(
+        sql: &SourceSql,
+        select_list: &str,
+        ranges: &'r [IdRange],
+        placeholder: impl Fn(usize) -> String,
+    ) -> Vec<(Self, &'r [IdRange])> {
+        let (Some(first), Some(last)) = (ranges.first(), ranges.last()) else {
+            return Vec::new();
+        };
+        let dense = ranges.len() == 1
+            || last[1] - first[0] < count_in(ranges).saturating_mul(DENSE_SPAN_FACTOR);
+        if dense {
+            return Self::new(sql, select_list, ranges, true, &placeholder)
+                .map(|q| (q, ranges))
+                .into_iter()
+                .collect();
+        }
+        ranges
+            .chunks(MAX_RANGES_PER_READ)
+            .filter_map(|chunk| {
+                Self::new(sql, select_list, chunk, chunk.len() == 1, &placeholder)
+                    .map(|q| (q, chunk))
+            })
+            .collect()
+    }
+
+    /// The query for `ranges`: one `BETWEEN` over their span (`dense`), or each listed.
+    fn new(
         sql: &SourceSql,
         select_list: &str,
         ranges: &[IdRange],
+        dense: bool,
         placeholder: impl Fn(usize) -> String,
     ) -> Option<Self> {
         let (lo, hi) = (ranges.first()?[0], ranges.last()?[1]);
-        let dense =
-            ranges.len() == 1 || hi - lo < count_in(ranges).saturating_mul(DENSE_SPAN_FACTOR);
         let (t, k, f) = (&sql.from_table, &sql.key, &sql.filter);
         if dense {
             return Some(Self {
@@ -172,7 +205,8 @@ impl RowsQuery {
                 dense,
             });
         }
-        let preds: Vec<String> = (0..ranges.len())
+        let listed = ranges.len().next_power_of_two();
+        let preds: Vec<String> = (0..listed)
             .map(|i| {
                 format!(
                     "{k} BETWEEN {} AND {}",
@@ -186,7 +220,12 @@ impl RowsQuery {
                 "SELECT {select_list} FROM {t} WHERE ({}){f}",
                 preds.join(" OR ")
             ),
-            bounds: ranges.iter().flat_map(|r| [r[0], r[1]]).collect(),
+            bounds: (0..listed)
+                .flat_map(|i| {
+                    let r = ranges[i.min(ranges.len() - 1)];
+                    [r[0], r[1]]
+                })
+                .collect(),
             dense,
         })
     }
@@ -248,9 +287,17 @@ mod tests {
         }
     }
 
+    /// The one query of a plan that must have exactly one.
+    fn only(plan: Vec<(RowsQuery, &[IdRange])>) -> RowsQuery {
+        assert_eq!(plan.len(), 1, "one statement");
+        plan.into_iter().next().unwrap().0
+    }
+
     #[test]
     fn dense_batches_read_one_span_and_sparse_ones_list_their_ranges() {
-        let q = RowsQuery::new(&sql(), "*", &[[10, 19], [21, 30]], |_| "?".into()).unwrap();
+        let q = only(RowsQuery::plan(&sql(), "*", &[[10, 19], [21, 30]], |_| {
+            "?".into()
+        }));
         assert!(q.dense);
         assert_eq!(
             q.sql,
@@ -262,10 +309,9 @@ mod tests {
             !q.keeps(&[[10, 19], [21, 30]], 20),
             "a row in the gap is not the batch's"
         );
-        let q = RowsQuery::new(&sql(), "*", &[[1, 1], [1000, 1000]], |n| {
+        let q = only(RowsQuery::plan(&sql(), "*", &[[1, 1], [1000, 1000]], |n| {
             format!("${n}::int8")
-        })
-        .unwrap();
+        }));
         assert!(!q.dense);
         assert_eq!(
             q.sql,
@@ -273,13 +319,43 @@ mod tests {
              `id` BETWEEN $3::int8 AND $4::int8) AND (x > 0)"
         );
         assert_eq!(q.bounds, vec![1, 1, 1000, 1000]);
-        assert!(RowsQuery::new(&sql(), "*", &[], |_| "?".into()).is_none());
+        assert!(RowsQuery::plan(&sql(), "*", &[], |_| "?".into()).is_empty());
+    }
+
+    #[test]
+    fn sparse_reads_have_a_few_shapes_padded_to_a_power_of_two_and_split_above_64_ranges() {
+        // Three far-apart ids: listed as four ranges, the last repeated.
+        let q = only(RowsQuery::plan(
+            &sql(),
+            "*",
+            &[[1, 1], [500, 500], [900, 900]],
+            |_| "?".into(),
+        ));
+        assert!(!q.dense);
+        assert_eq!(q.sql.matches("BETWEEN").count(), 4, "{}", q.sql);
+        assert_eq!(q.bounds, vec![1, 1, 500, 500, 900, 900, 900, 900]);
+        // 100 single ids 10 apart: one statement of 64 ranges, one of the other 36 padded to 64.
+        let ranges: Vec<IdRange> = (0..100u64).map(|i| [i * 10, i * 10]).collect();
+        let plan = RowsQuery::plan(&sql(), "*", &ranges, |_| "?".into());
+        assert_eq!(plan.len(), 2);
+        assert_eq!(plan[0].1, &ranges[..64]);
+        assert_eq!(plan[1].1, &ranges[64..]);
+        assert_eq!(plan[0].0.sql, plan[1].0.sql, "one shape for both");
+        assert_eq!(plan[1].0.bounds.len(), 128);
+        assert_eq!(plan[1].0.bounds[..2], [640, 640]);
+        assert_eq!(plan[1].0.bounds[126..], [990, 990]);
+        // A chunk left with one range is one BETWEEN, the dense shape.
+        let ranges: Vec<IdRange> = (0..65u64).map(|i| [i * 10, i * 10]).collect();
+        let plan = RowsQuery::plan(&sql(), "*", &ranges, |_| "?".into());
+        assert_eq!(plan.len(), 2);
+        assert!(plan[1].0.dense);
+        assert_eq!(plan[1].0.bounds, vec![640, 640]);
     }
 
     #[test]
     fn the_rows_kept_are_the_batch_ids_with_a_key_and_a_decoding_error_stops_the_read() {
         let ranges = [[10, 19], [21, 30]];
-        let q = RowsQuery::new(&sql(), "*", &ranges, |_| "?".into()).unwrap();
+        let q = only(RowsQuery::plan(&sql(), "*", &ranges, |_| "?".into()));
         let read = |k: Value| Ok::<_, String>(vec![Value::Null, k]);
         let rows = q
             .rows(

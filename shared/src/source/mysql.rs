@@ -351,22 +351,27 @@ impl Source for MySqlSource {
 
     async fn read_rows(&self, ranges: &[IdRange]) -> Result<RowSet, SourceError> {
         let d = self.described().await?;
-        let Some(q) = RowsQuery::new(&self.sql, &d.select_list, ranges, |_| "?".into()) else {
-            return Ok(row_set(d.columns.clone(), d.key_index, Vec::new()));
-        };
-        let params: Vec<mysql_async::Value> = q.bounds.iter().map(|&b| b.into()).collect();
+        let plan = RowsQuery::plan(&self.sql, &d.select_list, ranges, |_| "?".into());
+        let mut rows = Vec::new();
+        if plan.is_empty() {
+            return Ok(row_set(d.columns.clone(), d.key_index, rows));
+        }
         let mut conn = self.conn().await?;
-        let raw: Vec<mysql_async::Row> = conn
-            .exec(q.sql.as_str(), params)
-            .await
-            .map_err(|e| self.err(e))?;
+        for (q, covered) in plan {
+            let params: Vec<mysql_async::Value> = q.bounds.iter().map(|&b| b.into()).collect();
+            let raw: Vec<mysql_async::Row> = conn
+                .exec(q.sql.as_str(), params)
+                .await
+                .map_err(|e| self.err(e))?;
+            rows.extend(q.rows(
+                covered,
+                d.key_index,
+                raw.into_iter().map(|r| {
+                    Ok::<_, SourceError>(r.unwrap().into_iter().map(from_mysql).collect())
+                }),
+            )?);
+        }
         drop(conn);
-        let rows = q.rows(
-            ranges,
-            d.key_index,
-            raw.into_iter()
-                .map(|r| Ok::<_, SourceError>(r.unwrap().into_iter().map(from_mysql).collect())),
-        )?;
         Ok(row_set(d.columns.clone(), d.key_index, rows))
     }
 }

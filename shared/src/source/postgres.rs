@@ -353,42 +353,42 @@ impl Source for PgSource {
 
     async fn read_rows(&self, ranges: &[IdRange]) -> Result<RowSet, SourceError> {
         let d = self.described().await?;
-        let Some(q) = RowsQuery::new(&self.sql, &d.select_list, ranges, |n| format!("${n}::int8"))
-        else {
-            return Ok(row_set(d.columns.clone(), d.key_index, Vec::new()));
-        };
-        let (sql, dense) = (q.sql.as_str(), q.dense);
-        let params: Vec<i64> = q.bounds.iter().map(|&b| key_param(b)).collect();
-        let client = self.client().await?;
-        // The dense read is one statement for every batch: keep it prepared. A sparse one has as many
-        // ranges as the batch: prepare it for this batch only.
-        let stmt = if dense {
-            client.prepare_cached(sql).await
-        } else {
-            client.prepare(sql).await
+        let plan = RowsQuery::plan(&self.sql, &d.select_list, ranges, |n| format!("${n}::int8"));
+        let mut rows = Vec::new();
+        if plan.is_empty() {
+            return Ok(row_set(d.columns.clone(), d.key_index, rows));
         }
-        .map_err(|e| self.err(&e))?;
-        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
-            .iter()
-            .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
-            .collect();
-        let raw = client.query(&stmt, &refs).await.map_err(|e| self.err(&e))?;
-        drop(client);
-        let decoded = raw.iter().map(|r| {
-            d.types
+        let client = self.client().await?;
+        for (q, covered) in plan {
+            let params: Vec<i64> = q.bounds.iter().map(|&b| key_param(b)).collect();
+            // A plan has a handful of statement shapes: each stays prepared on the connection.
+            let stmt = client
+                .prepare_cached(&q.sql)
+                .await
+                .map_err(|e| self.err(&e))?;
+            let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
                 .iter()
-                .enumerate()
-                .map(|(i, ty)| {
-                    let RawPg(bytes) = r.try_get::<_, RawPg<'_>>(i).map_err(|e| self.err(&e))?;
-                    decode(ty, bytes).map_err(|message| SourceError::Query {
-                        table: self.sql.table_label.clone(),
-                        message: format!("column `{}`: {message}", d.columns[i].name),
-                        transient: false,
+                .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+                .collect();
+            let raw = client.query(&stmt, &refs).await.map_err(|e| self.err(&e))?;
+            let decoded = raw.iter().map(|r| {
+                d.types
+                    .iter()
+                    .enumerate()
+                    .map(|(i, ty)| {
+                        let RawPg(bytes) =
+                            r.try_get::<_, RawPg<'_>>(i).map_err(|e| self.err(&e))?;
+                        decode(ty, bytes).map_err(|message| SourceError::Query {
+                            table: self.sql.table_label.clone(),
+                            message: format!("column `{}`: {message}", d.columns[i].name),
+                            transient: false,
+                        })
                     })
-                })
-                .collect::<Result<Vec<_>, _>>()
-        });
-        let rows = q.rows(ranges, d.key_index, decoded)?;
+                    .collect::<Result<Vec<_>, _>>()
+            });
+            rows.extend(q.rows(covered, d.key_index, decoded)?);
+        }
+        drop(client);
         Ok(row_set(d.columns.clone(), d.key_index, rows))
     }
 }

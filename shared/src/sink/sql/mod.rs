@@ -9,6 +9,8 @@
 //! the bisection that isolates a row the server refuses ([`bisect`]) and the deletes of keys that moved
 //! table meanwhile. A dialect says whether a refused statement leaves its transaction going (MySQL rolls
 //! back one statement; PostgreSQL aborts the transaction, so everything is then written piece by piece).
+//! A `produce` batch's pieces are written with [`WriteHints::fresh`]: a dialect may insert them by its
+//! bulk path (PostgreSQL's binary `COPY`) and falls back to its upsert by itself; bisection always upserts.
 //! Further per-engine work (reading target rows by key range for verify) belongs in the dialect files.
 
 pub mod mysql;
@@ -125,6 +127,17 @@ pub(crate) fn check_version(version: Option<&Ident>, columns: &[Column]) -> Resu
     }
 }
 
+/// How a dialect may write a piece.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteHints {
+    /// The statement may stay prepared on the connection (one fixed table).
+    pub cache: bool,
+    /// The keys are expected to be new to the target (a `produce` batch, which only writes): the dialect
+    /// may take a bulk path that only inserts, provided it falls back to its upsert when a key exists or
+    /// a row is refused, so the outcome is the upsert's.
+    pub fresh: bool,
+}
+
 /// A dialect's way to write some rows of one table on their own (outside the batch's transaction).
 #[async_trait]
 pub(crate) trait WriteAlone: Send {
@@ -224,24 +237,23 @@ pub trait Dialect: Send + Sync + Sized + 'static {
     async fn commit(&self, tx: Self::Tx<'_>) -> Result<(), SinkError>;
     /// Roll `tx` back (after a refused statement aborted it).
     async fn rollback(&self, tx: Self::Tx<'_>) -> Result<(), SinkError>;
-    /// Upsert `rows` of `table`, autocommitted. `cache`: the statement may stay prepared on the
-    /// connection (one fixed table).
+    /// Upsert `rows` of `table`, autocommitted, as `hints` allow.
     async fn upsert(
         &self,
         conn: &mut Self::Conn,
         rs: &RowSet,
         table: &TableName,
         rows: &[&Row],
-        cache: bool,
+        hints: WriteHints,
     ) -> Result<Result<(), String>, SinkError>;
-    /// Upsert `rows` of `table` inside `tx`.
+    /// Upsert `rows` of `table` inside `tx`, as `hints` allow; a refused bulk path leaves `tx` going.
     async fn upsert_in(
         &self,
         tx: &mut Self::Tx<'_>,
         rs: &RowSet,
         table: &TableName,
         rows: &[&Row],
-        cache: bool,
+        hints: WriteHints,
     ) -> Result<Result<(), String>, SinkError>;
     /// Delete the keys of each table (`key` names the key column) inside `tx`; a table that does not exist
     /// holds no row and is skipped.
@@ -391,7 +403,7 @@ impl<D: Dialect> SqlSink<D> {
         rs: &RowSet,
         pieces: Vec<Piece<'a>>,
         deletes: Option<&Deletes<'_>>,
-        cache: bool,
+        hints: WriteHints,
     ) -> Result<Written<'a>, SinkError> {
         let mut w = Written {
             ok: Vec::new(),
@@ -402,7 +414,7 @@ impl<D: Dialect> SqlSink<D> {
             for piece in pieces {
                 match self
                     .dialect
-                    .upsert(conn, rs, piece.table, &piece.rows, cache)
+                    .upsert(conn, rs, piece.table, &piece.rows, hints)
                     .await?
                 {
                     Ok(()) => w.ok.push(piece),
@@ -416,7 +428,7 @@ impl<D: Dialect> SqlSink<D> {
         while let Some(piece) = pieces.next() {
             match self
                 .dialect
-                .upsert_in(&mut tx, rs, piece.table, &piece.rows, cache)
+                .upsert_in(&mut tx, rs, piece.table, &piece.rows, hints)
                 .await?
             {
                 Ok(()) => w.ok.push(piece),
@@ -480,7 +492,16 @@ impl<D: Dialect> WriteAlone for Alone<'_, D> {
         rows: &[&Row],
     ) -> Result<Result<(), String>, SinkError> {
         self.dialect
-            .upsert(self.conn, self.rs, table, rows, false)
+            .upsert(
+                self.conn,
+                self.rs,
+                table,
+                rows,
+                WriteHints {
+                    cache: false,
+                    fresh: false,
+                },
+            )
             .await
     }
 }
@@ -578,9 +599,12 @@ impl<D: Dialect> Sink for SqlSink<D> {
         self.tables.before_write(&names).await?;
         let mut conn = self.dialect.connect().await?;
         self.ensure_tables(&mut conn, &tables).await?;
-        let cache = router.fixed().is_some();
+        let hints = WriteHints {
+            cache: router.fixed().is_some(),
+            fresh: !changes.exclusive && changes.delete.is_empty(),
+        };
         let w = self
-            .write_pieces(&mut conn, rs, pieces, deletes.as_ref(), cache)
+            .write_pieces(&mut conn, rs, pieces, deletes.as_ref(), hints)
             .await?;
         for piece in &w.ok {
             outcome.written.extend(piece.rows.iter().map(|r| r.key));

@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use mysql_async::prelude::Queryable;
 use mysql_async::TxOpts;
 
-use super::{Dialect, SqlSink};
+use super::{Dialect, SqlSink, WriteHints};
 use crate::job::{DbUrl, Engine, Ident, JobSpec, SourceSpec, SqlTarget, TableName, WriteMode};
 use crate::sink::create::{
     mysql_body, mysql_source_columns, pg_source_columns, server_of, url_database,
@@ -159,7 +159,7 @@ impl Dialect for MySql {
         rs: &RowSet,
         table: &TableName,
         rows: &[&Row],
-        _cache: bool,
+        _hints: WriteHints,
     ) -> Result<Result<(), String>, SinkError> {
         self.run(conn, rs, table, rows).await
     }
@@ -170,7 +170,7 @@ impl Dialect for MySql {
         rs: &RowSet,
         table: &TableName,
         rows: &[&Row],
-        _cache: bool,
+        _hints: WriteHints,
     ) -> Result<Result<(), String>, SinkError> {
         self.run(tx, rs, table, rows).await
     }

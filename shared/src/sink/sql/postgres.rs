@@ -1,6 +1,14 @@
 //! The PostgreSQL dialect of the SQL sink ([`super::SqlSink`], whose batch logic is shared): one multi-row `INSERT … VALUES … ON CONFLICT (key) DO UPDATE` per target
 //! table and batch, in binary format, values encoded for the target column's type ([`crate::pg`]).
 //!
+//! - A `produce` batch ([`super::WriteHints::fresh`]: its keys are expected to be new) is written by a
+//!   binary `COPY … FROM STDIN` straight into the table, which the server inserts faster than the
+//!   upsert. Before it, the one-row upsert is prepared: its parameters give the column types and its
+//!   `ON CONFLICT (key)` proves the unique index, so a `COPY` can never add a second row for a key. A
+//!   `COPY` refused for any reason but a transient one (a key already there — a redelivery, a producer
+//!   re-run —, a bad value, a constraint, a target `COPY` cannot write) writes nothing; the piece is then
+//!   upserted as below, which keeps the version guard, isolates a bad row and reports the rest. Inside a transaction the `COPY` runs under a savepoint, so its refusal does not
+//!   abort the batch.
 //! - At most 65 535 parameters per statement (the protocol's limit): a larger piece is split.
 //! - A key twice in one statement would make `ON CONFLICT DO UPDATE` fail ("cannot affect row a second
 //!   time"): the last row of a key wins, the key is written once.
@@ -19,9 +27,12 @@
 
 use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::Type;
 use tokio_postgres::Statement;
+use tracing::debug;
 
-use super::{Dialect, SqlSink};
+use super::{Dialect, SqlSink, WriteHints};
 use crate::job::{Engine, Ident, JobSpec, SourceSpec, SqlTarget, TableName, WriteMode};
 use crate::pg::{can_encode, pg_error_text, pg_is_row_error, pg_is_transient, pg_pool, PgParam};
 use crate::sink::create::{
@@ -123,6 +134,76 @@ impl Postgres {
     }
 }
 
+impl Postgres {
+    /// The types of `table`'s columns to bind (the parameters of its one-row upsert, which proves too that
+    /// the key has the unique index `ON CONFLICT` needs, so a `COPY` cannot add a second row of a key).
+    async fn copy_types<C: GenericClient>(
+        &self,
+        client: &C,
+        columns: &[Column],
+        table: &TableName,
+        cache: bool,
+    ) -> Result<Vec<Type>, SinkError> {
+        let upsert = self.statement(client, columns, table, 1, cache).await?;
+        Ok(upsert.params().to_vec())
+    }
+}
+
+/// The binary `COPY` of `columns` into `table`, prepared (kept on the connection with `cache`).
+async fn prepare_copy<C: GenericClient>(
+    client: &C,
+    table: &TableName,
+    columns: &[Column],
+    cache: bool,
+) -> Result<Statement, tokio_postgres::Error> {
+    let sql = copy_sql(table, columns);
+    if cache {
+        client.prepare_cached(&sql).await
+    } else {
+        client.prepare(&sql).await
+    }
+}
+
+/// Stream `rows` into an open binary `COPY` and finish it. An error leaves the `COPY` aborted (nothing of
+/// it written) and tells why.
+async fn copy_rows(
+    sink: tokio_postgres::CopyInSink<bytes::Bytes>,
+    types: &[Type],
+    rs: &RowSet,
+    rows: &[&Row],
+) -> Result<(), tokio_postgres::Error> {
+    let writer = BinaryCopyInWriter::new(sink, types);
+    futures::pin_mut!(writer);
+    for row in rows {
+        let values = params(rs, std::slice::from_ref(row));
+        writer.as_mut().write_raw(values).await?;
+    }
+    writer.finish().await.map(drop)
+}
+
+/// What a bulk `COPY` attempt came to.
+enum Copied {
+    Written,
+    /// A key exists already or a row was refused: nothing of the `COPY` was written; upsert instead.
+    Upsert,
+}
+
+fn copied(
+    result: Result<(), tokio_postgres::Error>,
+    table: &TableName,
+) -> Result<Copied, SinkError> {
+    match result {
+        Ok(()) => Ok(Copied::Written),
+        // A key already there, a bad value, a constraint — or a target `COPY` cannot write (a view): the
+        // upsert finds out which, as it did before `COPY`.
+        Err(e) if !pg_is_transient(&e) => {
+            debug!(table = %table, reason = %pg_error_text(&e), "COPY refused: upserting the piece instead");
+            Ok(Copied::Upsert)
+        }
+        Err(e) => Err(error(&e, Some(table))),
+    }
+}
+
 #[async_trait]
 impl Dialect for Postgres {
     type Conn = deadpool_postgres::Object;
@@ -172,26 +253,70 @@ impl Dialect for Postgres {
         tx.rollback().await.map_err(|e| error(&e, None))
     }
 
+    /// `fresh`: a binary `COPY` straight into the table, autocommitted; the upsert when it is refused.
     async fn upsert(
         &self,
         conn: &mut Self::Conn,
         rs: &RowSet,
         table: &TableName,
         rows: &[&Row],
-        cache: bool,
+        hints: WriteHints,
     ) -> Result<Result<(), String>, SinkError> {
-        self.run(&*conn, rs, table, rows, cache).await
+        if hints.fresh {
+            let types = self
+                .copy_types(&*conn, &rs.columns, table, hints.cache)
+                .await?;
+            let attempt = async {
+                let copy = prepare_copy(&*conn, table, &rs.columns, hints.cache).await?;
+                let sink = conn.copy_in(&copy).await?;
+                copy_rows(sink, &types, rs, rows).await
+            }
+            .await;
+            if let Copied::Written = copied(attempt, table)? {
+                return Ok(Ok(()));
+            }
+        }
+        self.run(&*conn, rs, table, rows, hints.cache).await
     }
 
+    /// `fresh`: a binary `COPY` straight into the table under a savepoint; when it is refused, back to the
+    /// savepoint (the transaction goes on) and the upsert.
     async fn upsert_in(
         &self,
         tx: &mut Self::Tx<'_>,
         rs: &RowSet,
         table: &TableName,
         rows: &[&Row],
-        cache: bool,
+        hints: WriteHints,
     ) -> Result<Result<(), String>, SinkError> {
-        self.run(&*tx, rs, table, rows, cache).await
+        if hints.fresh {
+            let types = self
+                .copy_types(&*tx, &rs.columns, table, hints.cache)
+                .await?;
+            tx.batch_execute("SAVEPOINT bitmig_copy")
+                .await
+                .map_err(|e| error(&e, Some(table)))?;
+            let attempt = async {
+                let copy = prepare_copy(&*tx, table, &rs.columns, hints.cache).await?;
+                let sink = tx.copy_in(&copy).await?;
+                copy_rows(sink, &types, rs, rows).await
+            }
+            .await;
+            let done = copied(attempt, table)?;
+            let after = match done {
+                Copied::Written => "RELEASE SAVEPOINT bitmig_copy",
+                Copied::Upsert => {
+                    "ROLLBACK TO SAVEPOINT bitmig_copy; RELEASE SAVEPOINT bitmig_copy"
+                }
+            };
+            tx.batch_execute(after)
+                .await
+                .map_err(|e| error(&e, Some(table)))?;
+            if let Copied::Written = done {
+                return Ok(Ok(()));
+            }
+        }
+        self.run(&*tx, rs, table, rows, hints.cache).await
     }
 
     /// Listed tables that do not exist are found first (an error would abort the transaction).
@@ -424,6 +549,19 @@ fn insert_sql(
         ));
     }
     sql
+}
+
+/// The binary `COPY` of `columns` into `table`, in the order [`copy_rows`] writes them.
+fn copy_sql(table: &TableName, columns: &[Column]) -> String {
+    let cols: Vec<String> = columns
+        .iter()
+        .map(|c| format!("\"{}\"", c.name.replace('"', "\"\"")))
+        .collect();
+    format!(
+        "COPY {} ({}) FROM STDIN (FORMAT binary)",
+        quote_table(Engine::Postgres, table),
+        cols.join(",")
+    )
 }
 
 fn params<'a>(rs: &'a RowSet, rows: &[&'a Row]) -> Vec<PgParam<'a>> {
