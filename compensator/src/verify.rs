@@ -675,7 +675,8 @@ pub async fn verify(job: &JobSpec, opts: &VerifyOptions) -> anyhow::Result<Verif
     let mut differing: BTreeMap<u64, (u64, Vec<KeyDiff>)> = BTreeMap::new();
     for &(first, last) in &ranges {
         let mut found = cmp.compare_group(first, last, &mut pace).await?;
-        found.diffs = without_archived(&ledger, first, last, std::mem::take(&mut found.diffs)).await?;
+        found.diffs =
+            without_archived(&ledger, first, last, std::mem::take(&mut found.diffs)).await?;
         summary.source_rows += found.source_rows;
         summary.target_rows += found.target_rows;
         summary.groups_verified += 1;
