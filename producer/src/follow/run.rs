@@ -15,7 +15,8 @@
 //! - The stored position (and [`ChangeReader::checkpoint`]) advances, at most about once a second, only
 //!   to a change whose ids **and** their settle re-drive are confirmed: a restart, `kill -9` included,
 //!   resumes from there and at worst publishes some ids again (harmless: a catch-up is idempotent).
-//! - `lag_s`: now − commit time of the newest change published; 0 once a window passes with nothing new.
+//! - `lag_s`: now − commit time of the newest change published; 0 once a window passes with nothing new;
+//!   while paused it grows with the pause (changes may wait unread), until the follower reads again.
 //! - While the job is paused (DESIGN.md §11) the follower neither reads nor publishes (settle re-drives
 //!   included) within [`bitmig_shared::control::WATCH_EVERY`] plus the window in hand; the keys it read
 //!   and did not publish stay pending, so the checkpoint does not pass them; `resume` goes on from there.
@@ -300,9 +301,15 @@ impl<'a> Follower<'a> {
             .await
             .context("reading the job's control hash")?;
         let mut paused = pause.subscribe();
+        // While paused, changes may wait unread in the source's log: the lag grows with the pause, so
+        // `caught_up` cannot read true between a resume and the reading of what came meanwhile.
+        let mut paused_at: Option<Instant> = None;
         loop {
             let is_paused = *paused.borrow_and_update();
             self.metrics.set_paused(is_paused);
+            if is_paused && paused_at.is_none() {
+                paused_at = Some(Instant::now());
+            }
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
@@ -312,9 +319,15 @@ impl<'a> Follower<'a> {
                         info!(job = %self.job.name, pending = self.pending.len(), "job paused: the follower stops reading and publishing");
                     } else {
                         info!(job = %self.job.name, "job resumed: the follower goes on");
+                        // The first window after a resume keeps the pause's lag: nothing read yet.
+                        paused_at = None;
+                        read_in_window = true;
                     }
                 }
                 _ = tick.tick() => {
+                    if let Some(at) = paused_at.filter(|_| is_paused) {
+                        self.lag_s = self.lag_s.max(at.elapsed().as_secs_f64());
+                    }
                     if !is_paused {
                         if !read_in_window && self.pending.is_empty() {
                             self.lag_s = 0.0;
