@@ -71,15 +71,18 @@ async fn lose_the_ledger_mid_run(job: &mut TestJob, rows: u64) {
         producer.is_running()
     );
 
-    let groups_before = job.groups().await.len();
+    // The producer goes on (and re-plans the group in hand and those after it) as soon as Redis is back, so
+    // the count of groups proves nothing; the first group, produced before the restart, is never planned again.
+    let groups_before = job.groups().await;
     stop_redis().await;
     start_services().await;
     reconnect(job).await;
-    let groups_after = job.groups().await.len();
+    let groups_after = job.groups().await;
     assert!(
-        groups_after < groups_before,
-        "Redis kept the ledger over a restart without persistence ({groups_before} groups before, \
-         {groups_after} after): the test tests nothing"
+        !groups_before.is_empty() && !groups_after.contains(&groups_before[0]),
+        "Redis kept the ledger over a restart without persistence (group {:?} before and after): the \
+         test tests nothing",
+        groups_before.first()
     );
     eprintln!("Redis restarted empty with {at_stop} of {rows} rows landed");
 
