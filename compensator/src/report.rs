@@ -177,10 +177,19 @@ pub async fn report(job: &JobSpec, redis_url: &str) -> anyhow::Result<Report> {
     let mut pages = ledger.group_pages(GROUP_PAGE);
     while let Some(firsts) = pages.next().await? {
         let metas = ledger.metas(&firsts).await?;
-        let bits = ledger.bits(&firsts).await?;
-        let purged = ledger.bitmaps(&firsts, &["purged"]).await?;
-        for (((first, meta), b), purged) in firsts.iter().zip(&metas).zip(&bits).zip(&purged) {
-            r.add_group(*first, meta, b, &purged[0], &failed);
+        // One pipeline per page for the four bitmaps the report reads.
+        let bitmaps = ledger
+            .bitmaps(&firsts, &["src", "tgt", "gone", "purged"])
+            .await?;
+        for ((first, meta), mut maps) in firsts.iter().zip(&metas).zip(bitmaps) {
+            let purged = maps.pop().unwrap_or_default();
+            r.add_group(
+                *first,
+                meta,
+                &GroupBits::from_bitmaps(maps),
+                &purged,
+                &failed,
+            );
         }
     }
     if !r.ledger_present {

@@ -84,8 +84,17 @@ pub struct GroupBits {
     pub gone: Vec<u8>,
 }
 
-/// A group's `src`, `tgt`, `gone` as one pipeline answers them.
-type ThreeBitmaps = (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>);
+impl GroupBits {
+    /// From [`Ledger::bitmaps`] asked for `src`, `tgt`, `gone` first, in that order (later ones are ignored).
+    pub fn from_bitmaps(mut v: Vec<Vec<u8>>) -> Self {
+        let mut take = |i: usize| v.get_mut(i).map(std::mem::take).unwrap_or_default();
+        GroupBits {
+            src: take(0),
+            tgt: take(1),
+            gone: take(2),
+        }
+    }
+}
 
 /// A walk over the planned groups one page at a time ([`Ledger::group_pages`]): memory bounded by the
 /// page, whatever the ledger's size.
@@ -282,43 +291,12 @@ impl Ledger {
 
     /// The bitmaps of each group, in order.
     pub async fn bits(&self, firsts: &[u64]) -> Result<Vec<GroupBits>, LedgerError> {
-        let mut out = Vec::with_capacity(firsts.len());
-        if self.con.is_cluster() {
-            let v: Vec<ThreeBitmaps> = self
-                .per_group(firsts, |p, f| {
-                    p.get(self.group_key(f, "src"))
-                        .get(self.group_key(f, "tgt"))
-                        .get(self.group_key(f, "gone"));
-                })
-                .await?;
-            return Ok(v
-                .into_iter()
-                .map(|(src, tgt, gone)| GroupBits {
-                    src: src.unwrap_or_default(),
-                    tgt: tgt.unwrap_or_default(),
-                    gone: gone.unwrap_or_default(),
-                })
-                .collect());
-        }
-        let mut con = self.con.clone();
-        for chunk in firsts.chunks(200) {
-            let mut p = redis::pipe();
-            for &f in chunk {
-                p.get(self.group_key(f, "src"))
-                    .get(self.group_key(f, "tgt"))
-                    .get(self.group_key(f, "gone"));
-            }
-            let v: Vec<Option<Vec<u8>>> = p.query_async(&mut con).await?;
-            for three in v.chunks(3) {
-                let get = |i: usize| three.get(i).cloned().flatten().unwrap_or_default();
-                out.push(GroupBits {
-                    src: get(0),
-                    tgt: get(1),
-                    gone: get(2),
-                });
-            }
-        }
-        Ok(out)
+        Ok(self
+            .bitmaps(firsts, &["src", "tgt", "gone"])
+            .await?
+            .into_iter()
+            .map(GroupBits::from_bitmaps)
+            .collect())
     }
 
     /// Some bitmaps of each group (`which`: `tgt`, `gone`, `purged`, …), in order; a missing key is empty.
