@@ -365,9 +365,9 @@ async fn a_late_write_of_an_older_read_is_undone_by_the_settle_redrive() {
     let job = TestJob::new(1_000, 200).await;
     job.create_source(5_000).await;
     let server_id = 2_000_000 + rand::rng().random_range(0..1_000_000);
-    // settle far longer than the lock is held (seconds; tens on a loaded two-core machine): the re-drive
-    // comes after the late write.
-    let settle_s = 40;
+    // settle far longer than the lock is held (seconds; tens on a loaded two-core machine, over 30 when the
+    // follower has to open a stalled stream again): the re-drive comes after the late write.
+    let settle_s = 60;
     job.write_file(
         "job.toml",
         &format!(
@@ -413,7 +413,11 @@ async fn a_late_write_of_an_older_read_is_undone_by_the_settle_redrive() {
         Duration::from_millis(50),
         || async {
             match job.sql_u64(&waits).await {
-                0 => Err("no lock wait".to_owned()),
+                // What the follower said last, should it be the one stuck.
+                0 => Err(format!(
+                    "no lock wait; the follower's last words:\n{}",
+                    tail(&follower.output_so_far(), 8)
+                )),
                 n => Ok(n),
             }
         },
@@ -510,4 +514,134 @@ async fn a_late_write_of_an_older_read_is_undone_by_the_settle_redrive() {
     for c in consumers {
         c.terminate(Duration::from_secs(60)).await.expect_code(0);
     }
+}
+
+/// The follower's binlog connection dies under it (the server kills the dump thread, as a failover or a
+/// network cut would end it): the follower opens the stream again from the last change it took, and what
+/// changes meanwhile still reaches the target. The source user is the test's own, so the test kills only
+/// this follower's dump thread among the other tests' followers.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_binlog_connection_is_opened_again_and_misses_nothing() {
+    let job = TestJob::new(1_000, 200).await;
+    job.create_source(3_000).await;
+    let user = format!("{}_f", job.name);
+    job.sql(&format!("CREATE USER '{user}'@'%' IDENTIFIED BY 'pw'"))
+        .await;
+    struct DropUser(mysql_async::Pool, String);
+    impl Drop for DropUser {
+        fn drop(&mut self) {
+            let (pool, user) = (self.0.clone(), self.1.clone());
+            crate::helpers::clean_up(format!("user {user}"), async move {
+                if let Ok(mut c) = pool.get_conn().await {
+                    let _ = c
+                        .query_drop(format!("DROP USER IF EXISTS '{user}'@'%'"))
+                        .await;
+                }
+            });
+        }
+    }
+    let _drop_user = DropUser(job.mysql.clone(), user.clone());
+    job.sql(&format!(
+        "GRANT SELECT ON `{}`.* TO '{user}'@'%'",
+        job.database
+    ))
+    .await;
+    job.sql(&format!(
+        "GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO '{user}'@'%'"
+    ))
+    .await;
+    let source_url = crate::helpers::with_credentials(&job.database_url, &user, "pw");
+    let text = follow_job(&job).replacen(
+        &format!("url = \"{}\"", job.database_url),
+        &format!("url = \"{source_url}\""),
+        1,
+    );
+    assert!(text.contains(&source_url), "{text}");
+    job.write_file("job.toml", &text);
+
+    let mut follower = spawn_follower(&job);
+    let consumers: Vec<Proc> = (0..2).map(|_| job.spawn_consumer(&[])).collect();
+    wait_for_position(&job).await;
+    wait_caught_up(&job).await;
+
+    let dumps = format!(
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = '{user}' AND COMMAND LIKE 'Binlog Dump%'"
+    );
+    assert_eq!(
+        job.sql_u64(&dumps).await,
+        1,
+        "one dump thread of the follower"
+    );
+    let mut admin = job.conn().await;
+    let ids: Vec<u64> = admin
+        .query(format!(
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = '{user}' AND COMMAND LIKE 'Binlog Dump%'"
+        ))
+        .await
+        .expect("the dump threads");
+    for id in &ids {
+        admin
+            .query_drop(format!("KILL {id}"))
+            .await
+            .expect("kill the dump thread");
+    }
+    // Changes made while the stream is down: an update, a delete, an insert above the planned range.
+    let live = job.ids_of("src").await;
+    job.sql(&format!(
+        "UPDATE src SET c_text = 'while the stream was down' WHERE id = {}",
+        live[10]
+    ))
+    .await;
+    job.sql(&format!("DELETE FROM src WHERE id = {}", live[20]))
+        .await;
+    job.insert_rows(&format!(
+        "SELECT 7 AS s, {} AS id",
+        live[live.len() - 1] + 5_000
+    ))
+    .await;
+
+    let killed: Vec<String> = ids.iter().map(u64::to_string).collect();
+    let new_dumps = format!("{dumps} AND ID NOT IN ({})", killed.join(","));
+    wait_for(
+        "the follower to open the stream again",
+        DEADLINE,
+        Duration::from_millis(200),
+        || async {
+            match job.sql_u64(&new_dumps).await {
+                1 => Ok(()),
+                n => Err(format!("{n} new dump threads")),
+            }
+        },
+    )
+    .await;
+    assert!(
+        follower.is_running(),
+        "the follower exited:\n{}",
+        follower.output_so_far()
+    );
+    wait_caught_up(&job).await;
+    job.assert_target_equals_source().await;
+    assert_eq!(
+        job.sql_u64(&format!(
+            "SELECT COUNT(*) FROM dst WHERE c_text = 'while the stream was down' AND id = {}",
+            live[10]
+        ))
+        .await,
+        1
+    );
+    let out = follower.output_so_far();
+    assert!(out.contains("reading the change stream again"), "{out}");
+    follower
+        .terminate(Duration::from_secs(60))
+        .await
+        .expect_code(0);
+    for c in consumers {
+        c.terminate(Duration::from_secs(60)).await.expect_code(0);
+    }
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }

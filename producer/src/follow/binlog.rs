@@ -28,6 +28,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -38,10 +40,14 @@ use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, Opts, Value};
 
 use super::{key_as_id, Change, ChangeReader, FollowError};
 
-/// How often an idle source sends a heartbeat on the stream.
-pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How often an idle source sends a heartbeat on the stream: well under a second, so that an idle follower
+/// shows a lag under the second `caught_up` asks for.
+pub const HEARTBEAT: Duration = Duration::from_millis(500);
 /// With neither an event nor a heartbeat for this long, the stream is taken for dead (an error).
 pub const SILENCE: Duration = Duration::from_secs(30);
+
+/// MySQL 8's HEARTBEAT_LOG_EVENT_V2, which mysql_common does not name.
+const MYSQL_HEARTBEAT_V2: u8 = 0x29;
 
 /// What the reader follows.
 #[derive(Debug, Clone)]
@@ -312,8 +318,13 @@ pub struct BinlogReader {
     checksum_before_fde: bool,
     /// Decoded events (all types), for throughput figures.
     pub events: u64,
-    /// How long the stream may stay silent (default [`SILENCE`]).
+    /// How long the stream may stay silent (default [`SILENCE`]), counted from the last event or heartbeat
+    /// heard — across calls of `next`, which the follower cancels every window.
     pub silence: Duration,
+    last_heard: Instant,
+    /// Everything the source wrote to its binlog before this time has been read: a heartbeat (sent only by
+    /// a dump thread idle at the end of the binlog) moves it to now, any other event to its own timestamp.
+    read_up_to: DateTime<Utc>,
 }
 
 impl BinlogReader {
@@ -434,6 +445,9 @@ impl BinlogReader {
             checksum_before_fde,
             events: 0,
             silence: SILENCE,
+            last_heard: Instant::now(),
+            // Nothing read yet: as old as the position may be, nothing is proven.
+            read_up_to: DateTime::<Utc>::UNIX_EPOCH,
         };
         me.key = Some(me.read_key_column().await?);
         Ok(me)
@@ -503,7 +517,17 @@ impl BinlogReader {
 
     async fn handle(&mut self, ev: Event) -> Result<(), FollowError> {
         self.events += 1;
+        self.last_heard = Instant::now();
         let raw = ev.header().event_type_raw();
+        if raw == EventType::HEARTBEAT_EVENT as u8 || raw == MYSQL_HEARTBEAT_V2 {
+            self.read_up_to = Utc::now();
+            return Ok(());
+        } else if let Some(at) =
+            DateTime::<Utc>::from_timestamp(i64::from(ev.header().timestamp()), 0)
+        {
+            // Second precision, and a statement's start rather than its commit: never ahead of the truth.
+            self.read_up_to = self.read_up_to.max(at);
+        }
         match raw {
             MARIA_ANNOTATE_ROWS | MARIA_BINLOG_CHECKPOINT | MARIA_GTID_LIST => return Ok(()),
             MARIA_GTID => {
@@ -644,6 +668,21 @@ impl BinlogReader {
     }
 
     async fn rows(&mut self, ev: &Event, ty: EventType) -> Result<(), FollowError> {
+        // Another table's rows (most of a shared server's binlog) are passed over by the table id at the
+        // head of the post-header (6 bytes, as every server since MySQL 5.6 / MariaDB 10 writes it),
+        // without decoding the event: a follower must read a busy server's binlog faster than it is
+        // written.
+        if let Some(head) = ev.data().get(..6) {
+            let mut b = [0u8; 8];
+            b[..6].copy_from_slice(head);
+            let other_table = self
+                .stream
+                .get_tme(u64::from_le_bytes(b))
+                .is_some_and(|tme| !self.is_our_table(&tme.database_name(), &tme.table_name()));
+            if other_table {
+                return Ok(());
+            }
+        }
         let name = format!("{ty:?}");
         let data = ev
             .read_data()
@@ -800,7 +839,8 @@ impl ChangeReader for BinlogReader {
             if let Some(c) = self.ready.pop_front() {
                 return Ok(c);
             }
-            let next = tokio::time::timeout(self.silence, self.stream.next()).await;
+            let next =
+                tokio::time::timeout_at(self.last_heard + self.silence, self.stream.next()).await;
             let Ok(next) = next else {
                 return Err(FollowError::Source(anyhow::anyhow!(
                     "the binlog stream has been silent for {:?} (not even a heartbeat): is another \
@@ -843,6 +883,10 @@ impl ChangeReader for BinlogReader {
     /// Nothing to tell the server: the binlog keeps what it keeps (`expire_logs_days`).
     async fn checkpoint(&mut self, _position: &str) -> Result<(), FollowError> {
         Ok(())
+    }
+
+    fn read_up_to(&self) -> Option<DateTime<Utc>> {
+        Some(self.read_up_to)
     }
 }
 

@@ -96,6 +96,12 @@ pub trait ChangeReader: Send {
     /// Everything up to and including `position` (a [`Change::position`] this reader returned) is
     /// published and confirmed.
     async fn checkpoint(&mut self, position: &str) -> Result<(), FollowError>;
+    /// Everything the source committed before this time has been read, when the reader can vouch for it
+    /// (binlog: heartbeats and event times); `None` when it cannot. An idle window proves nothing by
+    /// itself: a stalled stream is idle too, and must not read as caught up.
+    fn read_up_to(&self) -> Option<DateTime<Utc>> {
+        None
+    }
 }
 
 /// A key value as an id: ids are unsigned 64-bit.

@@ -56,6 +56,9 @@ pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 const MAX_PENDING: u64 = 200_000;
 /// Publish attempts of one window before the follower gives up (a broker restart fits inside).
 const PUBLISH_ATTEMPTS: u32 = 10;
+/// Attempts at reading a lost change stream again (waits 2, 4, … 32 s: about four minutes) before the
+/// follower gives up with exit 1; a change read resets the count.
+const REOPEN_ATTEMPTS: u32 = 8;
 
 /// Plan, publish and follow: the walk ([`crate::walk`]) and the follower run side by side; returns when
 /// `cancel` fires (the walk's summary), or with the first error of either.
@@ -220,6 +223,11 @@ fn follow_error(e: FollowError) -> anyhow::Error {
     }
 }
 
+/// A refusal or a bad position (exit 2): opening the stream again cannot help.
+fn is_bad_input(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<BadInput>())
+}
+
 /// Ids published in one window, to be published again once `due`; `position` is the newest change they
 /// cover (`None`: a settle-only window).
 struct Settling {
@@ -296,6 +304,9 @@ impl<'a> Follower<'a> {
         let mut tick = tokio::time::interval(WINDOW);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut read_in_window = false;
+        // Where the reader was last: reading again after a lost stream starts there.
+        let mut read_position = self.stored_position.clone();
+        let mut reopened = 0u32;
         let pause = Control::new(self.ledger.connection(), &self.job.name)
             .watch(WATCH_EVERY)
             .await
@@ -330,25 +341,82 @@ impl<'a> Follower<'a> {
                     }
                     if !is_paused {
                         if !read_in_window && self.pending.is_empty() {
-                            self.lag_s = 0.0;
+                            // Nothing came: caught up — as far as the reader can vouch (a stalled stream
+                            // is quiet too).
+                            self.lag_s = reader.read_up_to().map_or(0.0, |t| {
+                                ((Utc::now() - t).num_milliseconds().max(0) as f64) / 1000.0
+                            });
                         }
                         read_in_window = false;
                         self.flush().await?;
                     }
-                    self.checkpoint(&mut *reader, false).await?;
+                    self.checkpoint(Some(&mut *reader), false).await?;
                 }
                 c = reader.next(), if !is_paused && self.pending.len() < MAX_PENDING => {
-                    read_in_window = true;
-                    self.metrics.follow_event();
-                    self.take(c.map_err(follow_error)?).await?;
+                    match c {
+                        Ok(c) => {
+                            read_in_window = true;
+                            reopened = 0;
+                            self.metrics.follow_event();
+                            read_position = c.position.clone();
+                            self.take(c).await?;
+                        }
+                        // A lost or silent stream (binlog, logical): read again from the last change
+                        // taken. The queue reader's positions belong to its connection: it stops.
+                        Err(FollowError::Source(e))
+                            if !matches!(self.spec.from, FollowFrom::Queue { .. })
+                                && reopened < REOPEN_ATTEMPTS =>
+                        {
+                            reopened += 1;
+                            let wait = Duration::from_secs(1 << reopened.min(5));
+                            warn!(job = %self.job.name, attempt = reopened, position = %read_position,
+                                error = %format!("{e:#}"), "the change stream failed; reading again from the last change taken in {wait:?}");
+                            // The old stream goes first: a binlog dump with the same server_id, or the
+                            // slot's walsender, must be gone before the new one starts.
+                            drop(reader);
+                            tokio::select! {
+                                _ = cancel.cancelled() => return self.stop_without_reader().await,
+                                _ = tokio::time::sleep(wait) => {}
+                            }
+                            reader = loop {
+                                match open_reader(self.job, self.opts, &self.spec, &read_position).await {
+                                    Ok(r) => break r,
+                                    Err(e) if reopened < REOPEN_ATTEMPTS && !is_bad_input(&e) => {
+                                        reopened += 1;
+                                        let wait = Duration::from_secs(1 << reopened.min(5));
+                                        warn!(job = %self.job.name, attempt = reopened, error = %format!("{e:#}"),
+                                            "could not open the change stream again; retrying in {wait:?}");
+                                        tokio::select! {
+                                            _ = cancel.cancelled() => return self.stop_without_reader().await,
+                                            _ = tokio::time::sleep(wait) => {}
+                                        }
+                                    }
+                                    Err(e) => return Err(e.context("opening the change stream again")),
+                                }
+                            };
+                            info!(job = %self.job.name, position = %read_position, "reading the change stream again");
+                        }
+                        Err(e) => return Err(follow_error(e)),
+                    }
                 }
             }
         }
-        self.checkpoint(&mut *reader, true).await?;
+        self.checkpoint(Some(&mut *reader), true).await?;
+        self.close().await;
+        Ok(())
+    }
+
+    /// SIGTERM while the change stream was being opened again: the last safe checkpoint, stored.
+    async fn stop_without_reader(mut self) -> anyhow::Result<()> {
+        self.checkpoint(None, true).await?;
+        self.close().await;
+        Ok(())
+    }
+
+    async fn close(&mut self) {
         if let Some(a) = self.amqp.take() {
             let _ = a.conn.close(200, "done".into()).await;
         }
-        Ok(())
     }
 
     async fn take(&mut self, c: Change) -> anyhow::Result<()> {
@@ -558,9 +626,11 @@ impl<'a> Follower<'a> {
 
     /// Stores the state, and advances the stored position and the reader's checkpoint to the newest safe
     /// position, at most once per [`CHECKPOINT_EVERY`] (always when `last`).
+    /// Stores the follow state, and the position when it moved (telling `reader`, when there is one: a
+    /// follower stopped while its stream was being opened again has none).
     async fn checkpoint(
         &mut self,
-        reader: &mut dyn ChangeReader,
+        reader: Option<&mut dyn ChangeReader>,
         last: bool,
     ) -> anyhow::Result<()> {
         self.metrics
@@ -589,10 +659,12 @@ impl<'a> Follower<'a> {
             ));
         }
         if self.safe_position != self.stored_position {
-            reader
-                .checkpoint(&self.safe_position)
-                .await
-                .map_err(follow_error)?;
+            if let Some(reader) = reader {
+                reader
+                    .checkpoint(&self.safe_position)
+                    .await
+                    .map_err(follow_error)?;
+            }
             fields.push(("position", self.safe_position.clone()));
             fields.push(("checkpoint_at", now_rfc3339()));
             self.stored_position = self.safe_position.clone();
