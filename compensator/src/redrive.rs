@@ -128,6 +128,8 @@ pub async fn run_once(job: &JobSpec, opts: &RunOptions) -> anyhow::Result<PassSu
             None => failed.insert(ledger.failed_ids().await?.into_iter().collect()),
         };
         let bits = ledger.bits(&due).await?;
+        // Groups found whole: marked complete together at the end of the page, in one pipeline.
+        let mut whole = Vec::new();
         for (first, b) in due.iter().copied().zip(bits) {
             summary.groups_checked += 1;
             let missing_bits = and_not(&b.src, &[&b.tgt, &b.gone]);
@@ -149,8 +151,7 @@ pub async fn run_once(job: &JobSpec, opts: &RunOptions) -> anyhow::Result<PassSu
             if missing.is_empty() {
                 // Only a group whose failed ids are all settled may be complete; failed ones keep it open.
                 if popcount(&missing_bits) == 0 {
-                    ledger.mark_complete(first).await?;
-                    summary.groups_complete += 1;
+                    whole.push(first);
                 }
                 continue;
             }
@@ -185,6 +186,8 @@ pub async fn run_once(job: &JobSpec, opts: &RunOptions) -> anyhow::Result<PassSu
             summary.groups_redriven += 1;
             summary.republished_ids += missing.len() as u64;
         }
+        ledger.mark_complete_many(&whole).await?;
+        summary.groups_complete += whole.len() as u64;
     }
     if let Some((conn, _)) = publishing {
         let _ = conn.close(200, "done".into()).await;

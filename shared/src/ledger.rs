@@ -666,20 +666,32 @@ impl Ledger {
         Ok(con.hgetall(self.job_key("diffs")).await?)
     }
 
-    /// Nothing is missing: the group is `complete`.
-    pub async fn mark_complete(&self, first: u64) -> Result<(), LedgerError> {
-        let mut con = self.con.clone();
+    /// Marks groups `complete` (the compensator found nothing missing): one pipeline per 500 groups (per
+    /// group, 32 at a time, on a cluster) rather than a round trip each — a pass over a billion-id ledger
+    /// completes 100 000 groups.
+    pub async fn mark_complete_many(&self, firsts: &[u64]) -> Result<(), LedgerError> {
         let now = now_rfc3339();
-        let _: () = con
-            .hset_multiple(
-                self.group_key(first, "meta"),
-                &[
-                    ("status", GroupStatus::Complete.as_str()),
-                    ("checked_at", now.as_str()),
-                    ("missing", "0"),
-                ],
-            )
-            .await?;
+        let fields = [
+            ("status", GroupStatus::Complete.as_str()),
+            ("checked_at", now.as_str()),
+            ("missing", "0"),
+        ];
+        if self.con.is_cluster() {
+            let _: Vec<((),)> = self
+                .per_group(firsts, |p, f| {
+                    p.hset_multiple(self.group_key(f, "meta"), &fields);
+                })
+                .await?;
+            return Ok(());
+        }
+        let mut con = self.con.clone();
+        for chunk in firsts.chunks(500) {
+            let mut p = redis::pipe();
+            for &f in chunk {
+                p.hset_multiple(self.group_key(f, "meta"), &fields).ignore();
+            }
+            let _: () = p.query_async(&mut con).await?;
+        }
         Ok(())
     }
 

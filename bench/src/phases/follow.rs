@@ -448,12 +448,18 @@ impl Section for Figures {
     }
 
     fn targets(&self) -> Vec<Target> {
+        let mut lag = Target::seconds(
+            "follow: p99 lag after the copy",
+            self.lag_after_copy.p99_s,
+            1.0,
+        );
+        if self.lag_after_copy.samples == 0 {
+            // The copy ended only after the writer stopped: nothing was measured, nothing passes.
+            lag.pass = false;
+            lag.shown = "no samples".into();
+        }
         vec![
-            Target::seconds(
-                "follow: p99 lag after the copy",
-                self.lag_after_copy.p99_s,
-                1.0,
-            ),
+            lag,
             Target::ratio(
                 "follow: copy rows/s with / without writer",
                 self.with_to_without,
