@@ -10,6 +10,8 @@
 //! - `purge` killed with SIGKILL mid-run: no row deleted and missing from the target; a rerun finishes, and
 //!   the `purged` bits are exactly the rows deleted (ids whose delete committed without their bits are
 //!   repaired).
+//! - PostgreSQL source → MariaDB history: the lock, compare and delete run in PostgreSQL; a changed row is
+//!   kept, re-driven and deleted by the second pass.
 //! - Refusals (exit 2): a target that is the source table, a job whose follower is running.
 
 use std::time::Duration;
@@ -567,4 +569,127 @@ async fn purge_refuses_a_target_that_is_the_source_and_a_running_follower() {
     assert_eq!(code, 0, "{v:#}");
     assert_eq!(num(&v, "deleted"), 999, "{v:#}");
     assert_eq!(job.sql_u64("SELECT COUNT(*) FROM src").await, 301);
+}
+
+/// Archiving from a PostgreSQL source into a MariaDB history table: the lock, the compare and the delete
+/// run in PostgreSQL. A row updated in the source after its copy is kept and re-driven, then deleted by the
+/// second pass; the largest key is kept until `--purge-max-key`; the source ends with exactly its new rows,
+/// the history with the old ones, equal column for column to a kept copy, and the `purged` bits are exactly
+/// the rows deleted.
+#[tokio::test(flavor = "multi_thread")]
+async fn old_rows_are_archived_from_postgres_and_only_proven_rows_are_deleted() {
+    const ROWS: u64 = 26_000;
+    // id % 13 < 10 is old: 10 of every 13 ids, and the largest (26 000 = 13 × 2 000) is old.
+    const OLD: u64 = 20_000;
+    const NEW: u64 = ROWS - OLD;
+    let job = TestJob::new(1_000, 500).await;
+    let pg = job.pg().await;
+    pg.sql(
+        "CREATE TABLE src (id bigint PRIMARY KEY, created_at timestamp(6) NOT NULL, user_id integer NOT NULL, \
+         amount numeric(12,2) NOT NULL, note varchar(64), flags smallint NOT NULL)",
+    )
+    .await;
+    pg.sql(&format!(
+        "INSERT INTO src SELECT s, \
+         CASE WHEN s % 13 < 10 THEN timestamp '2024-01-01' + s * interval '1 second' + (s % 999983) * interval '1 microsecond' \
+              ELSE timestamp '{CUTOFF}' + s * interval '1 second' END, \
+         s % 977, (s * 37 % 100000) / 100.0, CASE WHEN s % 11 = 0 THEN NULL ELSE 'note ' || s END, s % 3 \
+         FROM generate_series(1, {ROWS}) s"
+    ))
+    .await;
+    pg.sql("CREATE TABLE orig AS TABLE src").await;
+    let old_in_pg = pg
+        .count(&format!(
+            "SELECT count(*) FROM src WHERE created_at < '{CUTOFF}'"
+        ))
+        .await;
+    assert_eq!(old_in_pg, OLD);
+    job.sql(
+        "CREATE TABLE hist (id BIGINT UNSIGNED NOT NULL PRIMARY KEY, created_at DATETIME(6) NOT NULL, \
+         user_id INT NOT NULL, amount DECIMAL(12,2) NOT NULL, note VARCHAR(64) NULL, flags SMALLINT NOT NULL)",
+    )
+    .await;
+    job.write_file("job.toml", &job_toml(&job, &pg.url, &job.database_url, ""));
+    copy(&job, OLD).await;
+    let (code, v) = verify(&job, &[]).await;
+    assert_eq!(code, 0, "{v:#}");
+
+    // Changed in the source after its copy: not deleted by the first pass.
+    let updated = 5u64;
+    for t in ["src", "orig"] {
+        pg.sql(&format!(
+            "UPDATE {t} SET amount = amount + 1 WHERE id = {updated}"
+        ))
+        .await;
+    }
+    let (code, first) = purge(&job, &["--batch", "4000"]).await;
+    assert_eq!(code, 3, "a differing row makes the pass exit 3: {first:#}");
+    assert_eq!(num(&first, "candidates"), OLD, "{first:#}");
+    assert_eq!(num(&first, "deleted"), OLD - 2, "{first:#}");
+    assert_eq!(num(&first, "kept_max_key"), ROWS, "{first:#}");
+    assert_eq!(
+        first["differing_ids"],
+        serde_json::json!([updated]),
+        "{first:#}"
+    );
+    assert_eq!(
+        pg.count(&format!(
+            "SELECT count(*) FROM src WHERE id IN ({updated}, {ROWS})"
+        ))
+        .await,
+        2,
+        "the changed row and the largest key are still in the source"
+    );
+
+    // The re-drive brings the change to the history; then the second pass and --purge-max-key.
+    job.spawn_consumer(&["--exit-when-idle", "3"])
+        .wait(LONG)
+        .await
+        .expect_code(0);
+    let (code, second) = purge(&job, &["--purge-max-key"]).await;
+    assert_eq!(code, 0, "{second:#}");
+    assert_eq!(num(&second, "deleted"), 2, "{second:#}");
+
+    assert_eq!(pg.count("SELECT count(*) FROM src").await, NEW);
+    assert_eq!(
+        pg.count(&format!(
+            "SELECT count(*) FROM src s JOIN orig o USING (id) WHERE s.created_at >= '{CUTOFF}' \
+             AND (s.created_at, s.user_id, s.amount, s.note, s.flags) IS NOT DISTINCT FROM \
+                 (o.created_at, o.user_id, o.amount, o.note, o.flags)"
+        ))
+        .await,
+        NEW,
+        "the source keeps its new rows, untouched"
+    );
+    let want = pg
+        .texts(&format!(
+            "SELECT id::text, to_char(created_at, 'YYYY-MM-DD HH24:MI:SS.US'), user_id::text, amount::text, \
+             note, flags::text FROM orig WHERE created_at < '{CUTOFF}' ORDER BY orig.id"
+        ))
+        .await;
+    let got = mysql_texts(
+        &job,
+        "SELECT CAST(id AS CHAR), DATE_FORMAT(created_at, '%Y-%m-%d %H:%i:%s.%f'), CAST(user_id AS CHAR), \
+         CAST(amount AS CHAR), note, CAST(flags AS CHAR) FROM hist ORDER BY id",
+    )
+    .await;
+    assert_eq!(got.len() as u64, OLD);
+    if let Some((g, w)) = got.iter().zip(&want).find(|(g, w)| g != w) {
+        panic!("the MariaDB history differs from the original's old rows: {g:?} ≠ {w:?}");
+    }
+    let old_ids: Vec<u64> = want
+        .iter()
+        .map(|r| r[0].as_deref().and_then(|s| s.parse().ok()).expect("an id"))
+        .collect();
+    assert_eq!(
+        purged_ids(&job).await,
+        old_ids,
+        "the purged bits are the rows deleted"
+    );
+    let (_, report) = job.report().await;
+    assert_eq!(num(&report, "purged_ids"), OLD, "{report:#}");
+    assert_eq!(num(&report, "purge_pending"), 0, "{report:#}");
+    let (code, v) = verify(&job, &["--redrive"]).await;
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(job.sql_u64("SELECT COUNT(*) FROM hist").await, OLD);
 }
