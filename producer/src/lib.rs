@@ -196,7 +196,14 @@ pub async fn walk(
         };
         let first = group_of(next, gs);
         let last = group_last(first, gs);
-        if done.contains_key(&first) {
+        // Done before this run, or — while following — planned whole by the follower since (a change in a
+        // group the walk had not reached): producing it again would copy it twice.
+        let done_since = !done.contains_key(&first)
+            && matches!(
+                ledger.group_status(first).await?,
+                Some(GroupStatus::Produced | GroupStatus::Complete)
+            );
+        if done.contains_key(&first) || done_since {
             summary.groups_skipped += 1;
             progress.skipped += 1;
         } else {

@@ -6,12 +6,14 @@
 //!   stored in `bitmig:{JOB}:follow` (`from`, `position`, `started_at`, then `checkpoint_at`,
 //!   `last_event_at`, `lag_s`, `events`, `ids_published`, `settling`, `heartbeat_at` every second and
 //!   `stopped_at` on a clean stop, which `purge` reads to refuse running beside a follower).
-//! - Changed keys gather in a [`RoaringTreemap`] for one [`WINDOW`] (a hot row is published once per
-//!   window), then per group: plan the group when nobody did (reading all its ids, as the walk does),
+//! - Changed keys gather in a [`RoaringTreemap`] for one window (a hot row is published once per
+//!   window): [`WINDOW`] while the consumers keep up, wider (up to [`MAX_WINDOW`], [`window_for`]) while
+//!   messages wait in the work queue, so a busy table's changes become fewer, larger batches. Then per group: plan the group when nobody did (reading all its ids, as the walk does),
 //!   set the `src` bits, publish `catchup`
 //!   batches, wait for the confirms, mark the group `produced` again ([`Ledger::mark_caught_up`]).
 //! - Every published id is published once more after `[follow] settle` (seed 001's late-write race), at
-//!   most [`SETTLE_BUCKET`] later than that: the re-drives of the windows of one such span go out together.
+//!   most [`SETTLE_BUCKET`] (or two and a half windows) later than that: the re-drives of the windows of
+//!   one such span go out together.
 //! - The stored position (and [`ChangeReader::checkpoint`]) advances, at most about once a second, only
 //!   to a change whose ids **and** their settle re-drive are confirmed: a restart, `kill -9` included,
 //!   resumes from there and at worst publishes some ids again (harmless: a catch-up is idempotent).
@@ -38,7 +40,7 @@ use bitmig_shared::telemetry::metrics::Metrics;
 use chrono::{DateTime, Utc};
 use roaring::RoaringTreemap;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::binlog::{BinlogReader, BinlogSource};
 use super::logical::{LogicalReader, LogicalSource};
@@ -48,8 +50,25 @@ use crate::{Amqp, Options, Summary};
 
 /// How long changed keys gather before they are published (and the settle windows' width).
 pub const WINDOW: Duration = Duration::from_millis(200);
-/// Settle re-drives of the windows falling due within this span go out as one.
+/// The longest window: while the consumers are behind (ids wait in the work queue), windows widen up to
+/// this, so the same changes go out as fewer, larger batches instead of adding messages that would only
+/// wait in the queue (see [`window_for`]).
+pub const MAX_WINDOW: Duration = Duration::from_secs(2);
+/// Messages waiting in the work queue per extra [`WINDOW`] of window.
+const BACKLOG_PER_STEP: u32 = 50;
+/// How often the work queue's depth is read.
+const BACKLOG_EVERY: Duration = Duration::from_secs(1);
+/// Settle re-drives of the windows falling due within this span (or two and a half windows, when
+/// longer) go out as one.
 const SETTLE_BUCKET: Duration = Duration::from_secs(1);
+
+/// The window for a work queue holding `backlog` messages: [`WINDOW`] when the consumers keep up (the lag
+/// stays low), one more [`WINDOW`] per [`BACKLOG_PER_STEP`] waiting messages, at most [`MAX_WINDOW`].
+/// Publishing sooner than the consumers take the queue only lengthens it: each window's changes are one
+/// message per group touched, and a busy table touches every group in every window.
+pub fn window_for(backlog: u32) -> Duration {
+    (WINDOW * (1 + backlog / BACKLOG_PER_STEP)).min(MAX_WINDOW)
+}
 /// At most one checkpoint (Redis write and reader checkpoint) per this interval.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// Ids waiting before the follower stops reading to publish them (memory bound under a burst).
@@ -260,6 +279,12 @@ struct Follower<'a> {
     last_event_at: Option<DateTime<Utc>>,
     lag_s: f64,
     metrics: Metrics,
+    /// The current window ([`window_for`] the work queue's depth), when the pending ids last went out,
+    /// and when the depth was last read (on a channel of its own: a failed passive declare closes it).
+    window: Duration,
+    last_flush: Instant,
+    backlog_read: Option<Instant>,
+    probe: Option<lapin::Channel>,
 }
 
 impl<'a> Follower<'a> {
@@ -292,6 +317,10 @@ impl<'a> Follower<'a> {
             last_event_at: None,
             lag_s: 0.0,
             metrics,
+            window: WINDOW,
+            last_flush: Instant::now(),
+            backlog_read: None,
+            probe: None,
         })
     }
 
@@ -348,7 +377,12 @@ impl<'a> Follower<'a> {
                             });
                         }
                         read_in_window = false;
-                        self.flush().await?;
+                        self.adapt_window().await;
+                        // A tick early rather than a tick late: the tick is one WINDOW.
+                        if self.last_flush.elapsed() + WINDOW / 2 >= self.window {
+                            self.flush().await?;
+                            self.last_flush = Instant::now();
+                        }
                     }
                     self.checkpoint(Some(&mut *reader), false).await?;
                 }
@@ -456,6 +490,52 @@ impl<'a> Follower<'a> {
         Ok(())
     }
 
+    /// Reads the work queue's depth (at most every [`BACKLOG_EVERY`]) and sets the window from it. A failed
+    /// read keeps the window: it is an optimisation, never a reason to stop.
+    async fn adapt_window(&mut self) {
+        if self
+            .backlog_read
+            .is_some_and(|at| at.elapsed() < BACKLOG_EVERY)
+        {
+            return;
+        }
+        self.backlog_read = Some(Instant::now());
+        let queue = bitmig_shared::queue::work_queue(&self.job.name);
+        if !self.probe.as_ref().is_some_and(|c| c.status().connected()) {
+            self.probe = None;
+            let Ok(a) = self.amqp().await else {
+                return;
+            };
+            match a.conn.create_channel().await {
+                Ok(c) => self.probe = Some(c),
+                Err(_) => return,
+            }
+        }
+        let Some(probe) = &self.probe else {
+            return;
+        };
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        match probe
+            .queue_declare(queue.as_str().into(), passive, Default::default())
+            .await
+        {
+            Ok(q) => {
+                let window = window_for(q.message_count());
+                if window != self.window {
+                    debug!(job = %self.job.name, backlog = q.message_count(), window_ms = window.as_millis() as u64, "catch-up window");
+                }
+                self.window = window;
+            }
+            Err(e) => {
+                debug!(job = %self.job.name, error = %e, "could not read the work queue's depth");
+                self.probe = None;
+            }
+        }
+    }
+
     /// The broker connection, opened again when it was lost.
     async fn amqp(&mut self) -> anyhow::Result<&mut Amqp> {
         if !self
@@ -489,7 +569,8 @@ impl<'a> Follower<'a> {
                 // of one per window (a busy table touches the same groups window after window).
                 Some(last)
                     if !last.ids.is_empty()
-                        && due.saturating_duration_since(last.opened) < SETTLE_BUCKET =>
+                        && due.saturating_duration_since(last.opened)
+                            < SETTLE_BUCKET.max(self.window * 5 / 2) =>
                 {
                     last.ids |= ids;
                     last.due = due;
@@ -671,5 +752,19 @@ impl<'a> Follower<'a> {
         }
         self.ledger.set_follow_state(&fields).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::*;
+
+    #[test]
+    fn the_window_widens_with_the_backlog_and_stops_at_the_longest() {
+        assert_eq!(window_for(0), WINDOW);
+        assert_eq!(window_for(BACKLOG_PER_STEP - 1), WINDOW);
+        assert_eq!(window_for(BACKLOG_PER_STEP), WINDOW * 2);
+        assert_eq!(window_for(4 * BACKLOG_PER_STEP), WINDOW * 5);
+        assert_eq!(window_for(u32::MAX), MAX_WINDOW);
     }
 }
