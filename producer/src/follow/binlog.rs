@@ -28,8 +28,6 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -37,6 +35,7 @@ use mysql_async::binlog::events::{Event, EventData, QueryEvent, RotateEvent, Row
 use mysql_async::binlog::EventType;
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, Opts, Value};
+use tokio::time::Instant;
 
 use super::{key_as_id, Change, ChangeReader, FollowError};
 
@@ -515,6 +514,19 @@ impl BinlogReader {
         db == self.database && table == self.src.table
     }
 
+    /// A rows event (plain or compressed) whose table id, the first 6 bytes of its post-header, maps to
+    /// another table than the job's. An id with no table map is not known to be another's: `false`.
+    fn is_other_tables_rows(&self, ev: &Event) -> bool {
+        let Some(head) = ev.data().get(..6) else {
+            return false;
+        };
+        let mut id = [0u8; 8];
+        id[..6].copy_from_slice(head);
+        self.stream
+            .get_tme(u64::from_le_bytes(id))
+            .is_some_and(|tme| !self.is_our_table(&tme.database_name(), &tme.table_name()))
+    }
+
     async fn handle(&mut self, ev: Event) -> Result<(), FollowError> {
         self.events += 1;
         self.last_heard = Instant::now();
@@ -557,20 +569,8 @@ impl BinlogReader {
                 let name = maria_event_name(t).unwrap_or("?");
                 // A compressed rows event keeps its post-header (6-byte table id, flags) uncompressed:
                 // one for another table is none of ours and is passed over like any other table's rows.
-                if (166..=171).contains(&t) {
-                    if let Some(id) = ev.data().get(..6) {
-                        let mut b = [0u8; 8];
-                        b[..6].copy_from_slice(id);
-                        let other_table =
-                            self.stream
-                                .get_tme(u64::from_le_bytes(b))
-                                .is_some_and(|tme| {
-                                    !self.is_our_table(&tme.database_name(), &tme.table_name())
-                                });
-                        if other_table {
-                            return Ok(());
-                        }
-                    }
+                if (166..=171).contains(&t) && self.is_other_tables_rows(&ev) {
+                    return Ok(());
                 }
                 return Err(self.undecodable(
                     &ev,
@@ -646,7 +646,6 @@ impl BinlogReader {
             | EventType::PARTIAL_UPDATE_ROWS_EVENT => self.rows(&ev, ty).await?,
             EventType::TABLE_MAP_EVENT
             | EventType::STOP_EVENT
-            | EventType::HEARTBEAT_EVENT
             | EventType::INTVAR_EVENT
             | EventType::RAND_EVENT
             | EventType::USER_VAR_EVENT
@@ -668,20 +667,10 @@ impl BinlogReader {
     }
 
     async fn rows(&mut self, ev: &Event, ty: EventType) -> Result<(), FollowError> {
-        // Another table's rows (most of a shared server's binlog) are passed over by the table id at the
-        // head of the post-header (6 bytes, as every server since MySQL 5.6 / MariaDB 10 writes it),
-        // without decoding the event: a follower must read a busy server's binlog faster than it is
-        // written.
-        if let Some(head) = ev.data().get(..6) {
-            let mut b = [0u8; 8];
-            b[..6].copy_from_slice(head);
-            let other_table = self
-                .stream
-                .get_tme(u64::from_le_bytes(b))
-                .is_some_and(|tme| !self.is_our_table(&tme.database_name(), &tme.table_name()));
-            if other_table {
-                return Ok(());
-            }
+        // Another table's rows (most of a shared server's binlog) are passed over by their table id,
+        // undecoded: a follower must read a busy server's binlog faster than it is written.
+        if self.is_other_tables_rows(ev) {
+            return Ok(());
         }
         let name = format!("{ty:?}");
         let data = ev
