@@ -8,17 +8,21 @@
 //!   `stopped_at` on a clean stop, which `purge` reads to refuse running beside a follower).
 //! - Changed keys gather in a [`RoaringTreemap`] for one window (a hot row is published once per
 //!   window): [`WINDOW`] while the consumers keep up, wider (up to [`MAX_WINDOW`], [`window_for`]) while
-//!   messages wait in the work queue, so a busy table's changes become fewer, larger batches. Then per group: plan the group when nobody did (reading all its ids, as the walk does),
-//!   set the `src` bits, publish `catchup`
-//!   batches, wait for the confirms, mark the group `produced` again ([`Ledger::mark_caught_up`]).
+//!   messages wait in the work queue, so a busy table's changes become fewer, larger batches. Then per
+//!   group: plan the group when nobody did (reading all its ids, as the walk does), set the `src` bits,
+//!   publish `catchup` batches, wait for the confirms, mark the group `produced` again
+//!   ([`Ledger::mark_caught_up`]).
 //! - Every published id is published once more after `[follow] settle` (seed 001's late-write race), at
 //!   most [`SETTLE_BUCKET`] (or two and a half windows) later than that: the re-drives of the windows of
 //!   one such span go out together.
 //! - The stored position (and [`ChangeReader::checkpoint`]) advances, at most about once a second, only
 //!   to a change whose ids **and** their settle re-drive are confirmed: a restart, `kill -9` included,
 //!   resumes from there and at worst publishes some ids again (harmless: a catch-up is idempotent).
-//! - `lag_s`: now − commit time of the newest change published; 0 once a window passes with nothing new;
+//! - `lag_s`: now − commit time of the newest change published; once a window passes with nothing new,
+//!   now − what the reader vouches it has read ([`ChangeReader::read_up_to`]; 0 when it cannot tell);
 //!   while paused it grows with the pause (changes may wait unread), until the follower reads again.
+//! - A lost stream (binlog, logical) is opened again from the last change taken (`Follower::reopen`);
+//!   a queue reader's positions belong to its connection, so it stops instead.
 //! - While the job is paused (DESIGN.md §11) the follower neither reads nor publishes (settle re-drives
 //!   included) within [`bitmig_shared::control::WATCH_EVERY`] plus the window in hand; the keys it read
 //!   and did not publish stay pending, so the checkpoint does not pass them; `resume` goes on from there.
@@ -62,13 +66,6 @@ const BACKLOG_EVERY: Duration = Duration::from_secs(1);
 /// longer) go out as one.
 const SETTLE_BUCKET: Duration = Duration::from_secs(1);
 
-/// The window for a work queue holding `backlog` messages: [`WINDOW`] when the consumers keep up (the lag
-/// stays low), one more [`WINDOW`] per [`BACKLOG_PER_STEP`] waiting messages, at most [`MAX_WINDOW`].
-/// Publishing sooner than the consumers take the queue only lengthens it: each window's changes are one
-/// message per group touched, and a busy table touches every group in every window.
-pub fn window_for(backlog: u32) -> Duration {
-    (WINDOW * (1 + backlog / BACKLOG_PER_STEP)).min(MAX_WINDOW)
-}
 /// At most one checkpoint (Redis write and reader checkpoint) per this interval.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// Ids waiting before the follower stops reading to publish them (memory bound under a burst).
@@ -78,6 +75,14 @@ const PUBLISH_ATTEMPTS: u32 = 10;
 /// Attempts at reading a lost change stream again (waits 2, 4, … 32 s: about four minutes) before the
 /// follower gives up with exit 1; a change read resets the count.
 const REOPEN_ATTEMPTS: u32 = 8;
+
+/// The window for a work queue holding `backlog` messages: [`WINDOW`] when the consumers keep up (the lag
+/// stays low), one more [`WINDOW`] per [`BACKLOG_PER_STEP`] waiting messages, at most [`MAX_WINDOW`].
+/// Publishing sooner than the consumers take the queue only lengthens it: each window's changes are one
+/// message per group touched, and a busy table touches every group in every window.
+pub fn window_for(backlog: u32) -> Duration {
+    (WINDOW * (1 + backlog / BACKLOG_PER_STEP)).min(MAX_WINDOW)
+}
 
 /// Plan, publish and follow: the walk ([`crate::walk`]) and the follower run side by side; returns when
 /// `cancel` fires (the walk's summary), or with the first error of either.
@@ -398,37 +403,21 @@ impl<'a> Follower<'a> {
                         // A lost or silent stream (binlog, logical): read again from the last change
                         // taken. The queue reader's positions belong to its connection: it stops.
                         Err(FollowError::Source(e))
-                            if !matches!(self.spec.from, FollowFrom::Queue { .. })
-                                && reopened < REOPEN_ATTEMPTS =>
+                            if !matches!(self.spec.from, FollowFrom::Queue { .. }) =>
                         {
-                            reopened += 1;
-                            let wait = Duration::from_secs(1 << reopened.min(5));
-                            warn!(job = %self.job.name, attempt = reopened, position = %read_position,
-                                error = %format!("{e:#}"), "the change stream failed; reading again from the last change taken in {wait:?}");
+                            warn!(job = %self.job.name, position = %read_position, error = %format!("{e:#}"),
+                                "the change stream failed; reading again from the last change taken");
                             // The old stream goes first: a binlog dump with the same server_id, or the
                             // slot's walsender, must be gone before the new one starts.
                             drop(reader);
-                            tokio::select! {
-                                _ = cancel.cancelled() => return self.stop_without_reader().await,
-                                _ = tokio::time::sleep(wait) => {}
-                            }
-                            reader = loop {
-                                match open_reader(self.job, self.opts, &self.spec, &read_position).await {
-                                    Ok(r) => break r,
-                                    Err(e) if reopened < REOPEN_ATTEMPTS && !is_bad_input(&e) => {
-                                        reopened += 1;
-                                        let wait = Duration::from_secs(1 << reopened.min(5));
-                                        warn!(job = %self.job.name, attempt = reopened, error = %format!("{e:#}"),
-                                            "could not open the change stream again; retrying in {wait:?}");
-                                        tokio::select! {
-                                            _ = cancel.cancelled() => return self.stop_without_reader().await,
-                                            _ = tokio::time::sleep(wait) => {}
-                                        }
-                                    }
-                                    Err(e) => return Err(e.context("opening the change stream again")),
-                                }
+                            let reopened_reader = self
+                                .reopen(&read_position, &mut reopened, &cancel)
+                                .await
+                                .with_context(|| format!("the change stream failed: {e:#}"))?;
+                            reader = match reopened_reader {
+                                Some(r) => r,
+                                None => return self.stop_without_reader().await,
                             };
-                            info!(job = %self.job.name, position = %read_position, "reading the change stream again");
                         }
                         Err(e) => return Err(follow_error(e)),
                     }
@@ -438,6 +427,43 @@ impl<'a> Follower<'a> {
         self.checkpoint(Some(&mut *reader), true).await?;
         self.close().await;
         Ok(())
+    }
+
+    /// Opens the change stream again at `position`, after waits of 2, 4, … 32 s, until it opens; `None`
+    /// when cancelled meanwhile. `attempts` counts since the last change read (the caller resets it):
+    /// past [`REOPEN_ATTEMPTS`], or on a refusal (exit 2), the follower gives up.
+    async fn reopen(
+        &self,
+        position: &str,
+        attempts: &mut u32,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<Option<Box<dyn ChangeReader>>> {
+        loop {
+            if *attempts >= REOPEN_ATTEMPTS {
+                anyhow::bail!(
+                    "the change stream failed {attempts} times in a row without a change read between; giving up"
+                );
+            }
+            *attempts += 1;
+            let wait = Duration::from_secs(1 << (*attempts).min(5));
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(None),
+                _ = tokio::time::sleep(wait) => {}
+            }
+            match open_reader(self.job, self.opts, &self.spec, position).await {
+                Ok(r) => {
+                    info!(job = %self.job.name, %position, attempt = *attempts, "reading the change stream again");
+                    return Ok(Some(r));
+                }
+                Err(e) if is_bad_input(&e) => {
+                    return Err(e.context("opening the change stream again"))
+                }
+                Err(e) => {
+                    warn!(job = %self.job.name, attempt = *attempts, error = %format!("{e:#}"),
+                        "could not open the change stream again");
+                }
+            }
+        }
     }
 
     /// SIGTERM while the change stream was being opened again: the last safe checkpoint, stored.
@@ -706,9 +732,8 @@ impl<'a> Follower<'a> {
     }
 
     /// Stores the state, and advances the stored position and the reader's checkpoint to the newest safe
-    /// position, at most once per [`CHECKPOINT_EVERY`] (always when `last`).
-    /// Stores the follow state, and the position when it moved (telling `reader`, when there is one: a
-    /// follower stopped while its stream was being opened again has none).
+    /// position, at most once per [`CHECKPOINT_EVERY`] (always when `last`). `reader` is `None` for a
+    /// follower stopped while its stream was being opened again: the position is stored all the same.
     async fn checkpoint(
         &mut self,
         reader: Option<&mut dyn ChangeReader>,
