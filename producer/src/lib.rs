@@ -198,12 +198,12 @@ pub async fn walk(
         let last = group_last(first, gs);
         // Done before this run, or — while following — planned whole by the follower since (a change in a
         // group the walk had not reached): producing it again would copy it twice.
-        let done_since = !done.contains_key(&first)
-            && matches!(
+        let skip = done.contains_key(&first)
+            || matches!(
                 ledger.group_status(first).await?,
                 Some(GroupStatus::Produced | GroupStatus::Complete)
             );
-        if done.contains_key(&first) || done_since {
+        if skip {
             summary.groups_skipped += 1;
             progress.skipped += 1;
         } else {
