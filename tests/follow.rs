@@ -25,6 +25,17 @@ pub fn spawn_follower(job: &TestJob) -> Proc {
     job.spawn(Bin::Producer, &["--job", job.job_arg(), "--follow"])
 }
 
+/// SIGTERM to the follower, then to each consumer: every one must stop cleanly (exit 0) within a minute.
+pub async fn stop_following(follower: Proc, consumers: Vec<Proc>) {
+    follower
+        .terminate(Duration::from_secs(60))
+        .await
+        .expect_code(0);
+    for c in consumers {
+        c.terminate(Duration::from_secs(60)).await.expect_code(0);
+    }
+}
+
 /// What the writer did, for the messages.
 #[derive(Debug, Default)]
 pub struct Writes {

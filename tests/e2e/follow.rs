@@ -13,8 +13,8 @@ use mysql_async::prelude::Queryable;
 use rand::Rng;
 
 use crate::helpers::follow::{
-    follow_field, follow_job, producer_status, spawn_follower, wait_caught_up, wait_for_position,
-    write_one, Writes,
+    follow_field, follow_job, producer_status, spawn_follower, stop_following, wait_caught_up,
+    wait_for_position, write_one, Writes,
 };
 use crate::helpers::{wait_for, Bin, Bits, Proc, TestJob};
 
@@ -112,13 +112,7 @@ async fn follow_while_writing(kill_midway: bool) {
         "a GTID state, not {position:?}"
     );
 
-    follower
-        .terminate(Duration::from_secs(60))
-        .await
-        .expect_code(0);
-    for c in consumers {
-        c.terminate(Duration::from_secs(60)).await.expect_code(0);
-    }
+    stop_following(follower, consumers).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -248,13 +242,7 @@ async fn postgres_changes_reach_mariadb_through_logical_replication() {
         .collect();
     assert!(differing.is_empty(), "rows differ: {differing:?}");
 
-    follower
-        .terminate(Duration::from_secs(60))
-        .await
-        .expect_code(0);
-    for c in consumers {
-        c.terminate(Duration::from_secs(60)).await.expect_code(0);
-    }
+    stop_following(follower, consumers).await;
 }
 
 /// MariaDB → PostgreSQL with a hash-mod route: a row whose route column changes ends in exactly one
@@ -346,13 +334,7 @@ async fn a_routed_row_moved_by_an_update_lives_in_one_postgres_table() {
         "rows differ (id|user_id|v|table): {differing:?}"
     );
 
-    follower
-        .terminate(Duration::from_secs(60))
-        .await
-        .expect_code(0);
-    for c in consumers {
-        c.terminate(Duration::from_secs(60)).await.expect_code(0);
-    }
+    stop_following(follower, consumers).await;
 }
 
 /// Seed 001's A/B race, forced: a consumer reads rows S and R (S < R, one `catchup` batch) and its write is
@@ -507,13 +489,7 @@ async fn a_late_write_of_an_older_read_is_undone_by_the_settle_redrive() {
     assert!(job.bitmap_ids(group, Bits::Gone).await.contains(&r));
     assert!(!job.bitmap_ids(group, Bits::Tgt).await.contains(&r));
 
-    follower
-        .terminate(Duration::from_secs(60))
-        .await
-        .expect_code(0);
-    for c in consumers {
-        c.terminate(Duration::from_secs(60)).await.expect_code(0);
-    }
+    stop_following(follower, consumers).await;
 }
 
 /// The follower's binlog connection dies under it (the server kills the dump thread, as a failover or a
@@ -631,13 +607,7 @@ async fn a_lost_binlog_connection_is_opened_again_and_misses_nothing() {
     );
     let out = follower.output_so_far();
     assert!(out.contains("reading the change stream again"), "{out}");
-    follower
-        .terminate(Duration::from_secs(60))
-        .await
-        .expect_code(0);
-    for c in consumers {
-        c.terminate(Duration::from_secs(60)).await.expect_code(0);
-    }
+    stop_following(follower, consumers).await;
 }
 
 /// The last `n` lines of `text`.

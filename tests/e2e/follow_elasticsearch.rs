@@ -16,7 +16,8 @@ use serde_json::json;
 
 use crate::helpers::es::Es;
 use crate::helpers::follow::{
-    follow_field, producer_status, spawn_follower, wait_caught_up, wait_for_position,
+    follow_field, producer_status, spawn_follower, stop_following, wait_caught_up,
+    wait_for_position,
 };
 use crate::helpers::{Proc, TestJob};
 
@@ -172,11 +173,5 @@ async fn a_followed_table_equals_its_monthly_indices_with_moved_and_deleted_rows
     assert!(events > 0, "the follower saw no event: {report:#}");
     eprintln!("{writes:?}; {events} events; {total} documents");
 
-    follower
-        .terminate(Duration::from_secs(60))
-        .await
-        .expect_code(0);
-    for c in consumers {
-        c.terminate(Duration::from_secs(60)).await.expect_code(0);
-    }
+    stop_following(follower, consumers).await;
 }

@@ -13,7 +13,8 @@ use serde_json::json;
 
 use super::follow_readers::ChangeQueue;
 use crate::helpers::follow::{
-    follow_field, producer_status, spawn_follower, wait_caught_up, wait_for_position,
+    follow_field, producer_status, spawn_follower, stop_following, wait_caught_up,
+    wait_for_position,
 };
 use crate::helpers::{header_text, wait_for, Proc, TestJob, ERROR_HEADER};
 
@@ -228,13 +229,7 @@ async fn debezium_and_canal_events_in_a_queue_bring_the_target_to_the_source() {
         "each dead message says why: {bodies:?}"
     );
 
-    follower
-        .terminate(Duration::from_secs(60))
-        .await
-        .expect_code(0);
-    for c in consumers {
-        c.terminate(Duration::from_secs(60)).await.expect_code(0);
-    }
+    stop_following(follower, consumers).await;
     // Acked, every one: nothing comes back to the queue once the follower is gone.
     wait_for(
         "the change queue without a consumer",

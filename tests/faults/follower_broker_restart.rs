@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use crate::{
     helpers::follow::{
-        follow_job, producer_status, spawn_follower, wait_caught_up, wait_for_position, write_one,
-        Writes,
+        follow_job, producer_status, spawn_follower, stop_following, wait_caught_up,
+        wait_for_position, write_one, Writes,
     },
     helpers::{Proc, TestJob},
     services::{reconnect, start_services, stop_rabbitmq, RestoreServices},
@@ -89,11 +89,5 @@ async fn the_follower_reconnects_and_goes_on_when_rabbitmq_restarts_under_it() {
         "a broker restart sent batches to {dead}"
     );
 
-    follower
-        .terminate(Duration::from_secs(60))
-        .await
-        .expect_code(0);
-    for c in consumers {
-        c.terminate(Duration::from_secs(60)).await.expect_code(0);
-    }
+    stop_following(follower, consumers).await;
 }
