@@ -36,6 +36,12 @@ use crate::value::{Column, ColumnType, Row, RowSet, Value};
 
 /// MySQL's limit of placeholders in one prepared statement.
 const MAX_PLACEHOLDERS: usize = 65_535;
+/// Statements with at most this many placeholders stay prepared on their connection whatever their shape.
+/// A prepared statement keeps a definition per placeholder on the client (hundreds of bytes each), and the
+/// connection caches 128 statements: a busy table's catch-ups write every number of rows from 1 to a batch,
+/// and a cache of 8 000-placeholder upserts of each size held over 100 MB per consumer. Larger statements
+/// stay prepared only in the shape of a full batch (the copy's), and are closed after use otherwise.
+const CACHED_PARAMS: usize = 256;
 
 /// The SQL sink on MySQL / MariaDB.
 pub type MySqlSink = SqlSink<MySql>;
@@ -47,6 +53,8 @@ pub struct MySql {
     pool: mysql_async::Pool,
     write: WriteMode,
     version: Option<Ident>,
+    /// The job's batch size: upserts of this many rows stay prepared ([`CACHED_PARAMS`]).
+    full_rows: usize,
 }
 
 impl MySql {
@@ -82,7 +90,9 @@ impl MySql {
     ) -> Result<Result<(), String>, SinkError> {
         let key = &rs.columns[rs.key_index].name;
         let sql = self.insert_sql(table, &rs.columns, key, rows.len());
-        match q.exec_drop(sql, params(rows)).await {
+        let per_stmt = (MAX_PLACEHOLDERS / rs.columns.len().max(1)).max(1);
+        let keep = rows.len() == self.full_rows.min(per_stmt);
+        match exec_shaped(q, sql, params(rows), keep).await {
             Ok(()) => Ok(Ok(())),
             // InnoDB rolled back this statement only.
             Err(e) if mysql_is_row_error(&e) => Ok(Err(mysql_error_text(&e))),
@@ -116,6 +126,7 @@ impl Dialect for MySql {
             pool: mysql_pool(&target.url, max_connections).map_err(OpenError)?,
             write: target.write,
             version: job.source.version.clone(),
+            full_rows: job.batch_size as usize,
         })
     }
 
@@ -189,7 +200,7 @@ impl Dialect for MySql {
                     quote_table(Engine::Mysql, table),
                     vec!["?"; chunk.len()].join(",")
                 );
-                match tx.exec_drop(sql, chunk.to_vec()).await {
+                match exec_shaped(tx, sql, chunk.to_vec(), false).await {
                     Ok(()) => {}
                     // A listed table that does not exist holds no row: nothing to delete there.
                     Err(mysql_async::Error::Server(e)) if e.code == 1146 => break,
@@ -386,6 +397,29 @@ fn same_mysql_server(a: &DbUrl, b: &DbUrl) -> bool {
         && b.engine == Engine::Mysql
         && server_of(a.expose(), 3306).is_some()
         && server_of(a.expose(), 3306) == server_of(b.expose(), 3306)
+}
+
+/// `exec_drop`, leaving the statement prepared on the connection only when it has at most
+/// [`CACHED_PARAMS`] placeholders or `keep` (the shape of a full batch); otherwise it is closed after use.
+async fn exec_shaped<Q: Queryable + Send, P: Into<mysql_async::Params> + Send>(
+    q: &mut Q,
+    sql: String,
+    params: P,
+    keep: bool,
+) -> Result<(), mysql_async::Error> {
+    let params: mysql_async::Params = params.into();
+    let count = match &params {
+        mysql_async::Params::Positional(v) => v.len(),
+        mysql_async::Params::Named(m) => m.len(),
+        mysql_async::Params::Empty => 0,
+    };
+    if keep || count <= CACHED_PARAMS {
+        return q.exec_drop(sql, params).await;
+    }
+    let stmt = q.prep(sql).await?;
+    let done = q.exec_drop(&stmt, params).await;
+    let closed = q.close(stmt).await;
+    done.and(closed)
 }
 
 fn params(rows: &[&Row]) -> Vec<mysql_async::Value> {
