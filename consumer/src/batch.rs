@@ -10,12 +10,17 @@
 //! - Ids the ledger says must be left alone ([`LedgerFacts::skip`], the seam for `purged`, DESIGN.md §10)
 //!   are neither written, deleted nor recorded.
 //!
+//! - Several exclusive batches taken together ([`mergeable`], [`union`]) are one batch over the union of
+//!   their ids: one read, one write transaction; the record is split back by group ([`split_by_group`]).
+//!   A busy table's catch-ups come as many small batches (a few ids per group per follower window), and
+//!   their transactions, not their rows, would bound the consumer.
+//!
 //! I/O lives in [`crate::session`]: it reads, calls [`plan`], hands [`Plan::rows`] and [`Plan::delete`] to the
 //! sink, and records [`Plan::record`] of the sink's outcome.
 
 use std::collections::BTreeSet;
 
-use bitmig_shared::ids::{expand, IdRange};
+use bitmig_shared::ids::{count_in, expand, group_of, to_ranges, IdRange};
 use bitmig_shared::ledger::BatchRecord;
 use bitmig_shared::queue::Cause;
 use bitmig_shared::sink::WriteOutcome;
@@ -48,6 +53,56 @@ pub fn is_exclusive(cause: Cause) -> bool {
         Cause::Produce => false,
         Cause::Catchup | Cause::Redrive | Cause::Verify => true,
     }
+}
+
+/// Whether a batch of `cause` with `ids` may be taken together with others: exclusive batches smaller than
+/// `limit` ids (a full batch gains nothing from company).
+pub fn mergeable(cause: Cause, ids: &[IdRange], limit: u64) -> bool {
+    is_exclusive(cause) && count_in(ids) < limit
+}
+
+/// The ids of several batches as one ascending list of ranges, each id once.
+pub fn union<'a>(batches: impl IntoIterator<Item = &'a [IdRange]>) -> Vec<IdRange> {
+    let mut ids: Vec<u64> = batches.into_iter().flat_map(expand).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    to_ranges(&ids)
+}
+
+/// A record of ids from several groups as one record per group (`first`, ascending), for the ledger's
+/// per-group bitmaps; `groups` (each batch's group) all get one, even when none of their ids is left.
+pub fn split_by_group(
+    record: BatchRecord,
+    group_size: u64,
+    groups: &[u64],
+) -> Vec<(u64, BatchRecord)> {
+    let empty = || BatchRecord {
+        landed: Vec::new(),
+        gone: Vec::new(),
+        failed: Vec::new(),
+        exclusive: record.exclusive,
+    };
+    let mut out: std::collections::BTreeMap<u64, BatchRecord> =
+        groups.iter().map(|&g| (g, empty())).collect();
+    for id in record.landed {
+        out.entry(group_of(id, group_size))
+            .or_insert_with(empty)
+            .landed
+            .push(id);
+    }
+    for id in record.gone {
+        out.entry(group_of(id, group_size))
+            .or_insert_with(empty)
+            .gone
+            .push(id);
+    }
+    for (id, reason) in record.failed {
+        out.entry(group_of(id, group_size))
+            .or_insert_with(empty)
+            .failed
+            .push((id, reason));
+    }
+    out.into_iter().collect()
 }
 
 /// Decide what a batch of `ids` (inclusive ranges) does, given the `rows` read for them (ascending by key).
@@ -177,6 +232,33 @@ mod tests {
             &LedgerFacts::default(),
         );
         assert!(p.delete.is_empty() && p.exclusive);
+    }
+
+    #[test]
+    fn batches_taken_together_are_one_batch_split_back_by_group() {
+        assert!(mergeable(Cause::Catchup, &[[1, 9]], 1_000));
+        assert!(!mergeable(Cause::Catchup, &[[1, 1_000]], 1_000));
+        assert!(!mergeable(Cause::Produce, &[[1, 1]], 1_000));
+        let a: &[IdRange] = &[[10, 12], [20, 20]];
+        let b: &[IdRange] = &[[11, 13], [10_005, 10_006]];
+        assert_eq!(union([a, b]), vec![[10, 13], [20, 20], [10_005, 10_006]]);
+        let r = BatchRecord {
+            landed: vec![10, 11, 10_005],
+            gone: vec![12, 13, 10_006],
+            failed: vec![(20, "bad".into())],
+            exclusive: true,
+        };
+        let split = split_by_group(r, 10_000, &[0, 10_000, 30_000]);
+        assert_eq!(split.len(), 3);
+        assert_eq!(split[0].0, 0);
+        assert_eq!(split[0].1.landed, vec![10, 11]);
+        assert_eq!(split[0].1.gone, vec![12, 13]);
+        assert_eq!(split[0].1.failed, vec![(20, "bad".to_string())]);
+        assert_eq!(
+            (split[1].1.landed.clone(), split[1].1.gone.clone()),
+            (vec![10_005], vec![10_006])
+        );
+        assert!(split[2].1.landed.is_empty() && split[2].1.exclusive);
     }
 
     #[test]

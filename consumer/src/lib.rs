@@ -39,6 +39,10 @@ use session::session;
 
 /// How long in-flight batches get to finish after a shutdown request.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
+/// Deliveries one batch slot takes together at most: small `catchup`, `redrive` and `verify` batches the
+/// broker has already pushed go in one read and one transaction (a busy table's catch-ups are many batches
+/// of a few ids). The default prefetch leaves room for them.
+pub const MERGE_MAX: usize = 16;
 /// Delays between reconnections to RabbitMQ.
 const RECONNECT_MIN: Duration = Duration::from_millis(500);
 const RECONNECT_MAX: Duration = Duration::from_secs(15);
@@ -67,6 +71,8 @@ pub struct Options {
 #[derive(Debug, Default)]
 pub struct Stats {
     pub batches: AtomicU64,
+    /// Reads and writes of batches: fewer than `batches` when small ones were taken together.
+    pub writes: AtomicU64,
     pub rows_written: AtomicU64,
     pub gone: AtomicU64,
     pub failed: AtomicU64,
@@ -211,6 +217,7 @@ pub async fn run(
     info!(
         job = %ctx.job.name,
         batches = view.batches,
+        writes = view.writes,
         rows_written = view.rows_written,
         gone = view.gone,
         failed = view.failed,
@@ -250,6 +257,7 @@ fn readiness(job: &JobSpec, ledger: &Ledger, amqp_url: &str) -> anyhow::Result<R
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StatsView {
     pub batches: u64,
+    pub writes: u64,
     pub rows_written: u64,
     pub gone: u64,
     pub failed: u64,
@@ -261,6 +269,7 @@ impl From<&Stats> for StatsView {
     fn from(s: &Stats) -> Self {
         Self {
             batches: s.batches.load(Ordering::Relaxed),
+            writes: s.writes.load(Ordering::Relaxed),
             rows_written: s.rows_written.load(Ordering::Relaxed),
             gone: s.gone.load(Ordering::Relaxed),
             failed: s.failed.load(Ordering::Relaxed),

@@ -15,7 +15,8 @@ struct Args {
     // than 2 × 2, and moved 116k rows/s against 143k.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
     concurrency: u16,
-    /// Unacked deliveries the broker may push ahead (default: 2 × concurrency).
+    /// Unacked deliveries the broker may push ahead (default: 2 × concurrency + 16, room for small
+    /// catch-up batches to be taken together).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     prefetch: Option<u16>,
     /// Exit 0 once the work queue has been empty for SECS seconds and nothing is in flight.
@@ -34,7 +35,11 @@ async fn main() {
         amqp_url: args.common.amqp_url,
         redis_url: args.common.redis_url,
         concurrency: args.concurrency as usize,
-        prefetch: args.prefetch.unwrap_or(args.concurrency.saturating_mul(2)),
+        prefetch: args.prefetch.unwrap_or(
+            args.concurrency
+                .saturating_mul(2)
+                .saturating_add(bitmig_consumer::MERGE_MAX as u16),
+        ),
         exit_when_idle: args.exit_when_idle.map(Duration::from_secs),
         metrics_addr: args.metrics.metrics_addr,
     };

@@ -6,6 +6,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use bitmig_shared::ids::{group_last, IdRange};
 use bitmig_shared::queue::Message;
 use bitmig_shared::sink::{Changes, SinkError};
 use bitmig_shared::source::SourceError;
@@ -17,6 +18,7 @@ use crate::batch::{self, LedgerFacts};
 use crate::{Ctx, QUICK_RETRIES};
 
 /// Why a batch did not complete.
+#[derive(Debug, Clone)]
 pub(crate) enum Failure {
     /// The message itself is wrong: to the dead queue, never retried.
     Dead(String),
@@ -54,13 +56,28 @@ where
     }
 }
 
-/// Read → write → record, for one valid message.
-pub(crate) async fn process(ctx: &Ctx, m: &Message) -> Result<(), Failure> {
-    check_planned(ctx, m.group).await?;
-    wait_for_budget(ctx, bitmig_shared::ids::count_in(&m.ids)).await?;
+/// Read → write → record, for one valid message, or for several exclusive ones taken together (see
+/// [`crate::batch::union`]): their ids read in one query, written in one transaction, the outcome recorded
+/// group by group. Every group was checked by [`check_planned`] first.
+pub(crate) async fn process(ctx: &Ctx, ms: &[&Message]) -> Result<(), Failure> {
+    let Some(first) = ms.first() else {
+        return Ok(());
+    };
+    let cause = first.cause;
+    let merged;
+    let ids: &[IdRange] = if ms.len() == 1 {
+        &first.ids
+    } else {
+        merged = batch::union(ms.iter().map(|m| m.ids.as_slice()));
+        &merged
+    };
+    let mut groups: Vec<u64> = ms.iter().map(|m| m.group).collect();
+    groups.sort_unstable();
+    groups.dedup();
+    wait_for_budget(ctx, bitmig_shared::ids::count_in(ids)).await?;
     let started = Instant::now();
     let rows = quick_retry(&ctx.cancel, SourceError::is_transient, || {
-        ctx.source.read_rows(&m.ids)
+        ctx.source.read_rows(ids)
     })
     .await
     .map_err(source_failure)?;
@@ -69,19 +86,27 @@ pub(crate) async fn process(ctx: &Ctx, m: &Message) -> Result<(), Failure> {
     // `redrive` or `verify` batch must neither delete its target row nor mark it gone. Read after the
     // source rows, so that an id purged while this batch read its rows is seen purged here too (purge
     // sets the bit right after its commit). A `produce` batch deletes nothing: no look-up.
-    let facts = if batch::is_exclusive(m.cause) {
-        let purged = ctx
-            .ledger
-            .purged_among(m.group, &m.ids)
-            .await
-            .map_err(|e| Failure::Retry(format!("reading the purged ids in Redis: {e}")))?;
-        LedgerFacts {
-            skip: purged.into_iter().collect(),
+    let facts = if batch::is_exclusive(cause) {
+        let mut skip = std::collections::BTreeSet::new();
+        for &g in &groups {
+            let (lo, hi) = (g, group_last(g, ctx.job.group_size));
+            let of_group: Vec<IdRange> = ids
+                .iter()
+                .filter(|r| r[1] >= lo && r[0] <= hi)
+                .map(|r| [r[0].max(lo), r[1].min(hi)])
+                .collect();
+            let purged = ctx
+                .ledger
+                .purged_among(g, &of_group)
+                .await
+                .map_err(|e| Failure::Retry(format!("reading the purged ids in Redis: {e}")))?;
+            skip.extend(purged);
         }
+        LedgerFacts { skip }
     } else {
         LedgerFacts::default()
     };
-    let plan = batch::plan(m.cause, &m.ids, rows, &facts);
+    let plan = batch::plan(cause, ids, rows, &facts);
     let changes = Changes {
         rows: &plan.rows,
         delete: &plan.delete,
@@ -98,43 +123,42 @@ pub(crate) async fn process(ctx: &Ctx, m: &Message) -> Result<(), Failure> {
         warn!(id, reason = %reason, "row refused by the target: recorded in failed");
     }
     let record = plan.record(outcome);
+    let (landed, gone, failed) = (record.landed.len(), record.gone.len(), record.failed.len());
     // The changes are committed: the bits must follow. Keep trying while Redis is away (the
     // ConnectionManager reconnects); a shutdown leaves the batch unacked, and its redelivery rewrites it
     // idempotently.
     let started = Instant::now();
-    let mut wait = Duration::from_millis(200);
-    loop {
-        match ctx.ledger.record_batch(m.group, &record).await {
-            Ok(()) => break,
-            Err(e) if !ctx.cancel.is_cancelled() => {
-                warn!(error = %e, "could not record the batch in Redis; retrying");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(10));
+    for (group, record) in batch::split_by_group(record, ctx.job.group_size, &groups) {
+        let mut wait = Duration::from_millis(200);
+        loop {
+            match ctx.ledger.record_batch(group, &record).await {
+                Ok(()) => break,
+                Err(e) if !ctx.cancel.is_cancelled() => {
+                    warn!(error = %e, "could not record the batch in Redis; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(10));
+                }
+                Err(e) => return Err(Failure::Retry(format!("recording in Redis: {e}"))),
             }
-            Err(e) => return Err(Failure::Retry(format!("recording in Redis: {e}"))),
         }
     }
     ctx.metrics.stage(Stage::Ledger, started.elapsed());
-    ctx.metrics.rows(
-        record.landed.len() as u64,
-        record.gone.len() as u64,
-        record.failed.len() as u64,
-    );
-    ctx.stats.batches.fetch_add(1, Ordering::Relaxed);
+    ctx.metrics.rows(landed as u64, gone as u64, failed as u64);
+    ctx.stats
+        .batches
+        .fetch_add(ms.len() as u64, Ordering::Relaxed);
+    ctx.stats.writes.fetch_add(1, Ordering::Relaxed);
     ctx.stats
         .rows_written
-        .fetch_add(record.landed.len() as u64, Ordering::Relaxed);
-    ctx.stats
-        .gone
-        .fetch_add(record.gone.len() as u64, Ordering::Relaxed);
-    ctx.stats
-        .failed
-        .fetch_add(record.failed.len() as u64, Ordering::Relaxed);
+        .fetch_add(landed as u64, Ordering::Relaxed);
+    ctx.stats.gone.fetch_add(gone as u64, Ordering::Relaxed);
+    ctx.stats.failed.fetch_add(failed as u64, Ordering::Relaxed);
     debug!(
-        written = record.landed.len(),
-        gone = record.gone.len(),
+        batches = ms.len(),
+        written = landed,
+        gone,
         deleted = plan.delete.len(),
-        failed = record.failed.len(),
+        failed,
         "batch done"
     );
     Ok(())
@@ -159,7 +183,7 @@ async fn wait_for_budget(ctx: &Ctx, rows: u64) -> Result<(), Failure> {
 
 /// A message for a group the producer never planned is forged or left over from a lost ledger: its ids
 /// must not become bits (nor rows). One Redis look-up per group and consumer, then remembered.
-async fn check_planned(ctx: &Ctx, group: u64) -> Result<(), Failure> {
+pub(crate) async fn check_planned(ctx: &Ctx, group: u64) -> Result<(), Failure> {
     let known = ctx
         .planned
         .lock()

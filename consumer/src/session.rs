@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bitmig_shared::queue::{self, Message, Publisher, MAX_ATTEMPTS};
 use bitmig_shared::telemetry::metrics::BatchOutcome;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
@@ -20,8 +20,8 @@ use tokio::sync::{Mutex, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn, Instrument};
 
-use crate::process::{process, Failure};
-use crate::{Ctx, Options, SHUTDOWN_GRACE};
+use crate::process::{check_planned, process, Failure};
+use crate::{Ctx, Options, MERGE_MAX, SHUTDOWN_GRACE};
 
 /// Connect, consume until cancelled, idle or the connection is lost, then settle in-flight batches.
 /// `Ok` means the consumer should stop; `Err` that the connection failed. `connected` is set once
@@ -64,6 +64,8 @@ pub(crate) async fn session(
             .await?;
         info!(job = %job, concurrency = opts.concurrency, prefetch = opts.prefetch, "consuming");
         let mut pausing = false;
+        // A delivery (or the stream's end) taken from the stream but not started yet.
+        let mut stash: Option<Option<Result<Delivery, lapin::Error>>> = None;
         loop {
             tokio::select! {
                 biased;
@@ -72,7 +74,7 @@ pub(crate) async fn session(
                     pausing = true;
                     break;
                 }
-                next = deliveries.next() => {
+                next = next_delivery(&mut stash, &mut deliveries) => {
                     let delivery = match next {
                         Some(Ok(d)) => d,
                         Some(Err(e)) => {
@@ -100,9 +102,36 @@ pub(crate) async fn session(
                         }
                         p = slots.clone().acquire_owned() => p?,
                     };
+                    // Small exclusive batches the broker already pushed go along with this one (one read,
+                    // one transaction); the first that cannot join waits in `stash` for the next slot.
+                    let parsed = Message::parse(&delivery.data, job, ctx.job.group_size);
+                    let mut room = merge_room(ctx, &parsed);
+                    let mut taken = vec![(delivery, parsed)];
+                    while room.is_some() && taken.len() < MERGE_MAX {
+                        match deliveries.next().now_or_never() {
+                            None => break,
+                            Some(Some(Ok(d))) => {
+                                let parsed = Message::parse(&d.data, job, ctx.job.group_size);
+                                match (merge_room(ctx, &parsed), room) {
+                                    (Some(_), Some(left)) if ids_of(&parsed) <= left => {
+                                        room = Some(left - ids_of(&parsed));
+                                        taken.push((d, parsed));
+                                    }
+                                    _ => {
+                                        stash = Some(Some(Ok(d)));
+                                        break;
+                                    }
+                                }
+                            }
+                            Some(other) => {
+                                stash = Some(other);
+                                break;
+                            }
+                        }
+                    }
                     let (ctx, publisher) = (ctx.clone(), publisher.clone());
                     tracker.spawn(async move {
-                        handle(&ctx, &publisher, delivery).await;
+                        handle(&ctx, &publisher, taken).await;
                         drop(permit);
                     });
                     *idle_since = tokio::time::Instant::now();
@@ -119,6 +148,26 @@ pub(crate) async fn session(
                     }
                 }
             }
+        }
+        match stash.take() {
+            // Not started: back to the head of the work queue.
+            Some(Some(Ok(d))) => {
+                let _ = d
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await;
+            }
+            Some(Some(Err(e))) => {
+                lost = Some(anyhow::Error::from(e));
+                break 'running;
+            }
+            Some(None) => {
+                lost = Some(anyhow::anyhow!("the broker ended the consumer"));
+                break 'running;
+            }
+            None => {}
         }
         if !pausing {
             break;
@@ -195,81 +244,158 @@ async fn wait_running(
     resumed
 }
 
-/// Process one delivery and settle it: ack after success, after a confirmed hand-over to the retry or
-/// dead queue; otherwise nack with requeue so the broker keeps it.
-async fn handle(ctx: &Ctx, publisher: &Mutex<Publisher>, d: Delivery) {
-    let parsed = Message::parse(&d.data, &ctx.job.name, ctx.job.group_size);
-    let span = match &parsed {
-        Ok(m) => {
+/// The next delivery: the stashed one first.
+async fn next_delivery(
+    stash: &mut Option<Option<Result<Delivery, lapin::Error>>>,
+    deliveries: &mut lapin::Consumer,
+) -> Option<Result<Delivery, lapin::Error>> {
+    match stash.take() {
+        Some(next) => next,
+        None => deliveries.next().await,
+    }
+}
+
+/// Ids a delivery may still bring to a batch it joins, when it can join one at all (a small exclusive
+/// batch, [`crate::batch::mergeable`]): the job's batch size minus its own ids.
+fn merge_room(ctx: &Ctx, parsed: &Result<Message, String>) -> Option<u64> {
+    let limit = ctx.job.batch_size as u64;
+    match parsed {
+        Ok(m) if crate::batch::mergeable(m.cause, &m.ids, limit) => {
+            Some(limit - bitmig_shared::ids::count_in(&m.ids))
+        }
+        _ => None,
+    }
+}
+
+fn ids_of(parsed: &Result<Message, String>) -> u64 {
+    parsed
+        .as_ref()
+        .map(|m| bitmig_shared::ids::count_in(&m.ids))
+        .unwrap_or(0)
+}
+
+/// Process deliveries taken together (one, or several small exclusive batches) and settle each: ack after
+/// success or after a confirmed hand-over to the retry or dead queue; otherwise nack with requeue so the
+/// broker keeps it. A delivery that does not parse or whose group is not planned is settled alone; the
+/// others share one read, one write and its outcome.
+async fn handle(
+    ctx: &Ctx,
+    publisher: &Mutex<Publisher>,
+    taken: Vec<(Delivery, Result<Message, String>)>,
+) {
+    let span = match taken.first().map(|(_, p)| p) {
+        Some(Ok(m)) if taken.len() > 1 => {
+            tracing::info_span!("batch", job = %ctx.job.name, group = m.group, cause = m.cause.as_str(), attempt = m.attempt, together = taken.len())
+        }
+        Some(Ok(m)) => {
             tracing::info_span!("batch", job = %ctx.job.name, group = m.group, cause = m.cause.as_str(), attempt = m.attempt)
         }
-        Err(_) => tracing::info_span!("batch", job = %ctx.job.name),
+        _ => tracing::info_span!("batch", job = %ctx.job.name),
     };
     async {
-        let dead = queue::dead_queue(&ctx.job.name);
-        // Where the delivery goes instead, when it did not complete: (queue, body, reason header).
-        let handoff: Option<(String, Vec<u8>, Option<String>)> = match parsed {
-            Err(reason) => Some((dead.clone(), d.data.clone(), Some(reason))),
-            Ok(m) => match process(ctx, &m).await {
-                Ok(()) => None,
-                Err(Failure::Dead(reason)) => Some((dead.clone(), d.data.clone(), Some(reason))),
-                Err(Failure::Retry(reason)) => {
-                    let mut m = m;
-                    m.attempt += 1;
-                    if m.attempt > MAX_ATTEMPTS {
-                        error!(reason = %reason, attempts = m.attempt - 1, "batch failed every attempt: to the dead queue");
-                        let why = format!("failed {} attempts; last error: {reason}", m.attempt - 1);
-                        Some((dead.clone(), m.to_json(), Some(why)))
-                    } else {
-                        warn!(reason = %reason, next_attempt = m.attempt, "batch will be retried");
-                        Some((queue::retry_queue_for(&ctx.job.name, m.attempt), m.to_json(), None))
-                    }
-                }
-            },
-        };
-        let settled = match handoff {
-            None => {
-                ctx.metrics.batch(BatchOutcome::Done);
-                Ok(())
+        let mut ready: Vec<(Delivery, Message)> = Vec::new();
+        for (d, parsed) in taken {
+            match parsed {
+                Err(reason) => settle(ctx, publisher, d, None, Err(Failure::Dead(reason))).await,
+                Ok(m) => match check_planned(ctx, m.group).await {
+                    Ok(()) => ready.push((d, m)),
+                    Err(f) => settle(ctx, publisher, d, Some(m), Err(f)).await,
+                },
             }
-            Some((queue_name, body, why)) => {
-                if queue_name == dead {
-                    warn!(reason = why.as_deref().unwrap_or_default(), "message to the dead queue");
-                }
-                let sent = publisher
-                    .lock()
-                    .await
-                    .publish_confirmed(&queue_name, &body, why.as_deref())
-                    .await;
-                match sent {
-                    Ok(()) if queue_name == dead => {
-                        ctx.stats.dead.fetch_add(1, Ordering::Relaxed);
-                        ctx.metrics.batch(BatchOutcome::DeadLettered);
-                        Ok(())
-                    }
-                    Ok(()) => {
-                        ctx.stats.retried.fetch_add(1, Ordering::Relaxed);
-                        ctx.metrics.batch(BatchOutcome::Retried);
-                        Ok(())
-                    }
-                    // Not handed over: the broker keeps the delivery (nack with requeue below).
-                    Err(e) => {
-                        error!(error = %e, "could not hand the batch to {queue_name}");
-                        Err(())
-                    }
-                }
-            }
-        };
-        let acked = match settled {
-            Ok(()) => d.ack(BasicAckOptions::default()).await,
-            Err(()) => d.nack(BasicNackOptions { requeue: true, ..Default::default() }).await,
-        };
-        match acked {
-            Ok(true) => {}
-            Ok(false) => warn!("ack not sent (channel closed): the batch will be redelivered"),
-            Err(e) => warn!(error = %e, "ack failed: the batch will be redelivered"),
+        }
+        if ready.is_empty() {
+            return;
+        }
+        let messages: Vec<&Message> = ready.iter().map(|(_, m)| m).collect();
+        let outcome = process(ctx, &messages).await;
+        for (d, m) in ready {
+            settle(ctx, publisher, d, Some(m), outcome.clone()).await;
         }
     }
     .instrument(span)
     .await
+}
+
+/// Settle one delivery after `outcome`: ack it, or hand it to the dead queue (`Failure::Dead`, a message that
+/// did not parse: `m` is `None`) or its next retry queue first; a failed hand-over nacks it with requeue.
+async fn settle(
+    ctx: &Ctx,
+    publisher: &Mutex<Publisher>,
+    d: Delivery,
+    m: Option<Message>,
+    outcome: Result<(), Failure>,
+) {
+    let dead = queue::dead_queue(&ctx.job.name);
+    // Where the delivery goes instead, when it did not complete: (queue, body, reason header).
+    let handoff: Option<(String, Vec<u8>, Option<String>)> = match (outcome, m) {
+        (Ok(()), _) => None,
+        (Err(Failure::Dead(reason)), _) => Some((dead.clone(), d.data.clone(), Some(reason))),
+        (Err(Failure::Retry(reason)), None) => Some((dead.clone(), d.data.clone(), Some(reason))),
+        (Err(Failure::Retry(reason)), Some(mut m)) => {
+            m.attempt += 1;
+            if m.attempt > MAX_ATTEMPTS {
+                error!(group = m.group, reason = %reason, attempts = m.attempt - 1, "batch failed every attempt: to the dead queue");
+                let why = format!("failed {} attempts; last error: {reason}", m.attempt - 1);
+                Some((dead.clone(), m.to_json(), Some(why)))
+            } else {
+                warn!(group = m.group, reason = %reason, next_attempt = m.attempt, "batch will be retried");
+                Some((
+                    queue::retry_queue_for(&ctx.job.name, m.attempt),
+                    m.to_json(),
+                    None,
+                ))
+            }
+        }
+    };
+    let settled = match handoff {
+        None => {
+            ctx.metrics.batch(BatchOutcome::Done);
+            Ok(())
+        }
+        Some((queue_name, body, why)) => {
+            if queue_name == dead {
+                warn!(
+                    reason = why.as_deref().unwrap_or_default(),
+                    "message to the dead queue"
+                );
+            }
+            let sent = publisher
+                .lock()
+                .await
+                .publish_confirmed(&queue_name, &body, why.as_deref())
+                .await;
+            match sent {
+                Ok(()) if queue_name == dead => {
+                    ctx.stats.dead.fetch_add(1, Ordering::Relaxed);
+                    ctx.metrics.batch(BatchOutcome::DeadLettered);
+                    Ok(())
+                }
+                Ok(()) => {
+                    ctx.stats.retried.fetch_add(1, Ordering::Relaxed);
+                    ctx.metrics.batch(BatchOutcome::Retried);
+                    Ok(())
+                }
+                // Not handed over: the broker keeps the delivery (nack with requeue below).
+                Err(e) => {
+                    error!(error = %e, "could not hand the batch to {queue_name}");
+                    Err(())
+                }
+            }
+        }
+    };
+    let acked = match settled {
+        Ok(()) => d.ack(BasicAckOptions::default()).await,
+        Err(()) => {
+            d.nack(BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await
+        }
+    };
+    match acked {
+        Ok(true) => {}
+        Ok(false) => warn!("ack not sent (channel closed): the batch will be redelivered"),
+        Err(e) => warn!(error = %e, "ack failed: the batch will be redelivered"),
+    }
 }

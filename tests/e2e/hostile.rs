@@ -460,6 +460,106 @@ async fn a_message_for_a_group_never_planned_sets_no_bit() {
     job.assert_job_complete(rows, 0).await;
 }
 
+/// Small catch-up batches already waiting when a consumer starts are taken together (one read, one
+/// transaction); each still lands or fails on its own: the forged and the broken one among them go to the
+/// dead queue alone, and every other one's updates, deletes and bits land.
+#[tokio::test(flavor = "multi_thread")]
+async fn small_batches_taken_together_land_each_and_a_bad_one_among_them_goes_alone() {
+    let job = TestJob::new(1_000, 100).await;
+    job.create_tables().await;
+    let rows = job.insert_rows(&gappy_ids(6_000, job.group_size)).await;
+    job.produce(&[]).await;
+    job.consume_until_idle(1, &[]).await;
+    job.assert_target_equals_source().await;
+
+    // In every group: three rows updated, two deleted, then one catch-up batch per group with those five
+    // ids, and each group's first changed id again in a second batch (the same id twice in one read).
+    let name = job.name.as_str();
+    let mut bodies = Vec::new();
+    let mut deleted = 0;
+    for first in job.groups().await {
+        let ids: Vec<u64> = job
+            .source_ids_in_group(first)
+            .await
+            .into_iter()
+            .step_by(7)
+            .take(5)
+            .collect();
+        assert_eq!(ids.len(), 5, "group {first} has too few rows for the test");
+        let list = |ids: &[u64]| ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+        job.sql(&format!(
+            "UPDATE src SET c_bigint = -c_bigint WHERE id IN ({})",
+            list(&ids[..3])
+        ))
+        .await;
+        deleted += job
+            .sql_affected(&format!(
+                "DELETE FROM src WHERE id IN ({})",
+                list(&ids[3..])
+            ))
+            .await;
+        bodies.push(json!({"job": name, "group": first, "ids": ranges(&ids), "cause": "catchup", "attempt": 0}).to_string());
+        bodies.push(json!({"job": name, "group": first, "ids": [[ids[0], ids[0]]], "cause": "catchup", "attempt": 0}).to_string());
+    }
+    assert!(
+        bodies.len() >= 8,
+        "the test needs several groups: {}",
+        bodies.len()
+    );
+    let top = u64::MAX / job.group_size * job.group_size;
+    let forged = json!({"job": name, "group": top, "ids": [[top, top + 3]], "cause": "catchup", "attempt": 0}).to_string();
+    let broken = b"{\"job\": \"half a".to_vec();
+    // The bad ones in the middle: they arrive among good ones.
+    let middle = bodies.len() / 2;
+    for (i, body) in bodies.iter().enumerate() {
+        if i == middle {
+            job.publish_raw(forged.as_bytes()).await;
+            job.publish_raw(&broken).await;
+        }
+        job.publish_raw(body.as_bytes()).await;
+    }
+
+    let done = job
+        .spawn_consumer(&["--exit-when-idle", "3"])
+        .wait(COMMAND_DEADLINE)
+        .await;
+    done.expect_code(0);
+    let dead_letters = job.take_all(&job.dead_queue()).await;
+    let mut dead: Vec<(Vec<u8>, String)> = dead_letters
+        .iter()
+        .map(|d| {
+            (
+                d.data.clone(),
+                header_text(d, ERROR_HEADER).unwrap_or_default(),
+            )
+        })
+        .collect();
+    dead.sort();
+    assert_eq!(
+        dead.len(),
+        2,
+        "exactly the forged and the broken message are dead: {dead:?}\n{}",
+        done.describe()
+    );
+    let (forged_reason, broken_reason) = if dead[0].0 == forged.as_bytes() {
+        (&dead[0].1, &dead[1].1)
+    } else {
+        (&dead[1].1, &dead[0].1)
+    };
+    assert!(
+        dead.iter().any(|(b, _)| b == forged.as_bytes()) && dead.iter().any(|(b, _)| *b == broken)
+    );
+    assert!(forged_reason.contains("never planned"), "{forged_reason:?}");
+    assert!(
+        broken_reason.to_lowercase().contains("json"),
+        "{broken_reason:?}"
+    );
+
+    job.assert_target_equals_source().await;
+    assert_only_planned_groups_have_keys(&job).await;
+    job.assert_job_complete(rows, deleted).await;
+}
+
 /// Every `bitmig:{JOB:FIRST}:…` key belongs to a group in `bitmig:{JOB}:groups`.
 async fn assert_only_planned_groups_have_keys(job: &TestJob) {
     let prefixes: Vec<String> = job
