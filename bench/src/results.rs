@@ -203,7 +203,8 @@ impl Results {
                 batch_size: BATCH_SIZE,
                 consumers: CONSUMERS,
                 concurrency,
-                prefetch: 2 * concurrency,
+                // bitmig-consumer's default: room for small catch-up batches taken together.
+                prefetch: 2 * concurrency + 16,
                 nproc: sys::nproc(),
                 cpu: std::fs::read_to_string("/proc/cpuinfo")
                     .unwrap_or_default()

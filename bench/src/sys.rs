@@ -267,6 +267,9 @@ impl Measured {
 impl Drop for Measured {
     fn drop(&mut self) {
         if let Some(pid) = self.pid() {
+            // `timeout` puts itself in a process group of its own: the group of `time` misses it and the
+            // program, so its children get the signal too (a failed phase must not leave programs running).
+            self.terminate();
             signal_group(pid, "TERM");
         }
     }
