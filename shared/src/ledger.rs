@@ -702,24 +702,59 @@ impl Ledger {
         Ok(s.as_deref().and_then(GroupStatus::parse))
     }
 
-    /// After a catch-up of a group's ids is confirmed (DESIGN.md §8.2): a `complete` group is `produced`
+    /// The status of each group of `firsts`, in order, in one round of pipelines ([`Ledger::per_group`]).
+    pub async fn group_statuses(
+        &self,
+        firsts: &[u64],
+    ) -> Result<Vec<Option<GroupStatus>>, LedgerError> {
+        let v: Vec<(Option<String>,)> = self
+            .per_group(firsts, |p, f| {
+                p.hget(self.group_key(f, "meta"), "status");
+            })
+            .await?;
+        Ok(v.into_iter()
+            .map(|(s,)| s.as_deref().and_then(GroupStatus::parse))
+            .collect())
+    }
+
+    /// [`Ledger::add_src`] for several groups at once: `(first, ids)` each, one round of pipelines.
+    pub async fn add_src_many(&self, groups: &[(u64, Vec<u64>)]) -> Result<(), LedgerError> {
+        let firsts: Vec<u64> = groups.iter().map(|(f, _)| *f).collect();
+        let _: Vec<()> = self
+            .per_group(&firsts, |p, f| {
+                p.atomic();
+                if let Some((_, ids)) = groups.iter().find(|(g, _)| *g == f) {
+                    self.or_bits(p, f, "src", ids.iter().copied());
+                }
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// After a catch-up of the groups' ids is confirmed (DESIGN.md §8.2): a `complete` group is `produced`
     /// again, and `driven_at` moves to now, so the compensator checks it again once the batches had time
-    /// to land. A group the walk is still `producing` is left to the walk.
-    pub async fn mark_caught_up(&self, first: u64) -> Result<(), LedgerError> {
-        let mut con = self.con.clone();
-        let meta = self.group_key(first, "meta");
-        let status: Option<String> = con.hget(&meta, "status").await?;
-        if status.as_deref().and_then(GroupStatus::parse) == Some(GroupStatus::Producing) {
-            return Ok(());
-        }
-        let _: () = con
-            .hset_multiple(
-                &meta,
-                &[
-                    ("status", GroupStatus::Produced.as_str()),
-                    ("driven_at", &now_rfc3339()),
-                ],
-            )
+    /// to land. A group the walk is still `producing` is left to the walk. The statuses are read in one
+    /// round of pipelines, the groups marked in another.
+    pub async fn mark_caught_up_many(&self, firsts: &[u64]) -> Result<(), LedgerError> {
+        let statuses = self.group_statuses(firsts).await?;
+        let marked: Vec<u64> = firsts
+            .iter()
+            .zip(statuses)
+            .filter(|(_, s)| *s != Some(GroupStatus::Producing))
+            .map(|(f, _)| *f)
+            .collect();
+        let now = now_rfc3339();
+        let _: Vec<()> = self
+            .per_group(&marked, |p, f| {
+                p.hset_multiple(
+                    self.group_key(f, "meta"),
+                    &[
+                        ("status", GroupStatus::Produced.as_str()),
+                        ("driven_at", now.as_str()),
+                    ],
+                )
+                .ignore();
+            })
             .await?;
         Ok(())
     }

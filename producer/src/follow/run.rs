@@ -11,7 +11,7 @@
 //!   messages wait in the work queue, so a busy table's changes become fewer, larger batches. Then per
 //!   group: plan the group when nobody did (reading all its ids, as the walk does), set the `src` bits,
 //!   publish `catchup` batches, wait for the confirms, mark the group `produced` again
-//!   ([`Ledger::mark_caught_up`]).
+//!   ([`Ledger::mark_caught_up_many`]).
 //! - Every published id is published once more after `[follow] settle` (seed 001's late-write race), at
 //!   most [`SETTLE_BUCKET`] (or two and a half windows) later than that: the re-drives of the windows of
 //!   one such span go out together.
@@ -679,11 +679,14 @@ impl<'a> Follower<'a> {
     ) -> anyhow::Result<()> {
         let job = self.job;
         let gs = job.group_size;
-        for (first, ids) in groups {
+        // The window's groups in a few rounds of pipelines, not a few round trips per group: a busy table
+        // touches every group in every window.
+        let firsts: Vec<u64> = groups.iter().map(|(f, _)| *f).collect();
+        let statuses = self.ledger.group_statuses(&firsts).await?;
+        let mut all: Vec<(u64, Vec<u64>)> = Vec::with_capacity(groups.len());
+        for ((first, ids), status) in groups.iter().zip(statuses) {
             let mut ids = ids.clone();
-            if self.ledger.group_status(*first).await?.is_none()
-                || planned_here.iter().any(|(f, _)| f == first)
-            {
+            if status.is_none() || planned_here.iter().any(|(f, _)| f == first) {
                 // Nobody planned this group (ids above the walk's range, or a group the walk has not
                 // reached): plan it whole, as the walk would, so it never passes for produced with only
                 // its changed ids. The changed ids stay in, so those gone are deleted.
@@ -701,9 +704,11 @@ impl<'a> Follower<'a> {
                 ids.sort_unstable();
                 ids.dedup();
             }
-            let ids = &ids;
-            self.ledger.add_src(*first, ids).await?;
-            let amqp = self.amqp().await?;
+            all.push((*first, ids));
+        }
+        self.ledger.add_src_many(&all).await?;
+        let amqp = self.amqp().await?;
+        for (first, ids) in &all {
             for ranges in batches(ids, job.batch_size as usize) {
                 let m = Message {
                     job: job.name.clone(),
@@ -721,13 +726,15 @@ impl<'a> Follower<'a> {
             .wait()
             .await
             .context("catch-up batches not confirmed")?;
-        for (first, _) in groups {
+        let mut caught_up = Vec::new();
+        for first in &firsts {
             match planned_here.iter().find(|(f, _)| f == first) {
                 // Planned by the follower, whole.
                 Some((_, n)) => self.ledger.finish_group(*first, *n).await?,
-                None => self.ledger.mark_caught_up(*first).await?,
+                None => caught_up.push(*first),
             }
         }
+        self.ledger.mark_caught_up_many(&caught_up).await?;
         Ok(())
     }
 
