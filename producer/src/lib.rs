@@ -159,6 +159,16 @@ pub async fn walk(
         .filter_map(|(f, m)| Some((*f, GroupStatus::parse(m.get("status")?)?)))
         .filter(|(_, s)| *s != GroupStatus::Producing)
         .collect();
+    // Left `producing` by an interrupted run: redone. Any other group found `producing` later was begun
+    // since by someone else (the follower, planning a group it saw changed): it copies the group whole.
+    let producing_at_start: std::collections::HashSet<u64> = planned
+        .iter()
+        .zip(&metas)
+        .filter(|(_, m)| {
+            m.get("status").and_then(|s| GroupStatus::parse(s)) == Some(GroupStatus::Producing)
+        })
+        .map(|(f, _)| *f)
+        .collect();
 
     ledger
         .set_producer_state(&[
@@ -197,12 +207,14 @@ pub async fn walk(
         let first = group_of(next, gs);
         let last = group_last(first, gs);
         // Done before this run, or — while following — planned whole by the follower since (a change in a
-        // group the walk had not reached): producing it again would copy it twice.
+        // group the walk had not reached), finished or still in its hands: producing it again would copy
+        // it twice.
         let skip = done.contains_key(&first)
-            || matches!(
-                ledger.group_status(first).await?,
-                Some(GroupStatus::Produced | GroupStatus::Complete)
-            );
+            || match ledger.group_status(first).await? {
+                Some(GroupStatus::Produced | GroupStatus::Complete) => true,
+                Some(GroupStatus::Producing) => !producing_at_start.contains(&first),
+                None => false,
+            };
         if skip {
             summary.groups_skipped += 1;
             progress.skipped += 1;
