@@ -258,7 +258,7 @@ async fn next_delivery(
 /// Ids a delivery may still bring to a batch it joins, when it can join one at all (a small exclusive
 /// batch, [`crate::batch::mergeable`]): the job's batch size minus its own ids.
 fn merge_room(ctx: &Ctx, parsed: &Result<Message, String>) -> Option<u64> {
-    let limit = ctx.job.batch_size as u64;
+    let limit = ctx.job.batch_size;
     match parsed {
         Ok(m) if crate::batch::mergeable(m.cause, &m.ids, limit) => {
             Some(limit - bitmig_shared::ids::count_in(&m.ids))

@@ -310,7 +310,10 @@ pub async fn run(b: &mut Bench) -> Result<Figures> {
                 )
                 .await?;
                 let applied: i64 = c
-                    .exec_first("SELECT COALESCE(stamp, 0) FROM t_follow WHERE id = ?", (heartbeat,))
+                    .exec_first(
+                        "SELECT COALESCE(stamp, 0) FROM t_follow WHERE id = ?",
+                        (heartbeat,),
+                    )
                     .await?
                     .unwrap_or(0);
                 let now = now_us();
