@@ -87,21 +87,19 @@ pub(crate) async fn process(ctx: &Ctx, ms: &[&Message]) -> Result<(), Failure> {
     // source rows, so that an id purged while this batch read its rows is seen purged here too (purge
     // sets the bit right after its commit). A `produce` batch deletes nothing: no look-up.
     let facts = if batch::is_exclusive(cause) {
-        let mut skip = std::collections::BTreeSet::new();
-        for &g in &groups {
+        // One look-up per group, all at once (a batch of several groups taken together).
+        let purged = futures::future::try_join_all(groups.iter().map(|&g| {
             let (lo, hi) = (g, group_last(g, ctx.job.group_size));
             let of_group: Vec<IdRange> = ids
                 .iter()
                 .filter(|r| r[1] >= lo && r[0] <= hi)
                 .map(|r| [r[0].max(lo), r[1].min(hi)])
                 .collect();
-            let purged = ctx
-                .ledger
-                .purged_among(g, &of_group)
-                .await
-                .map_err(|e| Failure::Retry(format!("reading the purged ids in Redis: {e}")))?;
-            skip.extend(purged);
-        }
+            async move { ctx.ledger.purged_among(g, &of_group).await }
+        }))
+        .await
+        .map_err(|e| Failure::Retry(format!("reading the purged ids in Redis: {e}")))?;
+        let skip = purged.into_iter().flatten().collect();
         LedgerFacts { skip }
     } else {
         LedgerFacts::default()
@@ -128,11 +126,12 @@ pub(crate) async fn process(ctx: &Ctx, ms: &[&Message]) -> Result<(), Failure> {
     // ConnectionManager reconnects); a shutdown leaves the batch unacked, and its redelivery rewrites it
     // idempotently.
     let started = Instant::now();
-    for (group, record) in batch::split_by_group(record, ctx.job.group_size, &groups) {
+    let records = batch::split_by_group(record, ctx.job.group_size, &groups);
+    futures::future::try_join_all(records.iter().map(|(group, record)| async move {
         let mut wait = Duration::from_millis(200);
         loop {
-            match ctx.ledger.record_batch(group, &record).await {
-                Ok(()) => break,
+            match ctx.ledger.record_batch(*group, record).await {
+                Ok(()) => return Ok(()),
                 Err(e) if !ctx.cancel.is_cancelled() => {
                     warn!(error = %e, "could not record the batch in Redis; retrying");
                     tokio::time::sleep(wait).await;
@@ -141,7 +140,8 @@ pub(crate) async fn process(ctx: &Ctx, ms: &[&Message]) -> Result<(), Failure> {
                 Err(e) => return Err(Failure::Retry(format!("recording in Redis: {e}"))),
             }
         }
-    }
+    }))
+    .await?;
     ctx.metrics.stage(Stage::Ledger, started.elapsed());
     ctx.metrics.rows(landed as u64, gone as u64, failed as u64);
     ctx.stats
