@@ -324,6 +324,9 @@ pub struct BinlogReader {
     /// Everything the source wrote to its binlog before this time has been read: a heartbeat (sent only by
     /// a dump thread idle at the end of the binlog) moves it to now, any other event to its own timestamp.
     read_up_to: DateTime<Utc>,
+    /// An event taken from the stream whose handling was cancelled at its one await (reading the key
+    /// column again after a DDL): handled first by the next call of `next`, so a cancel loses nothing.
+    held: Option<Event>,
 }
 
 impl BinlogReader {
@@ -447,6 +450,7 @@ impl BinlogReader {
             last_heard: Instant::now(),
             // Nothing read yet: as old as the position may be, nothing is proven.
             read_up_to: DateTime::<Utc>::UNIX_EPOCH,
+            held: None,
         };
         me.key = Some(me.read_key_column().await?);
         Ok(me)
@@ -828,6 +832,12 @@ impl ChangeReader for BinlogReader {
             if let Some(c) = self.ready.pop_front() {
                 return Ok(c);
             }
+            if let Some(ev) = self.held.clone() {
+                let r = self.handle(ev).await;
+                self.held = None;
+                r?;
+                continue;
+            }
             let next =
                 tokio::time::timeout_at(self.last_heard + self.silence, self.stream.next()).await;
             let Ok(next) = next else {
@@ -865,7 +875,14 @@ impl ChangeReader for BinlogReader {
                     )))
                 }
             };
-            self.handle(ev).await?;
+            if self.key.is_none() {
+                // `handle` awaits only to read the key column, and only while it is unknown: keep the
+                // event until it is handled, in case the caller cancels this call there.
+                self.held = Some(ev.clone());
+            }
+            let r = self.handle(ev).await;
+            self.held = None;
+            r?;
         }
     }
 
