@@ -4,14 +4,18 @@
 //! Candidates are the ids with `tgt` set, not `gone`, not `purged`, not in `failed`, in groups `complete`.
 //! Per batch of at most `--batch` candidates of one group, one source transaction:
 //!
-//! 1. `SELECT … FOR UPDATE` the candidates' rows, read without `filter` (with its verdict as a column), and
-//!    the table's largest key;
+//! 1. `SELECT … FOR UPDATE` the candidates' rows (their ranges, or the batch's span when those are many),
+//!    read without `filter` (with its verdict as a column), and the table's largest key;
 //! 2. read the target rows of the batch's span across every table of the job (routes included) and hash
 //!    both sides with the canonical encoding of §9 ([`bitmig_shared::digest`]); a key is proven by
 //!    [`proven_equal`]: exactly one target row, with the source row's hash;
-//! 3. `DELETE` the proven rows by key (the number deleted must be the number proven, or the transaction is
-//!    rolled back), `COMMIT`;
+//! 3. `DELETE` the proven rows, a run of proven rows with no other row between them as one key range
+//!    ([`delete_runs`]; the transaction is REPEATABLE READ, so no row enters a locked range before it
+//!    ends), and the number deleted must be the number proven, or the transaction is rolled back; `COMMIT`;
 //! 4. **then** set their `purged` bits.
+//!
+//! Two batches run at once ([`PURGE_WORKERS`]), each in its own transaction, taken from far-apart parts
+//! of the key space ([`interleave`]) so that neither waits on the other's locks.
 //!
 //! A candidate whose row differs, or no longer matches `filter`, is not deleted: it is re-published as a
 //! `redrive` batch (a consumer rewrites the target row, or deletes it when the row left the filter) and a
@@ -39,7 +43,9 @@
 //! `--dry-run` runs every step but rolls each transaction back: it deletes nothing, sets no bit, re-drives
 //! nothing, and reports what it would have deleted.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use futures::StreamExt;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -56,7 +62,7 @@ use bitmig_shared::throttle::Throttle;
 use bitmig_shared::value::RowSet;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// A follower whose state in `bitmig:{JOB}:follow` is younger than this is taken as running. It writes
 /// its state every second while it runs.
@@ -412,6 +418,51 @@ impl Judge {
     }
 }
 
+/// A batch whose candidates form more ranges than this is locked as its whole span: a statement of
+/// thousands of `OR`ed ranges (a table with gaps in its keys) costs the server more to plan than reading
+/// the few rows in the span that are not candidates (judged by key, they are neither compared nor
+/// deleted).
+const LOCK_RANGES_MAX: usize = 64;
+
+/// The ranges a batch locks: its candidates' ranges, or its span when they are many.
+fn lock_ranges(ids: &[u64]) -> Vec<IdRange> {
+    let ranges = to_ranges(ids);
+    if ranges.len() <= LOCK_RANGES_MAX {
+        ranges
+    } else {
+        vec![[ids[0], ids[ids.len() - 1]]]
+    }
+}
+
+/// The ranges to `DELETE` for the `proven` keys (ascending): within each locked range, every run of
+/// locked rows (ascending by key) that are all proven becomes one range from its first key to its last.
+/// No other row lies in such a range: the lock read every row of the locked range, and the transaction
+/// keeps new ones out until it ends (REPEATABLE READ, [`bitmig_shared::source::PurgeTx::delete`]). A
+/// table with gaps in its keys thus deletes a batch with one `BETWEEN` rather than thousands.
+fn delete_runs(
+    locked_ranges: &[IdRange],
+    locked: &[bitmig_shared::value::Row],
+    proven: &[u64],
+) -> Vec<IdRange> {
+    let mut runs: Vec<IdRange> = Vec::new();
+    for r in locked_ranges {
+        let mut open: Option<IdRange> = None;
+        let from = locked.partition_point(|row| row.key < r[0]);
+        for row in locked[from..].iter().take_while(|row| row.key <= r[1]) {
+            if proven.binary_search(&row.key).is_ok() {
+                match &mut open {
+                    Some(run) => run[1] = row.key,
+                    None => open = Some([row.key, row.key]),
+                }
+            } else if let Some(run) = open.take() {
+                runs.push(run);
+            }
+        }
+        runs.extend(open);
+    }
+    runs
+}
+
 /// What one committed (or, dry, rolled back) batch did.
 struct BatchDone {
     verdict: Verdict,
@@ -431,8 +482,9 @@ struct Purger<'a> {
 impl Purger<'_> {
     /// One transaction: lock, read the target, judge, delete, commit. Nothing is recorded here.
     async fn batch(&self, ids: &[u64]) -> anyhow::Result<BatchDone> {
-        let ranges = to_ranges(ids);
         let (lo, hi) = (ids[0], ids[ids.len() - 1]);
+        let ranges = lock_ranges(ids);
+        let t0 = Instant::now();
         let mut tx = self
             .source
             .begin_purge()
@@ -442,6 +494,7 @@ impl Purger<'_> {
             .lock_rows(&ranges)
             .await
             .with_context(|| format!("locking the source rows of {lo}..={hi}"))?;
+        let t_lock = t0.elapsed();
         let keep = if self.opts.purge_max_key {
             None
         } else {
@@ -452,7 +505,9 @@ impl Purger<'_> {
             .read_range(self.job.source.key.as_str(), lo, hi)
             .await
             .with_context(|| format!("reading the target rows of {lo}..={hi}"))?;
+        let t_target = t0.elapsed();
         let verdict = self.judge.judge(ids, &locked, &target, keep)?;
+        let t_judge = t0.elapsed();
         drop(target);
         if self.opts.dry_run {
             tx.rollback().await.context("rolling back a dry run")?;
@@ -463,8 +518,9 @@ impl Purger<'_> {
         }
         let mut deleted = 0;
         if !verdict.delete.is_empty() {
+            let runs = delete_runs(&ranges, &locked.rows.rows, &verdict.delete);
             deleted = tx
-                .delete(&verdict.delete)
+                .delete(&runs)
                 .await
                 .with_context(|| format!("deleting the proven rows of {lo}..={hi}"))?;
             if deleted != verdict.delete.len() as u64 {
@@ -476,9 +532,22 @@ impl Purger<'_> {
                 );
             }
         }
+        let t_delete = t0.elapsed();
         tx.commit()
             .await
             .with_context(|| format!("committing the delete of {lo}..={hi}"))?;
+        let ms = |d: Duration| d.as_millis() as u64;
+        debug!(
+            lo,
+            hi,
+            deleted,
+            lock_ms = ms(t_lock),
+            target_ms = ms(t_target - t_lock),
+            judge_ms = ms(t_judge - t_target),
+            delete_ms = ms(t_delete - t_judge),
+            commit_ms = ms(t0.elapsed() - t_delete),
+            "purge batch"
+        );
         Ok(BatchDone { verdict, deleted })
     }
 
@@ -577,6 +646,69 @@ pub(crate) async fn candidates(job: &JobSpec, ledger: &Ledger) -> anyhow::Result
     Ok(out)
 }
 
+/// Batches of a purge in flight at once, each in its own source transaction: one judges and reads the
+/// target while the other's `DELETE` runs.
+const PURGE_WORKERS: usize = 2;
+
+/// The order to run `n` batches (ascending in key order) with `strands` in flight: round-robin over
+/// `strands` equal runs, so the batches in flight together are far apart in the key space. Adjacent
+/// batches would wait on each other: a range locked `FOR UPDATE` also locks the next key after it
+/// (InnoDB's next-key lock), which is the first row of the next batch.
+fn interleave(n: usize, strands: usize) -> impl Iterator<Item = usize> {
+    let strands = strands.clamp(1, n.max(1));
+    let bounds: Vec<usize> = (0..=strands).map(|s| s * n / strands).collect();
+    let longest = (0..strands)
+        .map(|s| bounds[s + 1] - bounds[s])
+        .max()
+        .unwrap_or(0);
+    (0..longest).flat_map(move |round| {
+        let bounds = bounds.clone();
+        (0..strands).filter_map(move |s| {
+            let i = bounds[s] + round;
+            (i < bounds[s + 1]).then_some(i)
+        })
+    })
+}
+
+/// Publish a group's kept ids (ascending) as `redrive` batches, connecting on first use.
+async fn republish(
+    job: &JobSpec,
+    opts: &PurgeOptions,
+    publisher: &mut Option<(lapin::Connection, Publisher)>,
+    first: u64,
+    ids: &mut [u64],
+    summary: &mut PurgeSummary,
+) -> anyhow::Result<()> {
+    ids.sort_unstable();
+    if publisher.is_none() {
+        let conn = queue::connect(&opts.amqp_url, "bitmig-compensator")
+            .await
+            .context("connecting to RabbitMQ")?;
+        let p = Publisher::new(&conn).await?;
+        queue::declare_topology(p.channel(), &job.name).await?;
+        *publisher = Some((conn, p));
+    }
+    if let Some((_, p)) = publisher.as_mut() {
+        for ranges in batches(ids, job.batch_size as usize) {
+            let m = Message {
+                job: job.name.clone(),
+                group: first,
+                ids: ranges,
+                cause: Cause::Redrive,
+                attempt: 0,
+            };
+            p.publish_message(&job.name, &m).await?;
+            summary.messages += 1;
+        }
+        p.wait()
+            .await
+            .with_context(|| format!("re-publishing group {first}"))?;
+    }
+    info!(job = %job.name, group = first, cause = "redrive", ids = ids.len(), "kept and re-published rows that differ");
+    summary.republished_ids += ids.len() as u64;
+    Ok(())
+}
+
 /// Purge the job: see the module documentation. Refusals are [`BadInput`] (exit 2).
 pub async fn purge(
     job: &JobSpec,
@@ -594,9 +726,10 @@ pub async fn purge(
     {
         return Err(BadInput(why).into());
     }
-    let source = source::open(job, 1).map_err(bitmig_shared::cli::source_error)?;
+    let source = source::open(job, PURGE_WORKERS).map_err(bitmig_shared::cli::source_error)?;
     let log: std::sync::Arc<dyn sink::TableLog> = std::sync::Arc::new(ledger.clone());
-    let sink = sink::open_logged(job, 2, log).map_err(|e| BadInput(e.to_string()))?;
+    let sink =
+        sink::open_logged(job, 2 * PURGE_WORKERS, log).map_err(|e| BadInput(e.to_string()))?;
     let json_columns = source
         .json_text_columns()
         .await
@@ -635,105 +768,154 @@ pub async fn purge(
         sink,
         judge: Judge { json_columns },
     };
-    let lo = found.groups.first().map_or(0, |g| g.1[0]);
-    let hi = found.groups.last().map_or(0, |g| g.1[g.1.len() - 1]);
-    let mut progress = Progress::new(lo, hi);
+    let batch = opts.batch.max(1);
+    let work: Vec<(u64, &[u64])> = found
+        .groups
+        .iter()
+        .flat_map(|(first, ids)| ids.chunks(batch).map(move |c| (*first, c)))
+        .collect();
+    let mut chunks_left: HashMap<u64, usize> = HashMap::new();
+    for (first, _) in &work {
+        *chunks_left.entry(*first).or_default() += 1;
+    }
+    let mut progress = Progress::new(0, summary.candidates);
     let mut publisher: Option<(lapin::Connection, Publisher)> = None;
+    let mut redrive: HashMap<u64, Vec<u64>> = HashMap::new();
+    let mut begun: HashSet<u64> = HashSet::new();
     let started = Instant::now();
+    // After an error no batch starts; those in flight commit or roll back whole before it is returned.
+    let stop = cancel.child_token();
+    let mut failure: Option<anyhow::Error> = None;
+    let mut done_candidates = 0u64;
 
-    'groups: for (first, ids) in &found.groups {
-        let first = *first;
-        summary.groups_purged += 1;
-        let mut redrive: Vec<u64> = Vec::new();
-        for chunk in ids.chunks(opts.batch.max(1)) {
-            if pause.is_paused() {
+    let purger = &purger;
+    let (pause, throttle, stop_ref) = (&pause, &throttle, &stop);
+    let mut results = futures::stream::iter(interleave(work.len(), PURGE_WORKERS).map(|i| work[i]))
+        .map(|(first, chunk)| async move {
+            if pause.is_paused() && !stop_ref.is_cancelled() {
                 info!(job = %job.name, "paused: waiting for `resume` before the next batch");
                 tokio::select! {
                     _ = pause.wait_running() => info!(job = %job.name, "resumed"),
-                    _ = cancel.cancelled() => {}
+                    _ = stop_ref.cancelled() => {}
                 }
             }
-            if cancel.is_cancelled() {
-                summary.interrupted = true;
-                break 'groups;
+            if stop_ref.is_cancelled() {
+                return Ok(None);
             }
             throttle
                 .wait_for_budget(chunk.len() as u64)
                 .await
                 .context("waiting for the throttle's budget")?;
             let done = purger.batch_with_retries(chunk).await?;
-            let v = &done.verdict;
             if !opts.dry_run {
+                let v = &done.verdict;
                 let mut bits: Vec<u64> = v.delete.iter().chain(&v.repaired).copied().collect();
                 bits.sort_unstable();
                 purger.record_purged(first, &bits).await?;
             }
-            summary.batches += 1;
-            summary.deleted += done.deleted;
-            summary.repaired += v.repaired.len() as u64;
-            summary.differing += v.differing.len() as u64;
-            summary.outside_filter += v.outside_filter.len() as u64;
-            summary.vanished += v.vanished.len() as u64;
-            if v.kept_max.is_some() {
-                summary.kept_max_key = v.kept_max;
+            anyhow::Ok(Some((first, chunk, done)))
+        })
+        .buffered(PURGE_WORKERS);
+
+    while let Some(r) = results.next().await {
+        let (first, chunk, done) = match r {
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                summary.interrupted |= failure.is_none();
+                continue;
             }
-            if !v.vanished.is_empty() {
-                warn!(job = %job.name, group = first, ids = ?v.vanished, "ids the ledger says landed are in neither the source nor the target");
+            Err(e) => {
+                stop.cancel();
+                failure.get_or_insert(e);
+                continue;
             }
-            let mut kept: Vec<u64> = v
-                .differing
-                .iter()
-                .chain(&v.outside_filter)
-                .copied()
-                .collect();
-            kept.sort_unstable();
-            let room = LIST_CAP.saturating_sub(summary.differing_ids.len());
-            summary.differing_ids.extend(kept.iter().take(room));
-            redrive.extend(kept);
-            if opts.dry_run {
-                for r in to_ranges(&v.delete) {
-                    if summary.would_delete.len() >= LIST_CAP {
-                        break;
-                    }
-                    match summary.would_delete.last_mut() {
-                        Some(prev) if prev[1] + 1 == r[0] => prev[1] = r[1],
-                        _ => summary.would_delete.push(r),
+        };
+        if begun.insert(first) {
+            summary.groups_purged += 1;
+        }
+        let v = &done.verdict;
+        summary.batches += 1;
+        summary.deleted += done.deleted;
+        summary.repaired += v.repaired.len() as u64;
+        summary.differing += v.differing.len() as u64;
+        summary.outside_filter += v.outside_filter.len() as u64;
+        summary.vanished += v.vanished.len() as u64;
+        if v.kept_max.is_some() {
+            summary.kept_max_key = v.kept_max;
+        }
+        if !v.vanished.is_empty() {
+            warn!(job = %job.name, group = first, ids = ?v.vanished, "ids the ledger says landed are in neither the source nor the target");
+        }
+        let mut kept: Vec<u64> = v
+            .differing
+            .iter()
+            .chain(&v.outside_filter)
+            .copied()
+            .collect();
+        kept.sort_unstable();
+        if !kept.is_empty() {
+            if summary.differing_ids.len() < 64 * LIST_CAP {
+                summary.differing_ids.extend(&kept);
+            }
+            redrive.entry(first).or_default().extend(&kept);
+        }
+        if opts.dry_run {
+            summary.would_delete.extend(to_ranges(&v.delete));
+        }
+        done_candidates += chunk.len() as u64;
+        progress.ids += done.deleted;
+        progress.update(done_candidates);
+        let left = chunks_left.entry(first).or_default();
+        *left = left.saturating_sub(1);
+        if *left == 0 {
+            progress.groups += 1;
+            if let Some(mut ids) = redrive.remove(&first) {
+                if !opts.dry_run {
+                    if let Err(e) =
+                        republish(job, opts, &mut publisher, first, &mut ids, &mut summary).await
+                    {
+                        stop.cancel();
+                        failure.get_or_insert(e);
                     }
                 }
             }
-            progress.ids += done.deleted;
-            progress.update(chunk[chunk.len() - 1]);
         }
-        progress.groups += 1;
-        if !redrive.is_empty() && !opts.dry_run {
-            redrive.sort_unstable();
-            if publisher.is_none() {
-                let conn = queue::connect(&opts.amqp_url, "bitmig-compensator")
-                    .await
-                    .context("connecting to RabbitMQ")?;
-                let p = Publisher::new(&conn).await?;
-                queue::declare_topology(p.channel(), &job.name).await?;
-                publisher = Some((conn, p));
+    }
+    drop(results);
+    // A group left part-way (interrupted) re-drives what its finished batches kept.
+    if failure.is_none() && !opts.dry_run {
+        let mut rest: Vec<(u64, Vec<u64>)> = redrive.into_iter().collect();
+        rest.sort_unstable_by_key(|(first, _)| *first);
+        for (first, mut ids) in rest {
+            if let Err(e) =
+                republish(job, opts, &mut publisher, first, &mut ids, &mut summary).await
+            {
+                failure = Some(e);
+                break;
             }
-            if let Some((_, p)) = publisher.as_mut() {
-                for ranges in batches(&redrive, job.batch_size as usize) {
-                    let m = Message {
-                        job: job.name.clone(),
-                        group: first,
-                        ids: ranges,
-                        cause: Cause::Redrive,
-                        attempt: 0,
-                    };
-                    p.publish_message(&job.name, &m).await?;
-                    summary.messages += 1;
-                }
-                p.wait()
-                    .await
-                    .with_context(|| format!("re-publishing group {first}"))?;
-            }
-            info!(job = %job.name, group = first, cause = "redrive", ids = redrive.len(), "kept and re-published rows that differ");
-            summary.republished_ids += redrive.len() as u64;
         }
+    }
+    // Interleaved batches finish out of key order: the lists are put back in order, then capped.
+    summary.differing_ids.sort_unstable();
+    summary.differing_ids.truncate(LIST_CAP);
+    if opts.dry_run {
+        summary.would_delete.sort_unstable();
+        let mut merged: Vec<IdRange> = Vec::new();
+        for r in summary.would_delete.drain(..) {
+            match merged.last_mut() {
+                Some(prev) if prev[1] + 1 == r[0] => prev[1] = r[1],
+                _ => merged.push(r),
+            }
+        }
+        merged.truncate(LIST_CAP);
+        summary.would_delete = merged;
+    }
+    if let Some(e) = failure {
+        progress.finish();
+        if let Some((conn, _)) = publisher {
+            let _ = conn.close(200, "done".into()).await;
+        }
+        return Err(e);
     }
     progress.finish();
     if let Some((conn, _)) = publisher {
@@ -783,6 +965,44 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    fn keyed(keys: &[u64]) -> Vec<Row> {
+        keys.iter()
+            .map(|&key| Row {
+                key,
+                values: vec![Value::Int(key as i64)],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_run_of_proven_locked_rows_is_deleted_as_one_range_and_nothing_else_is_in_it() {
+        // locked span 1..=20 holds rows 2 3 5 8 9 10 14; 9 differs, 14 is the kept max key
+        let locked = keyed(&[2, 3, 5, 8, 9, 10, 14]);
+        let runs = delete_runs(&[[1, 20]], &locked, &[2, 3, 5, 8, 10]);
+        assert_eq!(runs, vec![[2, 8], [10, 10]]);
+        // two locked ranges: a run never bridges the unlocked gap between them (6 and 7 were not read)
+        let locked = keyed(&[4, 5, 8, 9]);
+        assert_eq!(
+            delete_runs(&[[4, 5], [8, 9]], &locked, &[4, 5, 8, 9]),
+            vec![[4, 5], [8, 9]]
+        );
+        assert!(delete_runs(&[[1, 9]], &locked, &[]).is_empty());
+    }
+
+    #[test]
+    fn a_batch_of_many_ranges_locks_its_span_and_batches_in_flight_are_far_apart() {
+        assert_eq!(lock_ranges(&[1, 2, 3, 7]), vec![[1, 3], [7, 7]]);
+        let sparse: Vec<u64> = (0..1000).map(|i| i * 2).collect();
+        assert_eq!(lock_ranges(&sparse), vec![[0, 1998]]);
+        assert_eq!(interleave(5, 2).collect::<Vec<_>>(), vec![0, 2, 1, 3, 4]);
+        assert_eq!(interleave(6, 3).collect::<Vec<_>>(), vec![0, 2, 4, 1, 3, 5]);
+        assert_eq!(interleave(1, 2).collect::<Vec<_>>(), vec![0]);
+        assert_eq!(interleave(0, 2).count(), 0);
+        let mut all: Vec<usize> = interleave(145, 2).collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..145).collect::<Vec<_>>());
     }
 
     #[test]

@@ -175,12 +175,19 @@ impl PurgeTx for MySqlPurgeTx {
         Ok(row.flatten())
     }
 
-    async fn delete(&mut self, keys: &[u64]) -> Result<u64, SourceError> {
+    async fn delete(&mut self, ranges: &[IdRange]) -> Result<u64, SourceError> {
         let mut deleted = 0;
-        for chunk in keys.chunks(10_000) {
-            let sql = PurgeSql::delete(&self.sql, chunk.len(), |_| "?".into());
-            let params: Vec<mysql_async::Value> =
-                chunk.iter().map(|&k| mysql_async::Value::from(k)).collect();
+        PurgeSql::check_delete_ranges(ranges).map_err(|message| SourceError::Query {
+            table: self.sql.table_label.clone(),
+            message,
+            transient: false,
+        })?;
+        for chunk in ranges.chunks(PurgeSql::DELETE_RANGES) {
+            let sql = PurgeSql::delete(&self.sql, chunk, |_| "?".into());
+            let params: Vec<mysql_async::Value> = PurgeSql::bounds(chunk)
+                .into_iter()
+                .map(mysql_async::Value::from)
+                .collect();
             self.tx
                 .exec_drop(sql, params)
                 .await
@@ -334,9 +341,13 @@ impl Source for MySqlSource {
 
     async fn begin_purge(&self) -> Result<Box<dyn PurgeTx>, SourceError> {
         let d = self.described().await?;
+        // REPEATABLE READ whatever the server's default: its next-key locks keep rows out of the locked
+        // ranges until the commit, which range deletes rely on (PurgeTx::delete).
+        let mut opts = mysql_async::TxOpts::default();
+        opts.with_isolation_level(mysql_async::IsolationLevel::RepeatableRead);
         let tx = self
             .pool
-            .start_transaction(mysql_async::TxOpts::default())
+            .start_transaction(opts)
             .await
             .map_err(|e| self.err(e))?;
         Ok(Box::new(MySqlPurgeTx {

@@ -165,11 +165,16 @@ impl PurgeTx for PgPurgeTx {
         Ok(max.and_then(|m| u64::try_from(m).ok()))
     }
 
-    async fn delete(&mut self, keys: &[u64]) -> Result<u64, SourceError> {
+    async fn delete(&mut self, ranges: &[IdRange]) -> Result<u64, SourceError> {
         let mut deleted = 0;
-        for chunk in keys.chunks(10_000) {
-            let sql = PurgeSql::delete(&self.sql, chunk.len(), |n| format!("${n}::int8"));
-            let params: Vec<i64> = chunk.iter().map(|&k| key_param(k)).collect();
+        PurgeSql::check_delete_ranges(ranges).map_err(|message| SourceError::Query {
+            table: self.sql.table_label.clone(),
+            message,
+            transient: false,
+        })?;
+        for chunk in ranges.chunks(PurgeSql::DELETE_RANGES) {
+            let sql = PurgeSql::delete(&self.sql, chunk, |n| format!("${n}::int8"));
+            let params: Vec<i64> = PurgeSql::bounds(chunk).into_iter().map(key_param).collect();
             deleted += self
                 .client()
                 .execute(sql.as_str(), &params_of(&params))
@@ -336,8 +341,10 @@ impl Source for PgSource {
     async fn begin_purge(&self) -> Result<Box<dyn PurgeTx>, SourceError> {
         let d = self.described().await?;
         let client = self.client().await?;
+        // REPEATABLE READ: the range deletes see only the snapshot the lock read (PurgeTx::delete); a row
+        // changed since the snapshot fails the lock with 40001, which is retried.
         client
-            .batch_execute("BEGIN")
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
             .await
             .map_err(|e| self.err(&e))?;
         Ok(Box::new(PgPurgeTx {

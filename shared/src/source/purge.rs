@@ -32,8 +32,11 @@ pub trait PurgeTx: Send {
     async fn lock_rows(&mut self, ranges: &[IdRange]) -> Result<LockedRows, SourceError>;
     /// The table's largest key, whatever `filter` says (MySQL's AUTO_INCREMENT restarts above it).
     async fn max_key(&mut self) -> Result<Option<u64>, SourceError>;
-    /// Delete the rows with these keys (locked by [`PurgeTx::lock_rows`]); how many were deleted.
-    async fn delete(&mut self, keys: &[u64]) -> Result<u64, SourceError>;
+    /// Delete the rows in `ranges` (ascending, apart); how many were deleted. Each range must lie inside
+    /// ranges read by [`PurgeTx::lock_rows`] and hold only rows to delete: the transaction is REPEATABLE
+    /// READ, so no row can appear in a locked range before it ends (MySQL: next-key locks; PostgreSQL:
+    /// the `DELETE` sees the snapshot the lock read).
+    async fn delete(&mut self, ranges: &[IdRange]) -> Result<u64, SourceError>;
     /// Make the deletes durable.
     async fn commit(self: Box<Self>) -> Result<(), SourceError>;
     /// Undo the transaction (a dry run, or a batch that cannot go on).
@@ -60,21 +63,6 @@ impl PurgeSql {
         placeholder: impl Fn(usize) -> String,
     ) -> Self {
         let k = &sql.key;
-        let mut n = 0;
-        let mut next = || {
-            n += 1;
-            placeholder(n)
-        };
-        let preds: Vec<String> = ranges
-            .iter()
-            .map(|r| {
-                if r[0] == r[1] {
-                    format!("{k} = {}", next())
-                } else {
-                    format!("{k} BETWEEN {} AND {}", next(), next())
-                }
-            })
-            .collect();
         let verdict = raw_filter
             .map(|f| format!(", (({f}) IS TRUE)"))
             .unwrap_or_default();
@@ -82,11 +70,7 @@ impl PurgeSql {
             lock: format!(
                 "SELECT {select_list}{verdict} FROM {t} WHERE {where_} ORDER BY {k} FOR UPDATE",
                 t = sql.from_table,
-                where_ = if preds.is_empty() {
-                    "1 = 0".to_owned()
-                } else {
-                    preds.join(" OR ")
-                },
+                where_ = Self::ranges_where(&sql.key, ranges, placeholder),
             ),
             has_filter: raw_filter.is_some(),
         }
@@ -107,16 +91,62 @@ impl PurgeSql {
             .collect()
     }
 
-    /// `DELETE FROM t WHERE key IN (…)` for `n` keys (n ≥ 1).
-    pub fn delete(sql: &SourceSql, n: usize, placeholder: impl Fn(usize) -> String) -> String {
-        let list: Vec<String> = (1..=n).map(placeholder).collect();
+    /// `key = ? OR key BETWEEN ? AND ? …` for `ranges` (`1 = 0` for none), parameters being
+    /// [`PurgeSql::bounds`].
+    fn ranges_where(k: &str, ranges: &[IdRange], placeholder: impl Fn(usize) -> String) -> String {
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            placeholder(n)
+        };
+        let preds: Vec<String> = ranges
+            .iter()
+            .map(|r| {
+                if r[0] == r[1] {
+                    format!("{k} = {}", next())
+                } else {
+                    format!("{k} BETWEEN {} AND {}", next(), next())
+                }
+            })
+            .collect();
+        if preds.is_empty() {
+            "1 = 0".to_owned()
+        } else {
+            preds.join(" OR ")
+        }
+    }
+
+    /// `DELETE FROM t WHERE (ranges)`, parameters being [`PurgeSql::bounds`]. The ranges are those of the
+    /// proven keys, whose rows the transaction holds locked: keys are integers, so a range holds no key
+    /// but proven ones, and the statement deletes exactly them. A proven batch is mostly one or a few
+    /// dense ranges: one `BETWEEN` where a key list would send and parse 10 000 keys.
+    pub fn delete(
+        sql: &SourceSql,
+        ranges: &[IdRange],
+        placeholder: impl Fn(usize) -> String,
+    ) -> String {
         format!(
-            "DELETE FROM {} WHERE {} IN ({})",
+            "DELETE FROM {} WHERE {}",
             sql.from_table,
-            sql.key,
-            list.join(", ")
+            Self::ranges_where(&sql.key, ranges, placeholder)
         )
     }
+
+    /// `ranges` checked for [`PurgeSql::delete`]: ascending and apart; refused otherwise (nothing deleted).
+    pub fn check_delete_ranges(ranges: &[IdRange]) -> Result<(), String> {
+        let bad =
+            ranges.iter().any(|r| r[0] > r[1]) || ranges.windows(2).any(|w| w[0][1] >= w[1][0]);
+        if bad {
+            return Err(format!(
+                "the ranges to delete are not ascending and apart ({} ranges): nothing deleted",
+                ranges.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// At most this many ranges per `DELETE` (two parameters each, under every engine's limit).
+    pub const DELETE_RANGES: usize = 10_000;
 
     /// `SELECT MAX(key)` over the whole table (no filter).
     pub fn max_key(sql: &SourceSql, cast: &str) -> String {
@@ -170,6 +200,10 @@ mod tests {
             "SELECT * FROM `src` WHERE `id` BETWEEN $1::int8 AND $2::int8 ORDER BY `id` FOR UPDATE"
         );
         assert!(!q.has_filter);
+        assert_eq!(PurgeSql::check_delete_ranges(&[[1, 3], [7, 7]]), Ok(()));
+        assert!(PurgeSql::check_delete_ranges(&[[1, 3], [3, 7]]).is_err());
+        assert!(PurgeSql::check_delete_ranges(&[[5, 9], [1, 2]]).is_err());
+        assert!(PurgeSql::check_delete_ranges(&[[5, 4]]).is_err());
         let none = PurgeSql::lock(&sql(), None, "*", &[], |_| "?".into());
         assert!(none.lock.contains("WHERE 1 = 0"));
     }
@@ -177,8 +211,12 @@ mod tests {
     #[test]
     fn deletes_go_by_key_and_the_max_key_ignores_the_filter() {
         assert_eq!(
-            PurgeSql::delete(&sql(), 3, |_| "?".into()),
-            "DELETE FROM `src` WHERE `id` IN (?, ?, ?)"
+            PurgeSql::delete(&sql(), &[[3, 3], [5, 9]], |_| "?".into()),
+            "DELETE FROM `src` WHERE `id` = ? OR `id` BETWEEN ? AND ?"
+        );
+        assert_eq!(
+            PurgeSql::delete(&sql(), &[[1, 10_000]], |n| format!("${n}::int8")),
+            "DELETE FROM `src` WHERE `id` BETWEEN $1::int8 AND $2::int8"
         );
         assert_eq!(PurgeSql::max_key(&sql(), ""), "SELECT MAX(`id`) FROM `src`");
     }
