@@ -647,8 +647,8 @@ pub(crate) async fn candidates(job: &JobSpec, ledger: &Ledger) -> anyhow::Result
 }
 
 /// Batches of a purge in flight at once, each in its own source transaction: some read and judge while
-/// another's `DELETE` runs. Measured on the 2-core benchmark machine (1 M rows, batches of 10 000): one
-/// 27.1 s, two 8.1–10.6 s, three 7.5–8.7 s.
+/// another's `DELETE` runs. Measured on the 2-core benchmark machine (1 M rows, batches of 10 000): two
+/// at once 8.1–10.6 s, three 7.5–8.7 s.
 const PURGE_WORKERS: usize = 3;
 
 /// The order to run `n` batches (ascending in key order) with `strands` in flight: round-robin over
