@@ -8,13 +8,15 @@
 //!   `stopped_at` on a clean stop, which `purge` reads to refuse running beside a follower).
 //! - Changed keys gather in a [`RoaringTreemap`] for one window (a hot row is published once per
 //!   window): [`WINDOW`] while the consumers keep up, wider (up to [`MAX_WINDOW`], [`window_for`]) while
-//!   messages wait in the work queue, so a busy table's changes become fewer, larger batches. Then per
+//!   messages wait in the work queue beyond those the last window published, so a busy table's changes
+//!   become fewer, larger batches. Then per
 //!   group: plan the group when nobody did (reading all its ids, as the walk does), set the `src` bits,
 //!   publish `catchup` batches, wait for the confirms, mark the group `produced` again
 //!   ([`Ledger::mark_caught_up_many`]).
 //! - Every published id is published once more after `[follow] settle` (seed 001's late-write race), at
 //!   most [`SETTLE_BUCKET`] (or two and a half windows) later than that: the re-drives of the windows of
-//!   one such span go out together.
+//!   one such span go out together, and with the ids of the window in hand (one message per group for
+//!   both).
 //! - The stored position (and [`ChangeReader::checkpoint`]) advances, at most about once a second, only
 //!   to a change whose ids **and** their settle re-drive are confirmed: a restart, `kill -9` included,
 //!   resumes from there and at worst publishes some ids again (harmless: a catch-up is idempotent).
@@ -288,6 +290,9 @@ struct Follower<'a> {
     /// and when the depth was last read (on a channel of its own: a failed passive declare closes it).
     window: Duration,
     last_flush: Instant,
+    /// Messages the last flush published: not a backlog yet when the depth is read (the consumers had at
+    /// most a window to take them), so they do not widen the window.
+    last_flush_messages: u32,
     backlog_read: Option<Instant>,
     probe: Option<lapin::Channel>,
 }
@@ -324,6 +329,7 @@ impl<'a> Follower<'a> {
             metrics,
             window: WINDOW,
             last_flush: Instant::now(),
+            last_flush_messages: 0,
             backlog_read: None,
             probe: None,
         })
@@ -549,9 +555,10 @@ impl<'a> Follower<'a> {
             .await
         {
             Ok(q) => {
-                let window = window_for(q.message_count());
+                let backlog = q.message_count().saturating_sub(self.last_flush_messages);
+                let window = window_for(backlog);
                 if window != self.window {
-                    debug!(job = %self.job.name, backlog = q.message_count(), window_ms = window.as_millis() as u64, "catch-up window");
+                    debug!(job = %self.job.name, depth = q.message_count(), backlog, window_ms = window.as_millis() as u64, "catch-up window");
                 }
                 self.window = window;
             }
@@ -577,13 +584,41 @@ impl<'a> Follower<'a> {
         self.amqp.as_mut().context("no broker connection")
     }
 
-    /// Publishes the window's pending ids, then the settle re-drives that are due.
+    /// Publishes the window's pending ids together with the settle re-drives that are due: a group both
+    /// touch gets one message, not two (a busy table touches every group in every window and in every
+    /// settle bucket, so this halves the messages the consumers take one by one).
     async fn flush(&mut self) -> anyhow::Result<()> {
-        if !self.pending.is_empty() {
-            let ids = std::mem::take(&mut self.pending);
-            self.publish(&ids).await?;
-            self.ids_published += ids.len();
-            self.metrics.ids_published(ids.len());
+        let now = Instant::now();
+        let mut redrive = RoaringTreemap::new();
+        let mut due_positions: Vec<String> = Vec::new();
+        let mut taken = 0;
+        for s in self.settling.iter().take_while(|s| s.due <= now) {
+            redrive |= &s.ids;
+            due_positions.extend(s.position.clone());
+            taken += 1;
+        }
+        let fresh = std::mem::take(&mut self.pending);
+        let out = if redrive.is_empty() {
+            fresh.clone()
+        } else {
+            &fresh | &redrive
+        };
+        self.last_flush_messages = 0;
+        if !out.is_empty() {
+            if let Err(e) = self.publish(&out).await {
+                // Nothing is lost: the window's ids go back to pending, the due re-drives stay due.
+                self.pending |= fresh;
+                return Err(e);
+            }
+        }
+        // Confirmed: the due re-drives are done, their positions safe.
+        self.settling.drain(..taken);
+        if let Some(p) = due_positions.pop() {
+            self.safe_position = p;
+        }
+        if !fresh.is_empty() {
+            self.ids_published += fresh.len();
+            self.metrics.ids_published(fresh.len());
             if let Some(at) = self.newest_commit {
                 self.lag_s = ((Utc::now() - at).num_milliseconds().max(0) as f64) / 1000.0;
             }
@@ -598,7 +633,7 @@ impl<'a> Follower<'a> {
                         && due.saturating_duration_since(last.opened)
                             < SETTLE_BUCKET.max(self.window * 5 / 2) =>
                 {
-                    last.ids |= ids;
+                    last.ids |= fresh;
                     last.due = due;
                     if position.is_some() {
                         last.position = position;
@@ -607,7 +642,7 @@ impl<'a> Follower<'a> {
                 _ => self.settling.push_back(Settling {
                     due,
                     opened: due,
-                    ids,
+                    ids: fresh,
                     position,
                 }),
             }
@@ -620,21 +655,6 @@ impl<'a> Follower<'a> {
                 ids: RoaringTreemap::new(),
                 position: Some(position),
             });
-        }
-        while self
-            .settling
-            .front()
-            .is_some_and(|s| s.due <= Instant::now())
-        {
-            let Some(s) = self.settling.pop_front() else {
-                break;
-            };
-            if !s.ids.is_empty() {
-                self.publish(&s.ids).await?;
-            }
-            if let Some(p) = s.position {
-                self.safe_position = p;
-            }
         }
         Ok(())
     }
@@ -708,8 +728,10 @@ impl<'a> Follower<'a> {
         }
         self.ledger.add_src_many(&all).await?;
         let amqp = self.amqp().await?;
+        let mut messages = 0u32;
         for (first, ids) in &all {
             for ranges in batches(ids, job.batch_size as usize) {
+                messages = messages.saturating_add(1);
                 let m = Message {
                     job: job.name.clone(),
                     group: *first,
@@ -726,6 +748,7 @@ impl<'a> Follower<'a> {
             .wait()
             .await
             .context("catch-up batches not confirmed")?;
+        self.last_flush_messages = self.last_flush_messages.saturating_add(messages);
         let mut caught_up = Vec::new();
         for first in &firsts {
             match planned_here.iter().find(|(f, _)| f == first) {
