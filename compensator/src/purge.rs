@@ -418,19 +418,24 @@ impl Judge {
     }
 }
 
-/// A batch whose candidates form more ranges than this is locked as its whole span: a statement of
-/// thousands of `OR`ed ranges (a table with gaps in its keys) costs the server more to plan than reading
-/// the few rows in the span that are not candidates (judged by key, they are neither compared nor
-/// deleted).
+/// A batch whose candidates form more ranges than this is locked as its whole span, when the span is at
+/// most [`SPAN_PER_CANDIDATE`] keys per candidate: a statement of thousands of `OR`ed ranges (a table
+/// with gaps in its keys) costs the server more than reading the few rows in the span that are not
+/// candidates (judged by key, they are neither compared nor deleted).
 const LOCK_RANGES_MAX: usize = 64;
+/// The widest span locked whole, in keys per candidate: scattered candidates in a big group keep their
+/// ranges rather than lock and read a group's worth of other rows.
+const SPAN_PER_CANDIDATE: u64 = 4;
 
-/// The ranges a batch locks: its candidates' ranges, or its span when they are many.
+/// The ranges a batch locks: its candidates' ranges, or its span when they are many and dense enough.
 fn lock_ranges(ids: &[u64]) -> Vec<IdRange> {
     let ranges = to_ranges(ids);
-    if ranges.len() <= LOCK_RANGES_MAX {
+    let (lo, hi) = (ids[0], ids[ids.len() - 1]);
+    let span = hi - lo + 1;
+    if ranges.len() <= LOCK_RANGES_MAX || span > SPAN_PER_CANDIDATE * ids.len() as u64 {
         ranges
     } else {
-        vec![[ids[0], ids[ids.len() - 1]]]
+        vec![[lo, hi]]
     }
 }
 
@@ -995,8 +1000,11 @@ mod tests {
     #[test]
     fn a_batch_of_many_ranges_locks_its_span_and_batches_in_flight_are_far_apart() {
         assert_eq!(lock_ranges(&[1, 2, 3, 7]), vec![[1, 3], [7, 7]]);
-        let sparse: Vec<u64> = (0..1000).map(|i| i * 2).collect();
-        assert_eq!(lock_ranges(&sparse), vec![[0, 1998]]);
+        let gaps: Vec<u64> = (0..1000).map(|i| i * 2).collect();
+        assert_eq!(lock_ranges(&gaps), vec![[0, 1998]]);
+        // scattered over a span 10 times their number: their own ranges
+        let scattered: Vec<u64> = (0..1000).map(|i| i * 10).collect();
+        assert_eq!(lock_ranges(&scattered).len(), 1000);
         assert_eq!(interleave(5, 2).collect::<Vec<_>>(), vec![0, 2, 1, 3, 4]);
         assert_eq!(interleave(6, 3).collect::<Vec<_>>(), vec![0, 2, 4, 1, 3, 5]);
         assert_eq!(interleave(1, 2).collect::<Vec<_>>(), vec![0]);
