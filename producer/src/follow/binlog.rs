@@ -456,6 +456,45 @@ impl BinlogReader {
         Ok(me)
     }
 
+    /// The next event of the stream (cancel-safe: nothing is taken from the stream until it returns), or
+    /// why there is none: silence past [`SILENCE`], a GTID state the source lacks, a missing grant, an
+    /// error or the end of the stream.
+    async fn read_event(&mut self) -> Result<Event, FollowError> {
+        let next =
+            tokio::time::timeout_at(self.last_heard + self.silence, self.stream.next()).await;
+        let Ok(next) = next else {
+            return Err(FollowError::Source(anyhow::anyhow!(
+                "the binlog stream has been silent for {:?} (not even a heartbeat): is another \
+                 replica registered with server_id {}?",
+                self.silence,
+                self.src.server_id
+            )));
+        };
+        match next {
+            Some(Ok(ev)) => Ok(ev),
+            Some(Err(e)) if is_gtid_gone(&e) && self.gtid.is_some() => {
+                let state = self.gtid.as_ref().map(|g| g.to_string()).unwrap_or_default();
+                Err(FollowError::bad_position(
+                    &state,
+                    format!(
+                        "the source cannot stream from GTID state {state} ({e}): its binlog no longer (or \
+                         never) had it; changes since the checkpoint are lost, start the job again from a \
+                         new copy"
+                    ),
+                ))
+            }
+            Some(Err(e)) if is_access_denied(&e) => Err(FollowError::refused(format!(
+                "the source user may not stream the binlog ({e}): `GRANT REPLICATION SLAVE ON *.* TO <user>`"
+            ))),
+            Some(Err(e)) => Err(anyhow::Error::from(e)
+                .context("reading the binlog stream")
+                .into()),
+            None => Err(FollowError::Source(anyhow::anyhow!(
+                "the source closed the binlog stream"
+            ))),
+        }
+    }
+
     async fn read_key_column(&mut self) -> Result<KeyColumn, FollowError> {
         let row: Option<(u64, String, String)> = self
             .meta
@@ -832,54 +871,18 @@ impl ChangeReader for BinlogReader {
             if let Some(c) = self.ready.pop_front() {
                 return Ok(c);
             }
-            if let Some(ev) = self.held.clone() {
-                let r = self.handle(ev).await;
-                self.held = None;
-                r?;
-                continue;
-            }
-            let next =
-                tokio::time::timeout_at(self.last_heard + self.silence, self.stream.next()).await;
-            let Ok(next) = next else {
-                return Err(FollowError::Source(anyhow::anyhow!(
-                    "the binlog stream has been silent for {:?} (not even a heartbeat): is another \
-                     replica registered with server_id {}?",
-                    self.silence,
-                    self.src.server_id
-                )));
-            };
-            let ev = match next {
-                Some(Ok(ev)) => ev,
-                Some(Err(e)) if is_gtid_gone(&e) && self.gtid.is_some() => {
-                    let state = self.gtid.as_ref().map(|g| g.to_string()).unwrap_or_default();
-                    return Err(FollowError::bad_position(
-                        &state,
-                        format!(
-                            "the source cannot stream from GTID state {state} ({e}): its binlog no longer (or \
-                             never) had it; changes since the checkpoint are lost, start the job again from a \
-                             new copy"
-                        ),
-                    ));
-                }
-                Some(Err(e)) if is_access_denied(&e) => {
-                    return Err(FollowError::refused(format!(
-                        "the source user may not stream the binlog ({e}): `GRANT REPLICATION SLAVE ON *.* TO <user>`"
-                    )))
-                }
-                Some(Err(e)) => {
-                    return Err(anyhow::Error::from(e).context("reading the binlog stream").into())
-                }
+            let ev = match self.held.clone() {
+                Some(ev) => ev,
                 None => {
-                    return Err(FollowError::Source(anyhow::anyhow!(
-                        "the source closed the binlog stream"
-                    )))
+                    let ev = self.read_event().await?;
+                    if self.key.is_none() {
+                        // `handle` awaits only to read the key column, and only while it is unknown:
+                        // keep the event until it is handled, in case the caller cancels this call there.
+                        self.held = Some(ev.clone());
+                    }
+                    ev
                 }
             };
-            if self.key.is_none() {
-                // `handle` awaits only to read the key column, and only while it is unknown: keep the
-                // event until it is handled, in case the caller cancels this call there.
-                self.held = Some(ev.clone());
-            }
             let r = self.handle(ev).await;
             self.held = None;
             r?;

@@ -589,32 +589,33 @@ impl<'a> Follower<'a> {
     /// settle bucket, so this halves the messages the consumers take one by one).
     async fn flush(&mut self) -> anyhow::Result<()> {
         let now = Instant::now();
-        let mut redrive = RoaringTreemap::new();
-        let mut due_positions: Vec<String> = Vec::new();
-        let mut taken = 0;
-        for s in self.settling.iter().take_while(|s| s.due <= now) {
-            redrive |= &s.ids;
-            due_positions.extend(s.position.clone());
-            taken += 1;
-        }
+        let due = self.settling.iter().take_while(|s| s.due <= now).count();
         let fresh = std::mem::take(&mut self.pending);
-        let out = if redrive.is_empty() {
-            fresh.clone()
-        } else {
-            &fresh | &redrive
-        };
-        self.last_flush_messages = 0;
-        if !out.is_empty() {
-            if let Err(e) = self.publish(&out).await {
-                // Nothing is lost: the window's ids go back to pending, the due re-drives stay due.
-                self.pending |= fresh;
-                return Err(e);
+        let merged = (due > 0).then(|| {
+            let mut m = fresh.clone();
+            for s in self.settling.iter().take(due) {
+                m |= &s.ids;
             }
-        }
+            m
+        });
+        let out = merged.as_ref().unwrap_or(&fresh);
+        self.last_flush_messages = if out.is_empty() {
+            0
+        } else {
+            match self.publish(out).await {
+                Ok(messages) => messages,
+                Err(e) => {
+                    // Nothing is lost: the window's ids go back to pending, the due re-drives stay due.
+                    self.pending |= fresh;
+                    return Err(e);
+                }
+            }
+        };
         // Confirmed: the due re-drives are done, their positions safe.
-        self.settling.drain(..taken);
-        if let Some(p) = due_positions.pop() {
-            self.safe_position = p;
+        for s in self.settling.drain(..due) {
+            if let Some(p) = s.position {
+                self.safe_position = p;
+            }
         }
         if !fresh.is_empty() {
             self.ids_published += fresh.len();
@@ -659,8 +660,9 @@ impl<'a> Follower<'a> {
         Ok(())
     }
 
-    /// One window's ids as `catchup` batches, group by group, in the order of DESIGN.md §8.2.
-    async fn publish(&mut self, ids: &RoaringTreemap) -> anyhow::Result<()> {
+    /// One window's ids as `catchup` batches, group by group, in the order of DESIGN.md §8.2; the number
+    /// of messages published.
+    async fn publish(&mut self, ids: &RoaringTreemap) -> anyhow::Result<u32> {
         let gs = self.job.group_size;
         let mut groups: Vec<(u64, Vec<u64>)> = Vec::new();
         for id in ids.iter() {
@@ -676,7 +678,7 @@ impl<'a> Follower<'a> {
         let mut planned_here = Vec::new();
         loop {
             match self.publish_once(&groups, &mut planned_here).await {
-                Ok(()) => return Ok(()),
+                Ok(messages) => return Ok(messages),
                 Err(e) if attempt >= PUBLISH_ATTEMPTS => {
                     return Err(e.context(format!(
                         "publishing catch-up batches: giving up after {attempt} attempts"
@@ -696,7 +698,7 @@ impl<'a> Follower<'a> {
         &mut self,
         groups: &[(u64, Vec<u64>)],
         planned_here: &mut Vec<(u64, u64)>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<u32> {
         let job = self.job;
         let gs = job.group_size;
         // The window's groups in a few rounds of pipelines, not a few round trips per group: a busy table
@@ -748,7 +750,6 @@ impl<'a> Follower<'a> {
             .wait()
             .await
             .context("catch-up batches not confirmed")?;
-        self.last_flush_messages = self.last_flush_messages.saturating_add(messages);
         let mut caught_up = Vec::new();
         for first in &firsts {
             match planned_here.iter().find(|(f, _)| f == first) {
@@ -758,7 +759,7 @@ impl<'a> Follower<'a> {
             }
         }
         self.ledger.mark_caught_up_many(&caught_up).await?;
-        Ok(())
+        Ok(messages)
     }
 
     /// Stores the state, and advances the stored position and the reader's checkpoint to the newest safe
