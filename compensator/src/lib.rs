@@ -16,6 +16,7 @@ pub mod control;
 pub mod purge;
 pub mod redrive;
 pub mod report;
+mod republish;
 pub mod verify;
 
 pub use control::set_paused;

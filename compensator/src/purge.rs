@@ -44,25 +44,26 @@
 //! nothing, and reports what it would have deleted.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-
-use futures::StreamExt;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bitmig_shared::cli::BadInput;
 use bitmig_shared::digest::{proven_equal, RowPlan};
-use bitmig_shared::ids::{and_not, batches, group_last, ids_of, to_ranges, IdRange};
+use bitmig_shared::ids::{and_not, group_last, ids_of, to_ranges, IdRange};
 use bitmig_shared::job::{Engine, JobSpec, TableName, TargetSpec};
 use bitmig_shared::ledger::{GroupStatus, Ledger};
 use bitmig_shared::progress::Progress;
-use bitmig_shared::queue::{self, Cause, Message, Publisher};
+use bitmig_shared::queue::Cause;
 use bitmig_shared::sink::{self, Sink};
 use bitmig_shared::source::{self, LockedRows, Source};
 use bitmig_shared::throttle::Throttle;
 use bitmig_shared::value::RowSet;
+use futures::StreamExt;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+
+use crate::republish::Republisher;
 
 /// A follower whose state in `bitmig:{JOB}:follow` is younger than this is taken as running. It writes
 /// its state every second while it runs.
@@ -676,40 +677,16 @@ fn interleave(n: usize, strands: usize) -> impl Iterator<Item = usize> {
     })
 }
 
-/// Publish a group's kept ids (ascending) as `redrive` batches, connecting on first use.
+/// Re-publish a group's kept ids as `redrive` batches.
 async fn republish(
     job: &JobSpec,
-    opts: &PurgeOptions,
-    publisher: &mut Option<(lapin::Connection, Publisher)>,
+    republisher: &mut Republisher<'_>,
     first: u64,
-    ids: &mut [u64],
+    mut ids: Vec<u64>,
     summary: &mut PurgeSummary,
 ) -> anyhow::Result<()> {
     ids.sort_unstable();
-    if publisher.is_none() {
-        let conn = queue::connect(&opts.amqp_url, "bitmig-compensator")
-            .await
-            .context("connecting to RabbitMQ")?;
-        let p = Publisher::new(&conn).await?;
-        queue::declare_topology(p.channel(), &job.name).await?;
-        *publisher = Some((conn, p));
-    }
-    if let Some((_, p)) = publisher.as_mut() {
-        for ranges in batches(ids, job.batch_size as usize) {
-            let m = Message {
-                job: job.name.clone(),
-                group: first,
-                ids: ranges,
-                cause: Cause::Redrive,
-                attempt: 0,
-            };
-            p.publish_message(&job.name, &m).await?;
-            summary.messages += 1;
-        }
-        p.wait()
-            .await
-            .with_context(|| format!("re-publishing group {first}"))?;
-    }
+    summary.messages += republisher.group(first, &ids, Cause::Redrive).await?;
     info!(job = %job.name, group = first, cause = "redrive", ids = ids.len(), "kept and re-published rows that differ");
     summary.republished_ids += ids.len() as u64;
     Ok(())
@@ -785,7 +762,7 @@ pub async fn purge(
         *chunks_left.entry(*first).or_default() += 1;
     }
     let mut progress = Progress::new(0, summary.candidates);
-    let mut publisher: Option<(lapin::Connection, Publisher)> = None;
+    let mut republisher = Republisher::new(&opts.amqp_url, job);
     let mut redrive: HashMap<u64, Vec<u64>> = HashMap::new();
     let mut begun: HashSet<u64> = HashSet::new();
     let started = Instant::now();
@@ -860,8 +837,11 @@ pub async fn purge(
             .collect();
         kept.sort_unstable();
         if !kept.is_empty() {
-            if summary.differing_ids.len() < 64 * LIST_CAP {
-                summary.differing_ids.extend(&kept);
+            // The LIST_CAP smallest, whatever order the interleaved batches finish in.
+            summary.differing_ids.extend(&kept);
+            if summary.differing_ids.len() > 2 * LIST_CAP {
+                summary.differing_ids.sort_unstable();
+                summary.differing_ids.truncate(LIST_CAP);
             }
             redrive.entry(first).or_default().extend(&kept);
         }
@@ -875,10 +855,9 @@ pub async fn purge(
         *left = left.saturating_sub(1);
         if *left == 0 {
             progress.groups += 1;
-            if let Some(mut ids) = redrive.remove(&first) {
+            if let Some(ids) = redrive.remove(&first) {
                 if !opts.dry_run {
-                    if let Err(e) =
-                        republish(job, opts, &mut publisher, first, &mut ids, &mut summary).await
+                    if let Err(e) = republish(job, &mut republisher, first, ids, &mut summary).await
                     {
                         stop.cancel();
                         failure.get_or_insert(e);
@@ -892,10 +871,8 @@ pub async fn purge(
     if failure.is_none() && !opts.dry_run {
         let mut rest: Vec<(u64, Vec<u64>)> = redrive.into_iter().collect();
         rest.sort_unstable_by_key(|(first, _)| *first);
-        for (first, mut ids) in rest {
-            if let Err(e) =
-                republish(job, opts, &mut publisher, first, &mut ids, &mut summary).await
-            {
+        for (first, ids) in rest {
+            if let Err(e) = republish(job, &mut republisher, first, ids, &mut summary).await {
                 failure = Some(e);
                 break;
             }
@@ -916,16 +893,10 @@ pub async fn purge(
         merged.truncate(LIST_CAP);
         summary.would_delete = merged;
     }
-    if let Some(e) = failure {
-        progress.finish();
-        if let Some((conn, _)) = publisher {
-            let _ = conn.close(200, "done".into()).await;
-        }
-        return Err(e);
-    }
     progress.finish();
-    if let Some((conn, _)) = publisher {
-        let _ = conn.close(200, "done".into()).await;
+    republisher.close().await;
+    if let Some(e) = failure {
+        return Err(e);
     }
     info!(
         job = %job.name,

@@ -26,14 +26,16 @@ use std::time::Duration;
 use anyhow::Context;
 use bitmig_shared::cli::{self, exit};
 use bitmig_shared::control::Control;
-use bitmig_shared::ids::{and_not, batches, group_last, ids_of, popcount};
+use bitmig_shared::ids::{and_not, group_last, ids_of, popcount};
 use bitmig_shared::job::JobSpec;
 use bitmig_shared::ledger::{GroupStatus, Ledger};
-use bitmig_shared::queue::{self, Cause, Message, Publisher};
+use bitmig_shared::queue::Cause;
 use bitmig_shared::telemetry::metrics::Metrics;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
+
+use crate::republish::Republisher;
 
 /// Groups whose meta is read per round trip (and whose bitmaps, of the due ones): all a pass holds at once.
 const GROUP_PAGE: usize = 1000;
@@ -98,7 +100,7 @@ pub async fn run_once(job: &JobSpec, opts: &RunOptions) -> anyhow::Result<PassSu
     };
     // Read when the first group is due; RabbitMQ is connected when the first id is missing.
     let mut failed: Option<HashSet<u64>> = None;
-    let mut publishing: Option<(lapin::Connection, Publisher)> = None;
+    let mut republisher = Republisher::new(&opts.amqp_url, job);
     // One page of groups at a time: memory stays bounded whatever the ledger's size.
     let mut pages = ledger.group_pages(GROUP_PAGE);
     while let Some(firsts) = pages.next().await? {
@@ -155,32 +157,7 @@ pub async fn run_once(job: &JobSpec, opts: &RunOptions) -> anyhow::Result<PassSu
                 }
                 continue;
             }
-            let publisher = match &mut publishing {
-                Some((_, p)) => p,
-                None => {
-                    let conn = queue::connect(&opts.amqp_url, "bitmig-compensator")
-                        .await
-                        .context("connecting to RabbitMQ")?;
-                    let publisher = Publisher::new(&conn).await?;
-                    queue::declare_topology(publisher.channel(), &job.name).await?;
-                    &mut publishing.insert((conn, publisher)).1
-                }
-            };
-            for ranges in batches(&missing, job.batch_size as usize) {
-                let m = Message {
-                    job: job.name.clone(),
-                    group: first,
-                    ids: ranges,
-                    cause: Cause::Redrive,
-                    attempt: 0,
-                };
-                publisher.publish_message(&job.name, &m).await?;
-                summary.messages += 1;
-            }
-            publisher
-                .wait()
-                .await
-                .with_context(|| format!("re-publishing group {first}"))?;
+            summary.messages += republisher.group(first, &missing, Cause::Redrive).await?;
             ledger.mark_redriven(first, missing.len() as u64).await?;
             info!(job = %job.name, group = first, cause = "redrive", ids = missing.len(), "re-published missing ids");
             summary.groups_redriven += 1;
@@ -189,9 +166,7 @@ pub async fn run_once(job: &JobSpec, opts: &RunOptions) -> anyhow::Result<PassSu
         ledger.mark_complete_many(&whole).await?;
         summary.groups_complete += whole.len() as u64;
     }
-    if let Some((conn, _)) = publishing {
-        let _ = conn.close(200, "done".into()).await;
-    }
+    republisher.close().await;
     Ok(summary)
 }
 
@@ -274,6 +249,7 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use super::*;
+    use bitmig_shared::queue;
 
     fn redis_url() -> String {
         std::env::var("BITMIG_REDIS_URL")

@@ -37,17 +37,19 @@ use bitmig_shared::digest::pushdown::{
     types_match, MysqlChecksum, MysqlColumnType, MYSQL_COLUMN_TYPES_SQL,
 };
 use bitmig_shared::digest::{merge_keyed, ChunkDigests, DiffKind, KeyDiff, RowEncoder, RowPlan};
-use bitmig_shared::ids::{batches, group_last};
+use bitmig_shared::ids::group_last;
 use bitmig_shared::job::{Engine, Ident, JobSpec, TableName, TargetSpec};
 use bitmig_shared::ledger::{now_rfc3339, Ledger};
 use bitmig_shared::progress::Progress;
-use bitmig_shared::queue::{self, Cause, Message, Publisher};
+use bitmig_shared::queue::Cause;
 use bitmig_shared::sink::{self, DocumentTarget, Sink};
 use bitmig_shared::source::{self, Source};
 use bitmig_shared::value::RowSet;
 use mysql_async::prelude::Queryable;
 use serde::Serialize;
 use tracing::info;
+
+use crate::republish::Republisher;
 
 /// At most this many differing ids are sampled into `bitmig:{JOB}:diffs`.
 pub const SAMPLE_CAP: usize = 1_000;
@@ -753,32 +755,14 @@ pub async fn verify(job: &JobSpec, opts: &VerifyOptions) -> anyhow::Result<Verif
     }
 
     if opts.redrive && !to_publish.is_empty() {
-        let conn = queue::connect(&opts.amqp_url, "bitmig-compensator")
-            .await
-            .context("connecting to RabbitMQ")?;
-        let mut publisher = Publisher::new(&conn).await?;
-        queue::declare_topology(publisher.channel(), &job.name).await?;
+        let mut republisher = Republisher::new(&opts.amqp_url, job);
         for (first, mut ids) in to_publish {
             ids.dedup();
-            for ranges in batches(&ids, job.batch_size as usize) {
-                let m = Message {
-                    job: job.name.clone(),
-                    group: first,
-                    ids: ranges,
-                    cause: Cause::Verify,
-                    attempt: 0,
-                };
-                publisher.publish_message(&job.name, &m).await?;
-                summary.messages += 1;
-            }
-            publisher
-                .wait()
-                .await
-                .with_context(|| format!("re-publishing group {first}"))?;
+            summary.messages += republisher.group(first, &ids, Cause::Verify).await?;
             info!(job = %job.name, group = first, cause = "verify", ids = ids.len(), "re-published differing ids");
             summary.republished_ids += ids.len() as u64;
         }
-        let _ = conn.close(200, "done".into()).await;
+        republisher.close().await;
     }
     Ok(summary)
 }
