@@ -177,19 +177,9 @@ impl PurgeTx for MySqlPurgeTx {
 
     async fn delete(&mut self, ranges: &[IdRange]) -> Result<u64, SourceError> {
         let mut deleted = 0;
-        PurgeSql::check_delete_ranges(ranges).map_err(|message| SourceError::Query {
-            table: self.sql.table_label.clone(),
-            message,
-            transient: false,
-        })?;
-        for chunk in ranges.chunks(PurgeSql::DELETE_RANGES) {
-            let sql = PurgeSql::delete(&self.sql, chunk, |_| "?".into());
-            let params: Vec<mysql_async::Value> = PurgeSql::bounds(chunk)
-                .into_iter()
-                .map(mysql_async::Value::from)
-                .collect();
+        for (sql, bounds) in PurgeSql::deletes(&self.sql, ranges, |_| "?".into())? {
             self.tx
-                .exec_drop(sql, params)
+                .exec_drop(sql, bounds)
                 .await
                 .map_err(|e| source_err(&self.sql.table_label, e))?;
             deleted += self.tx.affected_rows();

@@ -167,14 +167,8 @@ impl PurgeTx for PgPurgeTx {
 
     async fn delete(&mut self, ranges: &[IdRange]) -> Result<u64, SourceError> {
         let mut deleted = 0;
-        PurgeSql::check_delete_ranges(ranges).map_err(|message| SourceError::Query {
-            table: self.sql.table_label.clone(),
-            message,
-            transient: false,
-        })?;
-        for chunk in ranges.chunks(PurgeSql::DELETE_RANGES) {
-            let sql = PurgeSql::delete(&self.sql, chunk, |n| format!("${n}::int8"));
-            let params: Vec<i64> = PurgeSql::bounds(chunk).into_iter().map(key_param).collect();
+        for (sql, bounds) in PurgeSql::deletes(&self.sql, ranges, |n| format!("${n}::int8"))? {
+            let params: Vec<i64> = bounds.into_iter().map(key_param).collect();
             deleted += self
                 .client()
                 .execute(sql.as_str(), &params_of(&params))

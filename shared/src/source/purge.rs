@@ -116,11 +116,10 @@ impl PurgeSql {
         }
     }
 
-    /// `DELETE FROM t WHERE (ranges)`, parameters being [`PurgeSql::bounds`]. The ranges are those of the
-    /// proven keys, whose rows the transaction holds locked: keys are integers, so a range holds no key
-    /// but proven ones, and the statement deletes exactly them. A proven batch is mostly one or a few
-    /// dense ranges: one `BETWEEN` where a key list would send and parse 10 000 keys.
-    pub fn delete(
+    /// `DELETE FROM t WHERE (ranges)`, parameters being [`PurgeSql::bounds`]. The ranges hold only rows
+    /// to delete ([`PurgeTx::delete`]): a proven batch is mostly one or a few runs, one `BETWEEN` where a
+    /// key list would send and parse 10 000 keys.
+    fn delete(
         sql: &SourceSql,
         ranges: &[IdRange],
         placeholder: impl Fn(usize) -> String,
@@ -133,7 +132,7 @@ impl PurgeSql {
     }
 
     /// `ranges` checked for [`PurgeSql::delete`]: ascending and apart; refused otherwise (nothing deleted).
-    pub fn check_delete_ranges(ranges: &[IdRange]) -> Result<(), String> {
+    fn check_delete_ranges(ranges: &[IdRange]) -> Result<(), String> {
         let bad =
             ranges.iter().any(|r| r[0] > r[1]) || ranges.windows(2).any(|w| w[0][1] >= w[1][0]);
         if bad {
@@ -146,7 +145,26 @@ impl PurgeSql {
     }
 
     /// At most this many ranges per `DELETE` (two parameters each, under every engine's limit).
-    pub const DELETE_RANGES: usize = 10_000;
+    const DELETE_RANGES: usize = 10_000;
+
+    /// The `DELETE` statements of [`PurgeTx::delete`] for `ranges`, each with its parameters (the bounds,
+    /// for the engine to convert); an error naming `sql`'s table, before any statement, unless the ranges
+    /// are ascending and apart.
+    pub fn deletes(
+        sql: &SourceSql,
+        ranges: &[IdRange],
+        placeholder: impl Fn(usize) -> String + Copy,
+    ) -> Result<Vec<(String, Vec<u64>)>, SourceError> {
+        Self::check_delete_ranges(ranges).map_err(|message| SourceError::Query {
+            table: sql.table_label.clone(),
+            message,
+            transient: false,
+        })?;
+        Ok(ranges
+            .chunks(Self::DELETE_RANGES)
+            .map(|chunk| (Self::delete(sql, chunk, placeholder), Self::bounds(chunk)))
+            .collect())
+    }
 
     /// `SELECT MAX(key)` over the whole table (no filter).
     pub fn max_key(sql: &SourceSql, cast: &str) -> String {
@@ -204,6 +222,19 @@ mod tests {
         assert!(PurgeSql::check_delete_ranges(&[[1, 3], [3, 7]]).is_err());
         assert!(PurgeSql::check_delete_ranges(&[[5, 9], [1, 2]]).is_err());
         assert!(PurgeSql::check_delete_ranges(&[[5, 4]]).is_err());
+        let d = PurgeSql::deletes(&sql(), &[[1, 3], [5, 5]], |_| "?".into()).expect("apart");
+        assert_eq!(
+            d,
+            vec![(
+                "DELETE FROM `src` WHERE `id` BETWEEN ? AND ? OR `id` = ?".to_owned(),
+                vec![1, 3, 5]
+            )]
+        );
+        let refused = PurgeSql::deletes(&sql(), &[[1, 3], [2, 5]], |_| "?".into());
+        assert!(
+            matches!(&refused, Err(SourceError::Query { table, transient: false, .. }) if table == "src"),
+            "{refused:?}"
+        );
         let none = PurgeSql::lock(&sql(), None, "*", &[], |_| "?".into());
         assert!(none.lock.contains("WHERE 1 = 0"));
     }
