@@ -599,17 +599,12 @@ impl<'a> Follower<'a> {
             m
         });
         let out = merged.as_ref().unwrap_or(&fresh);
+        // A failed publish stops the follower (after its own retries): the checkpoint has not passed
+        // these ids, so a restart reads them again.
         self.last_flush_messages = if out.is_empty() {
             0
         } else {
-            match self.publish(out).await {
-                Ok(messages) => messages,
-                Err(e) => {
-                    // Nothing is lost: the window's ids go back to pending, the due re-drives stay due.
-                    self.pending |= fresh;
-                    return Err(e);
-                }
-            }
+            self.publish(out).await?
         };
         // Confirmed: the due re-drives are done, their positions safe.
         for s in self.settling.drain(..due) {
