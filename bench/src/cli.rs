@@ -91,6 +91,10 @@ pub struct Options {
     /// Seconds the follow phase's writer runs.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub follow_secs: u64,
+    /// Keep what the run made (databases `bitmig_NAME`, the jobs' Redis keys and queues) for a look
+    /// afterwards; by default they are dropped at the end (a 1 000 000-row run leaves gigabytes otherwise).
+    #[arg(long)]
+    pub keep: bool,
 }
 
 fn parse_name(s: &str) -> Result<String, String> {

@@ -106,8 +106,54 @@ pub async fn run(mut opts: Options) -> Result<()> {
     };
     let result = run_phases(&mut b).await;
     let _ = std::fs::remove_dir_all(&tmp);
-    let mut results = result?;
-    results.finish(&b)?;
+    let finished = match result {
+        Ok(mut results) => results.finish(&b),
+        Err(e) => Err(e),
+    };
+    if b.opts.keep {
+        println!(
+            "kept: databases {} and the jobs {}*",
+            b.db_name(),
+            b.opts.name
+        );
+    } else if let Err(e) = clean_up(&b).await {
+        eprintln!("bench: cleaning up after the run: {e:#}");
+    }
+    finished
+}
+
+/// Drops what the run made on the shared services: the MariaDB and PostgreSQL databases `bitmig_NAME` and
+/// every job `NAME` or `NAME_…` (Redis keys and queues).
+async fn clean_up(b: &Bench) -> Result<()> {
+    let name = b.db_name();
+    if let Some(db) = &b.db {
+        db.exec(&format!("DROP DATABASE IF EXISTS `{name}`"))
+            .await?;
+    }
+    if b.pg_ready {
+        postgres::Pg::drop_database(&name).await?;
+    }
+    let mut r = b.redis().await?;
+    let mut jobs = std::collections::BTreeSet::new();
+    let pattern = format!("bitmig:{{{}*", b.opts.name);
+    let mut it: redis::AsyncIter<String> =
+        redis::AsyncCommands::scan_match(&mut r, &pattern).await?;
+    while let Some(key) = it.next_item().await {
+        let key = key?;
+        let job = key["bitmig:{".len()..]
+            .split(['}', ':'])
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        if job == b.opts.name || job.starts_with(&format!("{}_", b.opts.name)) {
+            jobs.insert(job);
+        }
+    }
+    drop(it);
+    for job in &jobs {
+        b.clear_job(job).await?;
+    }
+    println!("dropped database {name} and {} jobs", jobs.len());
     Ok(())
 }
 

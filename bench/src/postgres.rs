@@ -48,6 +48,14 @@ impl Pg {
         Pg::open(name).await
     }
 
+    pub async fn drop_database(name: &str) -> Result<()> {
+        let admin = Pg::connect(&Pg::url("postgres")).await?;
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .await?;
+        Ok(())
+    }
+
     pub async fn open(name: &str) -> Result<Pg> {
         Ok(Pg {
             name: name.into(),
