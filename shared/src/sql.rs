@@ -47,6 +47,8 @@ pub fn mysql_pool(
             "SET NAMES utf8mb4 COLLATE utf8mb4_bin",
         ])
         .stmt_cache_size(128)
+        // Serves only the in-memory files the SQL sink registers for its `LOAD DATA LOCAL INFILE`.
+        .local_infile_handler(Some(crate::sink::sql::serve_infile))
         .pool_opts(
             // No COM_RESET_CONNECTION when a connection returns to the pool: it would drop the prepared
             // statements (re-preparing a 7 000-placeholder INSERT per batch costs more than writing it) and

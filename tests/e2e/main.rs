@@ -23,6 +23,7 @@ mod follow_elasticsearch;
 mod follow_queue;
 mod follow_readers;
 mod hostile;
+mod load_data;
 mod operating;
 mod operating_follow;
 mod operating_wired;

@@ -3,6 +3,9 @@
 //!
 //! - One table, one statement: the batch is written by that one statement (its own transaction), the
 //!   statement staying prepared across batches.
+//! - A `produce` batch (keys expected new) goes by `LOAD DATA LOCAL INFILE` ([`super::mysql_infile`]) in a
+//!   transaction, or under a savepoint of the batch's, kept only when every row was inserted without a
+//!   warning; otherwise rolled back and upserted as above.
 //! - Routed tables (`orders_{user_id % 16}`, `[target.ranges]`, a database part): the batch's rows are
 //!   grouped by table ([`crate::sink::route`]) and every table's statements run in **one transaction** on one
 //!   connection — a transaction spans databases on one server. A row whose route cannot be computed is
@@ -19,10 +22,14 @@
 //!   rollback), the rest of the transaction commits, and the refused piece is bisected until the bad row is
 //!   isolated in `failed`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use async_trait::async_trait;
 use mysql_async::prelude::Queryable;
 use mysql_async::TxOpts;
+use tracing::{debug, info};
 
+use super::mysql_infile::{self, Infile};
 use super::{Dialect, SqlSink, WriteHints};
 use crate::job::{DbUrl, Engine, Ident, JobSpec, SourceSpec, SqlTarget, TableName, WriteMode};
 use crate::sink::create::{
@@ -55,6 +62,8 @@ pub struct MySql {
     version: Option<Ident>,
     /// The job's batch size: upserts of this many rows stay prepared ([`CACHED_PARAMS`]).
     full_rows: usize,
+    /// `produce` batches go by `LOAD DATA LOCAL INFILE` ([`mysql_infile`]) until the server refuses it.
+    infile: AtomicBool,
 }
 
 impl MySql {
@@ -99,7 +108,104 @@ impl MySql {
             Err(e) => Err(error(&e, Some(table))),
         }
     }
+
+    /// A `produce` batch's `rows` by `LOAD DATA LOCAL INFILE` inside `tx`: `true` when every row was
+    /// inserted without a warning (kept), `false` when it was not — a key that exists, a value the server
+    /// adjusted, a server that refuses `LOCAL` — and the caller upserts instead. With `savepoint` the load
+    /// is then rolled back to a savepoint taken before it (the transaction goes on); without, the caller
+    /// rolls the whole transaction back.
+    async fn load_in(
+        &self,
+        tx: &mut mysql_async::Transaction<'_>,
+        rs: &RowSet,
+        table: &TableName,
+        rows: &[&Row],
+        savepoint: bool,
+    ) -> Result<bool, SinkError> {
+        if !self.may_load(rs) {
+            return Ok(false);
+        }
+        if savepoint {
+            tx.query_drop("SAVEPOINT bitmig_load")
+                .await
+                .map_err(|e| error(&e, Some(table)))?;
+        }
+        let file = Infile::register(mysql_infile::encode(rows));
+        let cols: Vec<String> = rs
+            .columns
+            .iter()
+            .map(|c| format!("`{}`", c.name.replace('`', "``")))
+            .collect();
+        let sql = format!(
+            "LOAD DATA LOCAL INFILE '{}' INTO TABLE {} CHARACTER SET utf8mb4 ({})",
+            file.name(),
+            quote_table(Engine::Mysql, table),
+            cols.join(",")
+        );
+        let loaded = tx.query_drop(sql).await;
+        drop(file);
+        let kept = match loaded {
+            Ok(()) => {
+                let (inserted, warnings) = (tx.affected_rows(), tx.get_warnings());
+                let kept = inserted == rows.len() as u64 && warnings == 0;
+                if !kept && tracing::enabled!(tracing::Level::DEBUG) {
+                    // The server's first words on it (a duplicate key, a value it adjusted).
+                    let said: Vec<(String, u32, String)> =
+                        tx.query("SHOW WARNINGS LIMIT 3").await.unwrap_or_default();
+                    let said: Vec<String> = said
+                        .into_iter()
+                        .map(|(_, code, m)| format!("{code}: {m}"))
+                        .collect();
+                    debug!(
+                        table = %table,
+                        rows = rows.len(),
+                        inserted,
+                        warnings,
+                        first = %said.join("; "),
+                        "LOAD DATA not clean: rolled back, upserting"
+                    );
+                }
+                kept
+            }
+            Err(mysql_async::Error::Server(e)) if LOCAL_REFUSED.contains(&e.code) => {
+                if self.infile.swap(false, Ordering::Relaxed) {
+                    info!(
+                        reason = %e.message,
+                        "the target refuses LOAD DATA LOCAL INFILE (local_infile = OFF): produce batches \
+                         are written by INSERT, which costs the server more"
+                    );
+                }
+                false
+            }
+            Err(e) if mysql_is_transient(&e) => return Err(error(&e, Some(table))),
+            Err(e) => {
+                debug!(table = %table, error = %mysql_error_text(&e), "LOAD DATA refused: upserting");
+                false
+            }
+        };
+        if savepoint {
+            let after = if kept {
+                "RELEASE SAVEPOINT bitmig_load"
+            } else {
+                "ROLLBACK TO SAVEPOINT bitmig_load"
+            };
+            tx.query_drop(after)
+                .await
+                .map_err(|e| error(&e, Some(table)))?;
+        }
+        Ok(kept)
+    }
+
+    /// Whether rows of `rs` may go by `LOAD DATA`: the server has not refused it, and every column
+    /// round-trips through text.
+    fn may_load(&self, rs: &RowSet) -> bool {
+        self.infile.load(Ordering::Relaxed) && mysql_infile::loadable(&rs.columns)
+    }
 }
+
+/// The server's answers to `LOAD DATA LOCAL` when it does not allow it: MySQL's ER_NOT_ALLOWED_COMMAND and
+/// ER_CLIENT_LOCAL_FILES_DISABLED, MariaDB's ER_LOAD_INFILE_CAPABILITY_DISABLED.
+const LOCAL_REFUSED: [u16; 3] = [1148, 3948, 4166];
 
 fn error(e: &mysql_async::Error, table: Option<&TableName>) -> SinkError {
     let text = match table {
@@ -127,6 +233,7 @@ impl Dialect for MySql {
             write: target.write,
             version: job.source.version.clone(),
             full_rows: job.batch_size as usize,
+            infile: AtomicBool::new(true),
         })
     }
 
@@ -164,25 +271,38 @@ impl Dialect for MySql {
         tx.rollback().await.map_err(|e| error(&e, None))
     }
 
+    /// `fresh`: `LOAD DATA LOCAL INFILE` in a transaction of its own; the upsert when it is not clean.
     async fn upsert(
         &self,
         conn: &mut Self::Conn,
         rs: &RowSet,
         table: &TableName,
         rows: &[&Row],
-        _hints: WriteHints,
+        hints: WriteHints,
     ) -> Result<Result<(), String>, SinkError> {
+        if hints.fresh && self.may_load(rs) {
+            let mut tx = self.begin(conn).await?;
+            if self.load_in(&mut tx, rs, table, rows, false).await? {
+                self.commit(tx).await?;
+                return Ok(Ok(()));
+            }
+            self.rollback(tx).await?;
+        }
         self.run(conn, rs, table, rows).await
     }
 
+    /// `fresh`: `LOAD DATA LOCAL INFILE` under a savepoint; the upsert when it is not clean.
     async fn upsert_in(
         &self,
         tx: &mut Self::Tx<'_>,
         rs: &RowSet,
         table: &TableName,
         rows: &[&Row],
-        _hints: WriteHints,
+        hints: WriteHints,
     ) -> Result<Result<(), String>, SinkError> {
+        if hints.fresh && self.load_in(tx, rs, table, rows, true).await? {
+            return Ok(Ok(()));
+        }
         self.run(tx, rs, table, rows).await
     }
 

@@ -1,0 +1,182 @@
+//! The MySQL sink's bulk path: a `produce` batch goes to MariaDB by `LOAD DATA LOCAL INFILE`, kept only
+//! when every row was inserted without a warning. Rows of every type but BIT arrive bit for bit; a batch over
+//! rows the target already holds is rolled back and upserted (the version guard decides); a server that
+//! refuses `LOCAL INFILE` gets every row by `INSERT`.
+
+use crate::helpers::{drop_database, Bin, TestJob, COMMAND_DEADLINE};
+
+/// The consumer's debug line for a load rolled back in favour of the upsert.
+const NOT_CLEAN: &str = "LOAD DATA not clean";
+
+/// Runs one consumer with the SQL sink's debug lines until the queue is idle; returns its stderr.
+async fn consume_with_debug(job: &TestJob) -> String {
+    let consumer = job.spawn_with_env(
+        Bin::Consumer,
+        &["--job", job.job_arg(), "--exit-when-idle", "3"],
+        &[("RUST_LOG", "info,bitmig_shared::sink=debug")],
+    );
+    let done = consumer.wait(COMMAND_DEADLINE).await;
+    done.expect_code(0);
+    done.stderr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_type_but_bit_arrives_bit_for_bit_by_load_data() {
+    let job = TestJob::new(1_000, 500).await;
+    let rows = job.create_source(12_000).await;
+    // BIT columns go by INSERT (LOAD DATA would read their text as characters): without one, every batch
+    // of this table takes the bulk path.
+    job.sql("ALTER TABLE src DROP COLUMN c_bit").await;
+    job.sql("ALTER TABLE dst DROP COLUMN c_bit").await;
+
+    job.produce(&[]).await;
+    let log = consume_with_debug(&job).await;
+
+    job.assert_target_equals_source().await;
+    assert!(
+        !log.contains(NOT_CLEAN),
+        "every batch of new rows must load cleanly (no warning, every row inserted):\n{log}"
+    );
+    job.assert_job_complete(rows, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_over_rows_the_target_holds_is_upserted_under_the_version_guard() {
+    let job = TestJob::new(1_000, 100).await;
+    job.sql(
+        "CREATE TABLE src (id BIGINT UNSIGNED NOT NULL PRIMARY KEY, note VARCHAR(32) NOT NULL, \
+         updated_at DATETIME(6) NOT NULL)",
+    )
+    .await;
+    job.sql("CREATE TABLE dst LIKE src").await;
+    job.sql(
+        "INSERT INTO src SELECT seq, CONCAT('source ', seq), TIMESTAMP'2024-06-01 12:00:00.000001' \
+         FROM seq_1_to_500",
+    )
+    .await;
+    // Ids 1–100 newer in the target than in the source, 101–150 older; 151–500 absent.
+    job.sql(
+        "INSERT INTO dst SELECT seq, 'newer target row', TIMESTAMP'2024-06-01 12:00:00.000002' \
+         FROM seq_1_to_100",
+    )
+    .await;
+    job.sql(
+        "INSERT INTO dst SELECT seq, 'older target row', TIMESTAMP'2024-06-01 12:00:00' \
+         FROM seq_101_to_150",
+    )
+    .await;
+    let toml = job
+        .job_toml()
+        .replace("key = \"id\"\n", "key = \"id\"\nversion = \"updated_at\"\n");
+    job.write_file("job.toml", &toml);
+
+    job.produce(&[]).await;
+    let log = consume_with_debug(&job).await;
+
+    assert_eq!(
+        job.sql_u64("SELECT COUNT(*) FROM dst WHERE id <= 100 AND note = 'newer target row'")
+            .await,
+        100,
+        "a newer target row survives the produce batch's older read"
+    );
+    assert_eq!(
+        job.sql_u64(
+            "SELECT COUNT(*) FROM src JOIN dst USING (id) WHERE src.id > 100 \
+             AND BINARY src.note = BINARY dst.note AND src.updated_at = dst.updated_at"
+        )
+        .await,
+        400,
+        "older target rows are replaced and absent ones inserted"
+    );
+    assert_eq!(job.sql_u64("SELECT COUNT(*) FROM dst").await, 500);
+    // The first two batches (ids 1–200) met existing keys; the loads of the others were clean.
+    assert_eq!(
+        log.matches(NOT_CLEAN).count(),
+        2,
+        "the batches over existing rows are rolled back and upserted, the others kept:\n{log}"
+    );
+    job.assert_job_complete(500, 0).await;
+}
+
+/// The private MariaDB on port 3316 (`scripts/services --with-follow-negatives`), with `local_infile`
+/// switched off: nothing else there depends on it.
+const PRIVATE_SERVER: &str = "mysql://root@127.0.0.1:3316/";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_target_that_refuses_local_infile_gets_every_row_by_insert() {
+    let job = TestJob::new(1_000, 200).await;
+    let mut server = mysql_async::Conn::from_url(PRIVATE_SERVER)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "no MariaDB on 127.0.0.1:3316 ({e}): start the private servers with \
+                 `scripts/services --with-follow-negatives`"
+            )
+        });
+    use mysql_async::prelude::Queryable;
+    server
+        .query_drop("SET GLOBAL local_infile = OFF")
+        .await
+        .expect("SET GLOBAL local_infile");
+    let database = job.database.clone();
+    let _drop = DropOnPrivate(database.clone());
+    server
+        .query_drop(format!(
+            "CREATE DATABASE `{database}` CHARACTER SET utf8mb4; \
+             CREATE TABLE `{database}`.dst (id BIGINT UNSIGNED NOT NULL PRIMARY KEY, \
+             note VARCHAR(32) NOT NULL)"
+        ))
+        .await
+        .expect("the target database on 3316");
+    job.sql(
+        "CREATE TABLE src (id BIGINT UNSIGNED NOT NULL PRIMARY KEY, note VARCHAR(32) NOT NULL)",
+    )
+    .await;
+    job.sql("INSERT INTO src SELECT seq, CONCAT('n\\t', seq) FROM seq_1_to_1000")
+        .await;
+    let toml = format!(
+        "name = \"{name}\"\ngroup_size = 1000\nbatch_size = 200\n\n\
+         [source]\nurl = \"{source}\"\ntable = \"src\"\nkey = \"id\"\n\n\
+         [target]\nkind = \"sql\"\nurl = \"{PRIVATE_SERVER}{database}\"\ntable = \"dst\"\n",
+        name = job.name,
+        source = job.database_url,
+    );
+    job.write_file("job.toml", &toml);
+
+    job.produce(&[]).await;
+    let log = consume_with_debug(&job).await;
+
+    let (count, sum): (u64, String) = server
+        .query_first(format!(
+            "SELECT COUNT(*), CAST(SUM(CRC32(CONCAT(id, ':', note))) AS CHAR) FROM `{database}`.dst"
+        ))
+        .await
+        .expect("count the target")
+        .expect("a row");
+    let source_sum: String = job
+        .conn()
+        .await
+        .query_first("SELECT CAST(SUM(CRC32(CONCAT(id, ':', note))) AS CHAR) FROM src")
+        .await
+        .expect("sum the source")
+        .expect("a row");
+    assert_eq!((count, sum), (1000, source_sum), "every row, unchanged");
+    assert_eq!(
+        log.matches("refuses LOAD DATA LOCAL INFILE").count(),
+        1,
+        "the refusal is said once, then every batch goes by INSERT:\n{log}"
+    );
+    job.assert_job_complete(1000, 0).await;
+}
+
+/// Drops the test's database on the private server, whatever the outcome.
+struct DropOnPrivate(String);
+
+impl Drop for DropOnPrivate {
+    fn drop(&mut self) {
+        let database = self.0.clone();
+        crate::helpers::clean_up(format!("database {database} on 3316"), async move {
+            drop_database(PRIVATE_SERVER, &database).await;
+        });
+    }
+}
