@@ -99,7 +99,7 @@ async fn a_batch_over_rows_the_target_holds_is_upserted_under_the_version_guard(
 }
 
 /// The private MariaDB on port 3316 (`scripts/services --with-follow-negatives`), with `local_infile`
-/// switched off: nothing else there depends on it.
+/// switched off for the test (nothing else there depends on it) and back on at its end.
 const PRIVATE_SERVER: &str = "mysql://root@127.0.0.1:3316/";
 
 #[tokio::test(flavor = "multi_thread")]
@@ -119,7 +119,7 @@ async fn a_target_that_refuses_local_infile_gets_every_row_by_insert() {
         .await
         .expect("SET GLOBAL local_infile");
     let database = job.database.clone();
-    let _drop = DropOnPrivate(database.clone());
+    let _restore = RestorePrivate(database.clone());
     server
         .query_drop(format!(
             "CREATE DATABASE `{database}` CHARACTER SET utf8mb4; \
@@ -169,14 +169,24 @@ async fn a_target_that_refuses_local_infile_gets_every_row_by_insert() {
     job.assert_job_complete(1000, 0).await;
 }
 
-/// Drops the test's database on the private server, whatever the outcome.
-struct DropOnPrivate(String);
+/// Drops the test's database on the private server and switches `local_infile` back on, whatever the
+/// outcome.
+struct RestorePrivate(String);
 
-impl Drop for DropOnPrivate {
+impl Drop for RestorePrivate {
     fn drop(&mut self) {
         let database = self.0.clone();
         crate::helpers::clean_up(format!("database {database} on 3316"), async move {
             drop_database(PRIVATE_SERVER, &database).await;
+            let restored = async {
+                use mysql_async::prelude::Queryable;
+                let mut c = mysql_async::Conn::from_url(PRIVATE_SERVER).await?;
+                c.query_drop("SET GLOBAL local_infile = ON").await?;
+                c.disconnect().await
+            };
+            if let Err(e) = restored.await {
+                eprintln!("cleanup: local_infile on 3316: {e}");
+            }
         });
     }
 }

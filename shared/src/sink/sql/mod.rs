@@ -10,7 +10,8 @@
 //! table meanwhile. A dialect says whether a refused statement leaves its transaction going (MySQL rolls
 //! back one statement; PostgreSQL aborts the transaction, so everything is then written piece by piece).
 //! A `produce` batch's pieces are written with [`WriteHints::fresh`]: a dialect may insert them by its
-//! bulk path (PostgreSQL's binary `COPY`, MySQL's `LOAD DATA LOCAL INFILE`) and falls back to its upsert by itself; bisection always upserts.
+//! bulk path (PostgreSQL's binary `COPY`, MySQL's `LOAD DATA LOCAL INFILE`) and falls back to its upsert
+//! by itself; bisection always upserts.
 //! Further per-engine work (reading target rows by key range for verify) belongs in the dialect files.
 
 pub mod mysql;

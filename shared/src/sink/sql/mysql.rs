@@ -113,7 +113,7 @@ impl MySql {
     /// inserted without a warning (kept), `false` when it was not — a key that exists, a value the server
     /// adjusted, a server that refuses `LOCAL` — and the caller upserts instead. With `savepoint` the load
     /// is then rolled back to a savepoint taken before it (the transaction goes on); without, the caller
-    /// rolls the whole transaction back.
+    /// rolls the whole transaction back. Only for rows that [`Self::may_load`].
     async fn load_in(
         &self,
         tx: &mut mysql_async::Transaction<'_>,
@@ -122,9 +122,6 @@ impl MySql {
         rows: &[&Row],
         savepoint: bool,
     ) -> Result<bool, SinkError> {
-        if !self.may_load(rs) {
-            return Ok(false);
-        }
         if savepoint {
             tx.query_drop("SAVEPOINT bitmig_load")
                 .await
@@ -300,7 +297,7 @@ impl Dialect for MySql {
         rows: &[&Row],
         hints: WriteHints,
     ) -> Result<Result<(), String>, SinkError> {
-        if hints.fresh && self.load_in(tx, rs, table, rows, true).await? {
+        if hints.fresh && self.may_load(rs) && self.load_in(tx, rs, table, rows, true).await? {
             return Ok(Ok(()));
         }
         self.run(tx, rs, table, rows).await
