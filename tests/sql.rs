@@ -205,6 +205,37 @@ pub fn high_ids() -> String {
 }
 
 impl TestJob {
+    /// Rewrites the job file so that the target connects as a new user who may write `dst` but not read
+    /// `src`: the server cannot copy a batch itself (`INSERT … SELECT`), and every batch is read and written
+    /// through the consumer. The user is dropped with the guard.
+    pub async fn target_user_without_source(&self) -> MysqlUser {
+        let name = format!("{}_w", self.name);
+        let user = MysqlUser::create(self, &name, "Pw_target_only", "").await;
+        self.sql(&format!(
+            "REVOKE ALL PRIVILEGES ON `{}`.* FROM '{name}'@'%'",
+            self.database
+        ))
+        .await;
+        self.sql(&format!(
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON `{}`.dst TO '{name}'@'%'",
+            self.database
+        ))
+        .await;
+        let target = |url: &str| format!("[target]\nkind = \"sql\"\nurl = \"{url}\"");
+        let toml = std::fs::read_to_string(&self.job_file)
+            .unwrap_or_else(|e| panic!("read {}: {e}", self.job_file.display()));
+        let rewritten = toml.replace(
+            &target(&self.database_url),
+            &target(&user.url(&self.database_url)),
+        );
+        assert_ne!(
+            rewritten, toml,
+            "the job file names the test database as its target"
+        );
+        self.write_file("job.toml", &rewritten);
+        user
+    }
+
     pub async fn conn(&self) -> mysql_async::Conn {
         self.mysql.get_conn().await.expect("a MariaDB connection")
     }

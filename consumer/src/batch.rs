@@ -134,6 +134,17 @@ impl Plan {
     }
 }
 
+/// The ledger's record of a `produce` batch the target server copied whole from the source
+/// ([`bitmig_shared::sink::Sink::copy_within`]): every id landed, none gone, none failed.
+pub fn copied_whole(ids: &[IdRange]) -> BatchRecord {
+    BatchRecord {
+        landed: expand(ids).collect(),
+        gone: Vec::new(),
+        failed: Vec::new(),
+        exclusive: false,
+    }
+}
+
 /// Ids of the ranges with no row among `rows` (both ascending).
 fn gone_ids<'a>(ranges: &'a [IdRange], rows: &'a RowSet) -> impl Iterator<Item = u64> + 'a {
     let rows = &rows.rows;
@@ -232,6 +243,13 @@ mod tests {
             &LedgerFacts::default(),
         );
         assert!(p.delete.is_empty() && p.exclusive);
+    }
+
+    #[test]
+    fn a_batch_copied_whole_lands_every_id_and_deletes_nothing() {
+        let r = copied_whole(&[[1, 3], [7, 7]]);
+        assert_eq!(r.landed, vec![1, 2, 3, 7]);
+        assert!(r.gone.is_empty() && r.failed.is_empty() && !r.exclusive);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bitmig_shared::ids::{group_last, IdRange};
+use bitmig_shared::ledger::BatchRecord;
 use bitmig_shared::queue::Message;
 use bitmig_shared::sink::{Changes, SinkError};
 use bitmig_shared::source::SourceError;
@@ -75,6 +76,20 @@ pub(crate) async fn process(ctx: &Ctx, ms: &[&Message]) -> Result<(), Failure> {
     groups.sort_unstable();
     groups.dedup();
     wait_for_budget(ctx, bitmig_shared::ids::count_in(ids)).await?;
+    if !batch::is_exclusive(cause) {
+        // Source and target on one server: the server copies the batch itself, or nothing is kept.
+        let started = Instant::now();
+        let copied = quick_retry(&ctx.cancel, SinkError::is_transient, || {
+            ctx.sink.copy_within(ids)
+        })
+        .await
+        .map_err(sink_failure)?;
+        if copied {
+            ctx.metrics.stage(Stage::TargetWrite, started.elapsed());
+            let record = batch::copied_whole(ids);
+            return record_and_count(ctx, ms.len(), &groups, record, 0).await;
+        }
+    }
     let started = Instant::now();
     let rows = quick_retry(&ctx.cancel, SourceError::is_transient, || {
         ctx.source.read_rows(ids)
@@ -121,12 +136,23 @@ pub(crate) async fn process(ctx: &Ctx, ms: &[&Message]) -> Result<(), Failure> {
         warn!(id, reason = %reason, "row refused by the target: recorded in failed");
     }
     let record = plan.record(outcome);
+    record_and_count(ctx, ms.len(), &groups, record, plan.delete.len()).await
+}
+
+/// Set the bits of a committed batch (`batches` deliveries of `groups`), then count it.
+async fn record_and_count(
+    ctx: &Ctx,
+    batches: usize,
+    groups: &[u64],
+    record: BatchRecord,
+    deleted: usize,
+) -> Result<(), Failure> {
     let (landed, gone, failed) = (record.landed.len(), record.gone.len(), record.failed.len());
     // The changes are committed: the bits must follow. Keep trying while Redis is away (the
     // ConnectionManager reconnects); a shutdown leaves the batch unacked, and its redelivery rewrites it
     // idempotently.
     let started = Instant::now();
-    let records = batch::split_by_group(record, ctx.job.group_size, &groups);
+    let records = batch::split_by_group(record, ctx.job.group_size, groups);
     futures::future::try_join_all(records.iter().map(|(group, record)| async move {
         let mut wait = Duration::from_millis(200);
         loop {
@@ -146,7 +172,7 @@ pub(crate) async fn process(ctx: &Ctx, ms: &[&Message]) -> Result<(), Failure> {
     ctx.metrics.rows(landed as u64, gone as u64, failed as u64);
     ctx.stats
         .batches
-        .fetch_add(ms.len() as u64, Ordering::Relaxed);
+        .fetch_add(batches as u64, Ordering::Relaxed);
     ctx.stats.writes.fetch_add(1, Ordering::Relaxed);
     ctx.stats
         .rows_written
@@ -154,10 +180,10 @@ pub(crate) async fn process(ctx: &Ctx, ms: &[&Message]) -> Result<(), Failure> {
     ctx.stats.gone.fetch_add(gone as u64, Ordering::Relaxed);
     ctx.stats.failed.fetch_add(failed as u64, Ordering::Relaxed);
     debug!(
-        batches = ms.len(),
+        batches,
         written = landed,
         gone,
-        deleted = plan.delete.len(),
+        deleted,
         failed,
         "batch done"
     );

@@ -14,6 +14,7 @@ mod connections;
 mod consumer_crash;
 mod consumer_sigterm;
 mod copy;
+mod copy_within;
 mod deleted_rows;
 mod deletes;
 mod digest;

@@ -86,6 +86,16 @@ pub trait Sink: Send + Sync {
         self.apply(&Changes::upsert(rows)).await
     }
 
+    /// A `produce` batch copied by the target server itself, straight from the source table, when both
+    /// live on one server (`INSERT … SELECT`; see `sql/mysql_within.rs`). `Ok(true)`: every id of `ranges`
+    /// was copied, as the source holds it now, and committed; `Ok(false)`: nothing was kept — this sink
+    /// cannot copy within, or the copy was not clean (an id gone or filtered out, a key already in the
+    /// target, a value adjusted) — and the caller reads and writes the batch as usual.
+    async fn copy_within(&self, ranges: &[crate::ids::IdRange]) -> Result<bool, SinkError> {
+        let _ = ranges;
+        Ok(false)
+    }
+
     /// The target rows whose key column `key` lies in `first..=last`, across every table or index of the
     /// job (the route's own list and every name in `bitmig:{JOB}:tables`): one set per table that exists,
     /// each ascending by key, as `(table, rows)`. Verify (DESIGN.md §9) digests them against the source.

@@ -16,6 +16,7 @@
 
 pub mod mysql;
 mod mysql_infile;
+mod mysql_within;
 pub mod postgres;
 
 pub(crate) use mysql_infile::serve as serve_infile;
@@ -222,6 +223,23 @@ pub trait Dialect: Send + Sync + Sized + 'static {
     fn open(job: &JobSpec, target: &SqlTarget, max_connections: usize) -> Result<Self, OpenError>;
     /// Whether `LIKE` can copy the source table as it is (`create = true`).
     fn same_place(source: &SourceSpec, target: &SqlTarget) -> bool;
+    /// Whether [`Self::copy_within`] may copy a batch (the source is on the target's server, and the server
+    /// has not refused it).
+    fn copies_within(&self) -> bool {
+        false
+    }
+    /// Copy the source rows of `ranges` (every column of `columns`) into `table` on the server itself, in
+    /// a transaction of its own: `true` when every id landed and is committed, `false` when nothing was
+    /// kept (see [`super::Sink::copy_within`]).
+    async fn copy_within(
+        &self,
+        _conn: &mut Self::Conn,
+        _table: &TableName,
+        _columns: &[Column],
+        _ranges: &[crate::ids::IdRange],
+    ) -> Result<bool, SinkError> {
+        Ok(false)
+    }
     /// Why the target cannot hold these columns at all, if so.
     fn unmappable(&self, _columns: &[Column]) -> Option<String> {
         None
@@ -308,6 +326,9 @@ pub struct SqlSink<D: Dialect> {
     create: Option<Creator>,
     /// Records each table before the first write to it; lists every table for deletes.
     tables: Tables,
+    /// The columns the source reads, once [`Sink::prepare`] has seen them: what a copy within the server
+    /// copies.
+    columns: std::sync::OnceLock<Vec<Column>>,
 }
 
 /// Creates missing target tables (`[target] create = true`), once per table and process.
@@ -346,6 +367,7 @@ impl<D: Dialect> SqlSink<D> {
                 created: Default::default(),
             }),
             tables: Tables::default(),
+            columns: std::sync::OnceLock::new(),
         })
     }
 
@@ -539,6 +561,7 @@ impl<D: Dialect> Sink for SqlSink<D> {
             return Err(SinkError::Batch(why));
         }
         check_version(self.version.as_ref(), columns)?;
+        let _ = self.columns.set(columns.to_vec());
         if let Some(creator) = &self.create {
             // The tables are created when rows are first routed to them; check now that they can be.
             self.create_tail(creator).await?;
@@ -553,6 +576,25 @@ impl<D: Dialect> Sink for SqlSink<D> {
             self.dialect.probe(&mut conn, columns, table).await?;
         }
         Ok(())
+    }
+
+    async fn copy_within(&self, ranges: &[crate::ids::IdRange]) -> Result<bool, SinkError> {
+        let Some(columns) = self.columns.get() else {
+            return Ok(false);
+        };
+        if !self.dialect.copies_within() {
+            return Ok(false);
+        }
+        let router = self.router(columns)?;
+        let Some(table) = router.fixed() else {
+            return Ok(false);
+        };
+        self.tables.before_write(&[table.to_string()]).await?;
+        let mut conn = self.dialect.connect().await?;
+        self.ensure_tables(&mut conn, &[table]).await?;
+        self.dialect
+            .copy_within(&mut conn, table, columns, ranges)
+            .await
     }
 
     async fn apply(&self, changes: &Changes<'_>) -> Result<WriteOutcome, SinkError> {

@@ -6,6 +6,9 @@
 //! - A `produce` batch (keys expected new) goes by `LOAD DATA LOCAL INFILE` ([`super::mysql_infile`]) in a
 //!   transaction, or under a savepoint of the batch's, kept only when every row was inserted without a
 //!   warning; otherwise rolled back and upserted as above.
+//! - A `produce` batch whose source table is on the same server is copied by the server itself
+//!   (`INSERT … SELECT`, [`super::mysql_within`]), kept only when every id landed without a warning;
+//!   otherwise the batch is read and written as below.
 //! - Routed tables (`orders_{user_id % 16}`, `[target.ranges]`, a database part): the batch's rows are
 //!   grouped by table ([`crate::sink::route`]) and every table's statements run in **one transaction** on one
 //!   connection — a transaction spans databases on one server. A row whose route cannot be computed is
@@ -30,7 +33,9 @@ use mysql_async::TxOpts;
 use tracing::{debug, info};
 
 use super::mysql_infile::{self, Infile};
+use super::mysql_within::{Copied, Within};
 use super::{Dialect, SqlSink, WriteHints};
+use crate::ids::IdRange;
 use crate::job::{DbUrl, Engine, Ident, JobSpec, SourceSpec, SqlTarget, TableName, WriteMode};
 use crate::sink::create::{
     mysql_body, mysql_source_columns, pg_source_columns, server_of, url_database,
@@ -64,6 +69,9 @@ pub struct MySql {
     full_rows: usize,
     /// `produce` batches go by `LOAD DATA LOCAL INFILE` ([`mysql_infile`]) until the server refuses it.
     infile: AtomicBool,
+    /// The source table is on this server: `produce` batches are copied by the server itself
+    /// ([`mysql_within`]).
+    within: Option<Within>,
 }
 
 impl MySql {
@@ -231,11 +239,29 @@ impl Dialect for MySql {
             version: job.source.version.clone(),
             full_rows: job.batch_size as usize,
             infile: AtomicBool::new(true),
+            within: Within::new(job, target),
         })
     }
 
     fn same_place(source: &SourceSpec, target: &SqlTarget) -> bool {
         same_mysql_server(&source.url, &target.url)
+    }
+
+    fn copies_within(&self) -> bool {
+        self.within.as_ref().is_some_and(Within::on)
+    }
+
+    async fn copy_within(
+        &self,
+        conn: &mut Self::Conn,
+        table: &TableName,
+        columns: &[Column],
+        ranges: &[IdRange],
+    ) -> Result<bool, SinkError> {
+        match &self.within {
+            Some(w) => Ok(w.copy(conn, table, columns, ranges).await? == Copied::All),
+            None => Ok(false),
+        }
     }
 
     fn unmappable(&self, columns: &[Column]) -> Option<String> {
@@ -509,7 +535,7 @@ fn unmappable(columns: &[Column]) -> Option<String> {
 }
 
 /// Whether two MySQL URLs name the same server (host and port; the user may differ).
-fn same_mysql_server(a: &DbUrl, b: &DbUrl) -> bool {
+pub(super) fn same_mysql_server(a: &DbUrl, b: &DbUrl) -> bool {
     a.engine == Engine::Mysql
         && b.engine == Engine::Mysql
         && server_of(a.expose(), 3306).is_some()

@@ -1,0 +1,219 @@
+//! A `produce` batch copied by the server itself when the source table and the target live on one MySQL /
+//! MariaDB server: `INSERT INTO target (columns) SELECT columns FROM source WHERE key in the batch's ranges
+//! [AND (filter)]` — the rows never leave the server, as in gh-ost's and pt-online-schema-change's row copy.
+//! The rows go through no client, so the server spends no time sending them and parsing them back.
+//!
+//! - Only the batch's ids are copied: its ranges are listed (a key between two ranges is not the job's
+//!   yet, and must not land), and each id is one row at most (the key is the source's primary key). So the
+//!   copy is kept only when it inserted exactly as many rows as the batch has ids, with no warning: every
+//!   id landed, as the source holds it at the statement's start, like the read of the usual path.
+//! - Anything else is rolled back and the batch goes the usual way (read, then `LOAD DATA` or upsert),
+//!   which decides as before: an id gone or filtered out is recorded `gone`, a key already in the target
+//!   meets the version guard, a row the target refuses is bisected into `failed`.
+//! - `READ COMMITTED`: the source rows are read as a consistent read, not locked, so the application's
+//!   writes never wait for the copy. With `binlog_format = STATEMENT` the server refuses that (error
+//!   1665), and a target user without `SELECT` on the source is refused too: such a refusal turns the
+//!   path off for the process, said once in the log, and every batch is read and written as before.
+//! - Only a target with one fixed table (a route needs each row's values) and a source that can be named
+//!   from the target's connection (its database in the table name or the source URL).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{IsolationLevel, TxOpts};
+use tracing::{debug, info};
+
+use crate::ids::{count_in, IdRange};
+use crate::job::{Engine, Ident, JobSpec, SqlTarget, TableName};
+use crate::sink::create::url_database;
+use crate::sink::SinkError;
+use crate::sql::{mysql_error_text, mysql_is_row_error, mysql_is_transient, quote, quote_table};
+use crate::value::Column;
+
+/// How a server-side copy ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Copied {
+    /// Every id landed and is committed.
+    All,
+    /// Nothing was kept: read and write the batch as usual.
+    Not,
+}
+
+/// The source as the target's connection names it, and whether the server still copies.
+pub(crate) struct Within {
+    /// The source table, qualified with its database.
+    from: String,
+    key: String,
+    /// ` AND (filter)`, or empty.
+    filter: String,
+    on: AtomicBool,
+}
+
+impl Within {
+    /// The server-side copy of `job`, when its source is a table on the target's server.
+    pub fn new(job: &JobSpec, target: &SqlTarget) -> Option<Self> {
+        let s = &job.source;
+        if !super::mysql::same_mysql_server(&s.url, &target.url) {
+            return None;
+        }
+        let schema = match &s.table.schema {
+            Some(db) => db.clone(),
+            None => Ident::new(&url_database(s.url.expose())?).ok()?,
+        };
+        let from = TableName {
+            schema: Some(schema),
+            table: s.table.table.clone(),
+        };
+        Some(Self {
+            from: quote_table(Engine::Mysql, &from),
+            key: quote(Engine::Mysql, &s.key),
+            filter: s
+                .filter
+                .as_ref()
+                .map(|f| format!(" AND ({f})"))
+                .unwrap_or_default(),
+            on: AtomicBool::new(true),
+        })
+    }
+
+    /// Whether the server has not refused the copy yet.
+    pub fn on(&self) -> bool {
+        self.on.load(Ordering::Relaxed)
+    }
+
+    /// The statement copying the rows of `ranges` into `table`, every column of `columns` by name.
+    pub fn sql(&self, table: &TableName, columns: &[Column], ranges: &[IdRange]) -> String {
+        let list = columns
+            .iter()
+            .map(|c| format!("`{}`", c.name.replace('`', "``")))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let k = &self.key;
+        let keys = ranges
+            .iter()
+            .map(|[lo, hi]| {
+                if lo == hi {
+                    format!("{k} = {lo}")
+                } else {
+                    format!("{k} BETWEEN {lo} AND {hi}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        format!(
+            "INSERT INTO {} ({list}) SELECT {list} FROM {} WHERE ({keys}){}",
+            quote_table(Engine::Mysql, table),
+            self.from,
+            self.filter
+        )
+    }
+
+    /// Copy the rows of `ranges` into `table` on `conn` in a transaction of its own, kept only when every
+    /// id landed without a warning.
+    pub async fn copy(
+        &self,
+        conn: &mut mysql_async::Conn,
+        table: &TableName,
+        columns: &[Column],
+        ranges: &[IdRange],
+    ) -> Result<Copied, SinkError> {
+        let ids = count_in(ranges);
+        if ids == 0 || !self.on() {
+            return Ok(Copied::Not);
+        }
+        let err = |e: &mysql_async::Error| {
+            let text = format!("table {table}: {}", mysql_error_text(e));
+            if mysql_is_transient(e) {
+                SinkError::Transient(text)
+            } else {
+                SinkError::Batch(text)
+            }
+        };
+        let mut opts = TxOpts::default();
+        opts.with_isolation_level(IsolationLevel::ReadCommitted);
+        let mut tx = conn.start_transaction(opts).await.map_err(|e| err(&e))?;
+        let copied = tx.query_drop(self.sql(table, columns, ranges)).await;
+        match copied {
+            Ok(()) => {
+                let (inserted, warnings) = (tx.affected_rows(), tx.get_warnings());
+                if inserted == ids && warnings == 0 {
+                    tx.commit().await.map_err(|e| err(&e))?;
+                    debug!(table = %table, ids, "batch copied within the server");
+                    return Ok(Copied::All);
+                }
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    let said: Vec<(String, u32, String)> =
+                        tx.query("SHOW WARNINGS LIMIT 3").await.unwrap_or_default();
+                    let said: Vec<String> = said
+                        .into_iter()
+                        .map(|(_, code, m)| format!("{code}: {m}"))
+                        .collect();
+                    debug!(
+                        table = %table,
+                        ids,
+                        inserted,
+                        warnings,
+                        first = %said.join("; "),
+                        "server-side copy not clean: rolled back, reading the batch"
+                    );
+                }
+            }
+            Err(e) if mysql_is_transient(&e) => return Err(err(&e)),
+            // A key already in the target, a value the target refuses: this batch goes the usual way,
+            // which finds out which row.
+            Err(e) if mysql_is_row_error(&e) => {
+                debug!(table = %table, error = %mysql_error_text(&e), "server-side copy refused: reading the batch");
+            }
+            Err(e) => {
+                if self.on.swap(false, Ordering::Relaxed) {
+                    info!(
+                        reason = %mysql_error_text(&e),
+                        "the server does not copy the source's rows itself (INSERT … SELECT refused): \
+                         produce batches are read and written through the consumer"
+                    );
+                }
+            }
+        }
+        tx.rollback().await.map_err(|e| err(&e))?;
+        Ok(Copied::Not)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::ColumnType;
+
+    fn within(filter: &str) -> Within {
+        Within {
+            from: "`shop`.`orders`".into(),
+            key: "`id`".into(),
+            filter: filter.into(),
+            on: AtomicBool::new(true),
+        }
+    }
+
+    fn column(name: &str) -> Column {
+        Column {
+            name: name.into(),
+            ty: ColumnType::Int { unsigned: true },
+            type_name: "bigint".into(),
+        }
+    }
+
+    #[test]
+    fn copies_exactly_the_batch_ids_under_the_filter() {
+        let table = TableName::parse("orders_archive").unwrap();
+        let sql = within(" AND (created_at < '2024-10-01')").sql(
+            &table,
+            &[column("id"), column("we`ird")],
+            &[[1, 7], [9, 9], [11, 20]],
+        );
+        assert_eq!(
+            sql,
+            "INSERT INTO `orders_archive` (`id`, `we``ird`) SELECT `id`, `we``ird` FROM `shop`.`orders` \
+             WHERE (`id` BETWEEN 1 AND 7 OR `id` = 9 OR `id` BETWEEN 11 AND 20) \
+             AND (created_at < '2024-10-01')"
+        );
+    }
+}

@@ -1,0 +1,84 @@
+//! Source and target on one MariaDB server: a `produce` batch is copied by the server itself
+//! (`INSERT … SELECT` over the batch's ids), kept only when every id landed without a warning. Rows of every
+//! type arrive bit for bit; a batch with an id deleted after it was planned is rolled back and read the usual
+//! way (the id recorded gone); a target user who may not read the source turns the path off, said once, and
+//! every row still arrives.
+
+use crate::helpers::{Bin, TestJob, COMMAND_DEADLINE};
+
+/// The sink's debug line for a batch the server copied.
+const COPIED: &str = "batch copied within the server";
+/// The sink's debug line for a copy rolled back in favour of the usual read and write.
+const NOT_CLEAN: &str = "server-side copy not clean";
+
+/// Runs one consumer with the SQL sink's debug lines until the queue is idle; returns its stderr.
+async fn consume_with_debug(job: &TestJob) -> String {
+    let consumer = job.spawn_with_env(
+        Bin::Consumer,
+        &["--job", job.job_arg(), "--exit-when-idle", "3"],
+        &[("RUST_LOG", "info,bitmig_shared::sink=debug")],
+    );
+    let done = consumer.wait(COMMAND_DEADLINE).await;
+    done.expect_code(0);
+    done.stderr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_server_copies_each_batch_and_a_batch_with_a_deleted_id_goes_the_usual_way() {
+    let job = TestJob::new(1_000, 100).await;
+    let rows = job.create_source(3_000).await;
+    job.produce(&[]).await;
+    let batches = job
+        .sql_u64(&format!(
+            "SELECT SUM(CEIL(n / {})) FROM (SELECT COUNT(*) AS n FROM src GROUP BY id DIV {}) AS g",
+            job.batch_size, job.group_size
+        ))
+        .await;
+    // Two ids deleted after the producer planned them, in two different batches (each batch holds 100
+    // consecutive source ids).
+    let first = job.sql_u64("SELECT MIN(id) FROM src").await;
+    let middle = job
+        .sql_u64("SELECT id FROM src ORDER BY id LIMIT 1 OFFSET 1500")
+        .await;
+    job.sql(&format!("DELETE FROM src WHERE id IN ({first}, {middle})"))
+        .await;
+
+    let log = consume_with_debug(&job).await;
+
+    job.assert_target_equals_source().await;
+    assert_eq!(
+        (log.matches(COPIED).count(), log.matches(NOT_CLEAN).count()),
+        (batches as usize - 2, 2),
+        "every batch of {batches} copied by the server but the two whose ids were deleted:\n{log}"
+    );
+    job.assert_job_complete(rows, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_target_user_who_may_not_read_the_source_gets_every_row_through_the_consumer() {
+    let job = TestJob::new(1_000, 200).await;
+    job.sql(
+        "CREATE TABLE src (id BIGINT UNSIGNED NOT NULL PRIMARY KEY, note VARCHAR(32) NOT NULL)",
+    )
+    .await;
+    job.sql("CREATE TABLE dst LIKE src").await;
+    job.sql("INSERT INTO src SELECT seq, CONCAT('n', seq) FROM seq_1_to_1000")
+        .await;
+    let _user = job.target_user_without_source().await;
+
+    job.produce(&[]).await;
+    let log = consume_with_debug(&job).await;
+
+    job.assert_target_equals_source().await;
+    assert_eq!(
+        log.matches("does not copy the source's rows itself")
+            .count(),
+        1,
+        "the refusal is said once, then every batch is read and written:\n{log}"
+    );
+    assert!(
+        !log.contains(COPIED),
+        "no batch can be copied by a user who may not read the source:\n{log}"
+    );
+    job.assert_job_complete(1_000, 0).await;
+}
