@@ -1,8 +1,8 @@
 //! Source and target on one MariaDB server: a `produce` batch is copied by the server itself
 //! (`INSERT … SELECT` over the batch's ids), kept only when every id landed without a warning. Rows of every
 //! type arrive bit for bit; a batch with an id deleted after it was planned is rolled back and read the usual
-//! way (the id recorded gone); a target user who may not read the source turns the path off, said once, and
-//! every row still arrives.
+//! way (the id recorded gone); a target user who may not read the source, or a server logging statements
+//! (`binlog_format = STATEMENT`), turns the path off, said once, and every row still arrives.
 
 use crate::helpers::{Bin, TestJob, COMMAND_DEADLINE};
 
@@ -81,4 +81,82 @@ async fn a_target_user_who_may_not_read_the_source_gets_every_row_through_the_co
         "no batch can be copied by a user who may not read the source:\n{log}"
     );
     job.assert_job_complete(1_000, 0).await;
+}
+
+/// The private MariaDB on port 3317 (`scripts/services --with-follow-negatives`): binlog on in STATEMENT
+/// format, where InnoDB refuses a `READ COMMITTED` `INSERT … SELECT` (error 1665).
+const STATEMENT_SERVER: &str = "mysql://root@127.0.0.1:3317/";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_logging_statements_gets_every_row_through_the_consumer() {
+    use mysql_async::prelude::Queryable;
+    let job = TestJob::new(1_000, 200).await;
+    let mut server = mysql_async::Conn::from_url(STATEMENT_SERVER)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "no MariaDB on 127.0.0.1:3317 ({e}): start the private servers with \
+                 `scripts/services --with-follow-negatives`"
+            )
+        });
+    let database = job.database.clone();
+    let _drop = DropOnStatementServer(database.clone());
+    server
+        .query_drop(format!(
+            "CREATE DATABASE `{database}` CHARACTER SET utf8mb4; \
+             CREATE TABLE `{database}`.src (id BIGINT UNSIGNED NOT NULL PRIMARY KEY, \
+             note VARCHAR(32) NOT NULL); \
+             CREATE TABLE `{database}`.dst LIKE `{database}`.src; \
+             INSERT INTO `{database}`.src SELECT seq, CONCAT('n', seq) FROM `{database}`.seq_1_to_1000"
+        ))
+        .await
+        .expect("the test's database on 3317");
+    let format: String = server
+        .query_first("SELECT @@GLOBAL.binlog_format")
+        .await
+        .expect("binlog_format")
+        .expect("a row");
+    assert_eq!(
+        format, "STATEMENT",
+        "the private server on 3317 logs statements"
+    );
+    let url = format!("{STATEMENT_SERVER}{database}");
+    let toml = job.job_toml().replace(&job.database_url, &url);
+    assert_ne!(toml, job.job_toml(), "source and target moved to 3317");
+    job.write_file("job.toml", &toml);
+
+    job.produce(&[]).await;
+    let log = consume_with_debug(&job).await;
+
+    let sum = |table: &str| {
+        format!(
+            "SELECT COUNT(*), CAST(SUM(CRC32(CONCAT(id, ':', note))) AS CHAR) FROM `{database}`.{table}"
+        )
+    };
+    let source: Option<(u64, String)> = server.query_first(sum("src")).await.expect("source");
+    let target: Option<(u64, String)> = server.query_first(sum("dst")).await.expect("target");
+    assert_eq!(target, source, "every row, unchanged");
+    assert_eq!(
+        log.matches("does not copy the source's rows itself")
+            .count(),
+        1,
+        "the refusal is said once, then every batch is read and written:\n{log}"
+    );
+    assert!(
+        !log.contains(COPIED),
+        "no batch copied by the server:\n{log}"
+    );
+    job.assert_job_complete(1_000, 0).await;
+}
+
+/// Drops the test's database on the private server on 3317, whatever the outcome.
+struct DropOnStatementServer(String);
+
+impl Drop for DropOnStatementServer {
+    fn drop(&mut self) {
+        let database = self.0.clone();
+        crate::helpers::clean_up(format!("database {database} on 3317"), async move {
+            crate::helpers::drop_database(STATEMENT_SERVER, &database).await;
+        });
+    }
 }
