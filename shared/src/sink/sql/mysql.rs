@@ -33,7 +33,7 @@ use mysql_async::TxOpts;
 use tracing::{debug, info};
 
 use super::mysql_infile::{self, Infile};
-use super::mysql_within::{Copied, Within};
+use super::mysql_within::Within;
 use super::{Dialect, SqlSink, WriteHints};
 use crate::ids::IdRange;
 use crate::job::{DbUrl, Engine, Ident, JobSpec, SourceSpec, SqlTarget, TableName, WriteMode};
@@ -154,19 +154,13 @@ impl MySql {
                 let (inserted, warnings) = (tx.affected_rows(), tx.get_warnings());
                 let kept = inserted == rows.len() as u64 && warnings == 0;
                 if !kept && tracing::enabled!(tracing::Level::DEBUG) {
-                    // The server's first words on it (a duplicate key, a value it adjusted).
-                    let said: Vec<(String, u32, String)> =
-                        tx.query("SHOW WARNINGS LIMIT 3").await.unwrap_or_default();
-                    let said: Vec<String> = said
-                        .into_iter()
-                        .map(|(_, code, m)| format!("{code}: {m}"))
-                        .collect();
+                    let first = first_warnings(tx).await;
                     debug!(
                         table = %table,
                         rows = rows.len(),
                         inserted,
                         warnings,
-                        first = %said.join("; "),
+                        first = %first,
                         "LOAD DATA not clean: rolled back, upserting"
                     );
                 }
@@ -212,7 +206,18 @@ impl MySql {
 /// ER_CLIENT_LOCAL_FILES_DISABLED, MariaDB's ER_LOAD_INFILE_CAPABILITY_DISABLED.
 const LOCAL_REFUSED: [u16; 3] = [1148, 3948, 4166];
 
-fn error(e: &mysql_async::Error, table: Option<&TableName>) -> SinkError {
+/// The server's first words on the statement just run (a duplicate key, a value it adjusted), for a debug
+/// line; empty when it cannot say.
+pub(super) async fn first_warnings(tx: &mut mysql_async::Transaction<'_>) -> String {
+    let said: Vec<(String, u32, String)> =
+        tx.query("SHOW WARNINGS LIMIT 3").await.unwrap_or_default();
+    said.into_iter()
+        .map(|(_, code, m)| format!("{code}: {m}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+pub(super) fn error(e: &mysql_async::Error, table: Option<&TableName>) -> SinkError {
     let text = match table {
         Some(t) => format!("table {t}: {}", mysql_error_text(e)),
         None => mysql_error_text(e),
@@ -259,7 +264,7 @@ impl Dialect for MySql {
         ranges: &[IdRange],
     ) -> Result<bool, SinkError> {
         match &self.within {
-            Some(w) => Ok(w.copy(conn, table, columns, ranges).await? == Copied::All),
+            Some(w) => w.copy(conn, table, columns, ranges).await,
             None => Ok(false),
         }
     }

@@ -24,11 +24,13 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{IsolationLevel, TxOpts};
 use tracing::{debug, info};
 
+use super::mysql::{error, first_warnings};
 use crate::ids::{count_in, IdRange};
 use crate::job::{Engine, Ident, JobSpec, SqlTarget, TableName};
 use crate::sink::create::url_database;
 use crate::sink::SinkError;
-use crate::sql::{mysql_error_text, mysql_is_row_error, mysql_is_transient, quote, quote_table};
+use crate::source::SourceSql;
+use crate::sql::{mysql_error_text, mysql_is_row_error, mysql_is_transient, quote_table};
 use crate::value::Column;
 
 /// A batch whose span is at most this many times its id count names its keys as the span less its gaps.
@@ -72,15 +74,6 @@ fn batch_keys(k: &str, ranges: &[IdRange]) -> String {
         .join(" OR ")
 }
 
-/// How a server-side copy ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Copied {
-    /// Every id landed and is committed.
-    All,
-    /// Nothing was kept: read and write the batch as usual.
-    Not,
-}
-
 /// The source as the target's connection names it, and whether the server still copies.
 pub(crate) struct Within {
     /// The source table, qualified with its database.
@@ -106,14 +99,12 @@ impl Within {
             schema: Some(schema),
             table: s.table.table.clone(),
         };
+        // The key and filter as the source's own reads write them.
+        let SourceSql { key, filter, .. } = SourceSql::new(job, Engine::Mysql);
         Some(Self {
             from: quote_table(Engine::Mysql, &from),
-            key: quote(Engine::Mysql, &s.key),
-            filter: s
-                .filter
-                .as_ref()
-                .map(|f| format!(" AND ({f})"))
-                .unwrap_or_default(),
+            key,
+            filter,
             on: AtomicBool::new(true),
         })
     }
@@ -140,56 +131,43 @@ impl Within {
     }
 
     /// Copy the rows of `ranges` into `table` on `conn` in a transaction of its own, kept only when every
-    /// id landed without a warning.
+    /// id landed without a warning: `true` when kept (and committed), `false` when nothing was kept.
     pub async fn copy(
         &self,
         conn: &mut mysql_async::Conn,
         table: &TableName,
         columns: &[Column],
         ranges: &[IdRange],
-    ) -> Result<Copied, SinkError> {
+    ) -> Result<bool, SinkError> {
         let ids = count_in(ranges);
         if ids == 0 || !self.on() {
-            return Ok(Copied::Not);
+            return Ok(false);
         }
-        let err = |e: &mysql_async::Error| {
-            let text = format!("table {table}: {}", mysql_error_text(e));
-            if mysql_is_transient(e) {
-                SinkError::Transient(text)
-            } else {
-                SinkError::Batch(text)
-            }
-        };
+        let err = |e: mysql_async::Error| error(&e, Some(table));
         let mut opts = TxOpts::default();
         opts.with_isolation_level(IsolationLevel::ReadCommitted);
-        let mut tx = conn.start_transaction(opts).await.map_err(|e| err(&e))?;
-        let copied = tx.query_drop(self.sql(table, columns, ranges)).await;
-        match copied {
+        let mut tx = conn.start_transaction(opts).await.map_err(err)?;
+        match tx.query_drop(self.sql(table, columns, ranges)).await {
             Ok(()) => {
                 let (inserted, warnings) = (tx.affected_rows(), tx.get_warnings());
                 if inserted == ids && warnings == 0 {
-                    tx.commit().await.map_err(|e| err(&e))?;
+                    tx.commit().await.map_err(err)?;
                     debug!(table = %table, ids, "batch copied within the server");
-                    return Ok(Copied::All);
+                    return Ok(true);
                 }
                 if tracing::enabled!(tracing::Level::DEBUG) {
-                    let said: Vec<(String, u32, String)> =
-                        tx.query("SHOW WARNINGS LIMIT 3").await.unwrap_or_default();
-                    let said: Vec<String> = said
-                        .into_iter()
-                        .map(|(_, code, m)| format!("{code}: {m}"))
-                        .collect();
+                    let first = first_warnings(&mut tx).await;
                     debug!(
                         table = %table,
                         ids,
                         inserted,
                         warnings,
-                        first = %said.join("; "),
+                        first = %first,
                         "server-side copy not clean: rolled back, reading the batch"
                     );
                 }
             }
-            Err(e) if mysql_is_transient(&e) => return Err(err(&e)),
+            Err(e) if mysql_is_transient(&e) => return Err(err(e)),
             // A key already in the target, a value the target refuses: this batch goes the usual way,
             // which finds out which row.
             Err(e) if mysql_is_row_error(&e) => {
@@ -205,8 +183,8 @@ impl Within {
                 }
             }
         }
-        tx.rollback().await.map_err(|e| err(&e))?;
-        Ok(Copied::Not)
+        tx.rollback().await.map_err(err)?;
+        Ok(false)
     }
 }
 
