@@ -31,7 +31,7 @@ mod sql;
 pub use ledger::Bits;
 pub use process::{wait_while_running, Bin, Finished, Proc};
 pub use queue::{assert_messages_cover, header_text, Message, ERROR_HEADER};
-pub use sql::{drop_database, gappy_ids, MysqlUser, TWO_POW_40};
+pub use sql::{drop_database, gappy_ids, private_server, DatabaseOn, MysqlUser, TWO_POW_40};
 
 use std::{
     future::Future,

@@ -140,6 +140,19 @@ impl TestJob {
         self.spawn(Bin::Consumer, &args)
     }
 
+    /// Runs one consumer of the default job file with the SQL sink's debug lines until the queue is idle;
+    /// it must exit 0. Returns its stderr, for tests that count which write path each batch took.
+    pub async fn consume_with_sink_debug(&self) -> String {
+        let consumer = self.spawn_with_env(
+            Bin::Consumer,
+            &["--job", self.job_arg(), "--exit-when-idle", "3"],
+            &[("RUST_LOG", "info,bitmig_shared::sink=debug")],
+        );
+        let done = consumer.wait(COMMAND_DEADLINE).await;
+        done.expect_code(0);
+        done.stderr
+    }
+
     /// Runs `count` consumers side by side with `--exit-when-idle 3` and waits until each has exited 0.
     pub async fn consume_until_idle(&self, count: usize, extra: &[&str]) {
         let mut args = vec!["--exit-when-idle", "3"];

@@ -527,6 +527,34 @@ pub async fn drop_database(server_url: &str, database: &str) {
     }
 }
 
+/// A connection to the private MariaDB on `port` (`scripts/services --with-follow-negatives` starts them:
+/// 3316 binlog off, 3317 binlog in STATEMENT format, 3318 full row metadata); panics saying how to start it.
+pub async fn private_server(port: u16) -> (String, mysql_async::Conn) {
+    let url = format!("mysql://root@127.0.0.1:{port}/");
+    match mysql_async::Conn::from_url(url.as_str()).await {
+        Ok(conn) => (url, conn),
+        Err(e) => panic!(
+            "no MariaDB on 127.0.0.1:{port} ({e}): start the private servers with \
+             `scripts/services --with-follow-negatives`"
+        ),
+    }
+}
+
+/// Drops `database` on the server of `server_url` when dropped, whatever the test's outcome.
+pub struct DatabaseOn {
+    pub server_url: String,
+    pub database: String,
+}
+
+impl Drop for DatabaseOn {
+    fn drop(&mut self) {
+        let (server_url, database) = (self.server_url.clone(), self.database.clone());
+        crate::clean_up(format!("database {database} on {server_url}"), async move {
+            drop_database(&server_url, &database).await;
+        });
+    }
+}
+
 /// A MariaDB user with every privilege on the test's database, dropped with the guard.
 pub struct MysqlUser {
     name: String,

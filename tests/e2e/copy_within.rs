@@ -4,23 +4,25 @@
 //! way (the id recorded gone); a target user who may not read the source, or a server logging statements
 //! (`binlog_format = STATEMENT`), turns the path off, said once, and every row still arrives.
 
-use crate::helpers::{Bin, TestJob, COMMAND_DEADLINE};
+use crate::helpers::{private_server, DatabaseOn, TestJob};
 
 /// The sink's debug line for a batch the server copied.
 const COPIED: &str = "batch copied within the server";
 /// The sink's debug line for a copy rolled back in favour of the usual read and write.
 const NOT_CLEAN: &str = "server-side copy not clean";
 
-/// Runs one consumer with the SQL sink's debug lines until the queue is idle; returns its stderr.
-async fn consume_with_debug(job: &TestJob) -> String {
-    let consumer = job.spawn_with_env(
-        Bin::Consumer,
-        &["--job", job.job_arg(), "--exit-when-idle", "3"],
-        &[("RUST_LOG", "info,bitmig_shared::sink=debug")],
+/// The two things a job the server must not copy shows: the refusal said once, and no batch copied.
+fn assert_copy_turned_off(log: &str) {
+    assert_eq!(
+        log.matches("does not copy the source's rows itself")
+            .count(),
+        1,
+        "the refusal is said once, then every batch is read and written:\n{log}"
     );
-    let done = consumer.wait(COMMAND_DEADLINE).await;
-    done.expect_code(0);
-    done.stderr
+    assert!(
+        !log.contains(COPIED),
+        "no batch copied by the server:\n{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -43,7 +45,7 @@ async fn the_server_copies_each_batch_and_a_batch_with_a_deleted_id_goes_the_usu
     job.sql(&format!("DELETE FROM src WHERE id IN ({first}, {middle})"))
         .await;
 
-    let log = consume_with_debug(&job).await;
+    let log = job.consume_with_sink_debug().await;
 
     job.assert_target_equals_source().await;
     assert_eq!(
@@ -67,40 +69,25 @@ async fn a_target_user_who_may_not_read_the_source_gets_every_row_through_the_co
     let _user = job.target_user_without_source().await;
 
     job.produce(&[]).await;
-    let log = consume_with_debug(&job).await;
+    let log = job.consume_with_sink_debug().await;
 
     job.assert_target_equals_source().await;
-    assert_eq!(
-        log.matches("does not copy the source's rows itself")
-            .count(),
-        1,
-        "the refusal is said once, then every batch is read and written:\n{log}"
-    );
-    assert!(
-        !log.contains(COPIED),
-        "no batch can be copied by a user who may not read the source:\n{log}"
-    );
+    assert_copy_turned_off(&log);
     job.assert_job_complete(1_000, 0).await;
 }
-
-/// The private MariaDB on port 3317 (`scripts/services --with-follow-negatives`): binlog on in STATEMENT
-/// format, where InnoDB refuses a `READ COMMITTED` `INSERT … SELECT` (error 1665).
-const STATEMENT_SERVER: &str = "mysql://root@127.0.0.1:3317/";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_logging_statements_gets_every_row_through_the_consumer() {
     use mysql_async::prelude::Queryable;
     let job = TestJob::new(1_000, 200).await;
-    let mut server = mysql_async::Conn::from_url(STATEMENT_SERVER)
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "no MariaDB on 127.0.0.1:3317 ({e}): start the private servers with \
-                 `scripts/services --with-follow-negatives`"
-            )
-        });
+    // The private MariaDB on port 3317 logs statements (binlog_format = STATEMENT), where InnoDB refuses a
+    // `READ COMMITTED` `INSERT … SELECT` (error 1665).
+    let (server_url, mut server) = private_server(3317).await;
     let database = job.database.clone();
-    let _drop = DropOnStatementServer(database.clone());
+    let _drop = DatabaseOn {
+        server_url: server_url.clone(),
+        database: database.clone(),
+    };
     server
         .query_drop(format!(
             "CREATE DATABASE `{database}` CHARACTER SET utf8mb4; \
@@ -120,13 +107,13 @@ async fn a_server_logging_statements_gets_every_row_through_the_consumer() {
         format, "STATEMENT",
         "the private server on 3317 logs statements"
     );
-    let url = format!("{STATEMENT_SERVER}{database}");
+    let url = format!("{server_url}{database}");
     let toml = job.job_toml().replace(&job.database_url, &url);
     assert_ne!(toml, job.job_toml(), "source and target moved to 3317");
     job.write_file("job.toml", &toml);
 
     job.produce(&[]).await;
-    let log = consume_with_debug(&job).await;
+    let log = job.consume_with_sink_debug().await;
 
     let sum = |table: &str| {
         format!(
@@ -136,27 +123,6 @@ async fn a_server_logging_statements_gets_every_row_through_the_consumer() {
     let source: Option<(u64, String)> = server.query_first(sum("src")).await.expect("source");
     let target: Option<(u64, String)> = server.query_first(sum("dst")).await.expect("target");
     assert_eq!(target, source, "every row, unchanged");
-    assert_eq!(
-        log.matches("does not copy the source's rows itself")
-            .count(),
-        1,
-        "the refusal is said once, then every batch is read and written:\n{log}"
-    );
-    assert!(
-        !log.contains(COPIED),
-        "no batch copied by the server:\n{log}"
-    );
+    assert_copy_turned_off(&log);
     job.assert_job_complete(1_000, 0).await;
-}
-
-/// Drops the test's database on the private server on 3317, whatever the outcome.
-struct DropOnStatementServer(String);
-
-impl Drop for DropOnStatementServer {
-    fn drop(&mut self) {
-        let database = self.0.clone();
-        crate::helpers::clean_up(format!("database {database} on 3317"), async move {
-            crate::helpers::drop_database(STATEMENT_SERVER, &database).await;
-        });
-    }
 }

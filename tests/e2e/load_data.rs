@@ -5,22 +5,10 @@
 //! server would copy a batch itself when it may, see `copy_within.rs`, so the first test's target user may
 //! not read the source, and the second test's batches over existing rows are refused that copy first.)
 
-use crate::helpers::{drop_database, Bin, TestJob, COMMAND_DEADLINE};
+use crate::helpers::{private_server, DatabaseOn, TestJob};
 
 /// The consumer's debug line for a load rolled back in favour of the upsert.
 const NOT_CLEAN: &str = "LOAD DATA not clean";
-
-/// Runs one consumer with the SQL sink's debug lines until the queue is idle; returns its stderr.
-async fn consume_with_debug(job: &TestJob) -> String {
-    let consumer = job.spawn_with_env(
-        Bin::Consumer,
-        &["--job", job.job_arg(), "--exit-when-idle", "3"],
-        &[("RUST_LOG", "info,bitmig_shared::sink=debug")],
-    );
-    let done = consumer.wait(COMMAND_DEADLINE).await;
-    done.expect_code(0);
-    done.stderr
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_type_but_bit_arrives_bit_for_bit_by_load_data() {
@@ -35,7 +23,7 @@ async fn every_type_but_bit_arrives_bit_for_bit_by_load_data() {
     let _user = job.target_user_without_source().await;
 
     job.produce(&[]).await;
-    let log = consume_with_debug(&job).await;
+    let log = job.consume_with_sink_debug().await;
 
     job.assert_target_equals_source().await;
     assert!(
@@ -76,7 +64,7 @@ async fn a_batch_over_rows_the_target_holds_is_upserted_under_the_version_guard(
     job.write_file("job.toml", &toml);
 
     job.produce(&[]).await;
-    let log = consume_with_debug(&job).await;
+    let log = job.consume_with_sink_debug().await;
 
     assert_eq!(
         job.sql_u64("SELECT COUNT(*) FROM dst WHERE id <= 100 AND note = 'newer target row'")
@@ -103,28 +91,23 @@ async fn a_batch_over_rows_the_target_holds_is_upserted_under_the_version_guard(
     job.assert_job_complete(500, 0).await;
 }
 
-/// The private MariaDB on port 3316 (`scripts/services --with-follow-negatives`), with `local_infile`
-/// switched off for the test (nothing else there depends on it) and back on at its end.
-const PRIVATE_SERVER: &str = "mysql://root@127.0.0.1:3316/";
-
+/// The private MariaDB on port 3316 gets `local_infile` switched off for the test (nothing else there
+/// depends on it), and back on at its end.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_target_that_refuses_local_infile_gets_every_row_by_insert() {
     let job = TestJob::new(1_000, 200).await;
-    let mut server = mysql_async::Conn::from_url(PRIVATE_SERVER)
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "no MariaDB on 127.0.0.1:3316 ({e}): start the private servers with \
-                 `scripts/services --with-follow-negatives`"
-            )
-        });
+    let (server_url, mut server) = private_server(3316).await;
     use mysql_async::prelude::Queryable;
     server
         .query_drop("SET GLOBAL local_infile = OFF")
         .await
         .expect("SET GLOBAL local_infile");
+    let _restore = LocalInfileBackOn(server_url.clone());
     let database = job.database.clone();
-    let _restore = RestorePrivate(database.clone());
+    let _drop = DatabaseOn {
+        server_url: server_url.clone(),
+        database: database.clone(),
+    };
     server
         .query_drop(format!(
             "CREATE DATABASE `{database}` CHARACTER SET utf8mb4; \
@@ -142,14 +125,14 @@ async fn a_target_that_refuses_local_infile_gets_every_row_by_insert() {
     let toml = format!(
         "name = \"{name}\"\ngroup_size = 1000\nbatch_size = 200\n\n\
          [source]\nurl = \"{source}\"\ntable = \"src\"\nkey = \"id\"\n\n\
-         [target]\nkind = \"sql\"\nurl = \"{PRIVATE_SERVER}{database}\"\ntable = \"dst\"\n",
+         [target]\nkind = \"sql\"\nurl = \"{server_url}{database}\"\ntable = \"dst\"\n",
         name = job.name,
         source = job.database_url,
     );
     job.write_file("job.toml", &toml);
 
     job.produce(&[]).await;
-    let log = consume_with_debug(&job).await;
+    let log = job.consume_with_sink_debug().await;
 
     let (count, sum): (u64, String) = server
         .query_first(format!(
@@ -174,23 +157,21 @@ async fn a_target_that_refuses_local_infile_gets_every_row_by_insert() {
     job.assert_job_complete(1000, 0).await;
 }
 
-/// Drops the test's database on the private server and switches `local_infile` back on, whatever the
-/// outcome.
-struct RestorePrivate(String);
+/// Switches `local_infile` back on on the server of its URL, whatever the outcome.
+struct LocalInfileBackOn(String);
 
-impl Drop for RestorePrivate {
+impl Drop for LocalInfileBackOn {
     fn drop(&mut self) {
-        let database = self.0.clone();
-        crate::helpers::clean_up(format!("database {database} on 3316"), async move {
-            drop_database(PRIVATE_SERVER, &database).await;
+        let server_url = self.0.clone();
+        crate::helpers::clean_up(format!("local_infile on {server_url}"), async move {
             let restored = async {
                 use mysql_async::prelude::Queryable;
-                let mut c = mysql_async::Conn::from_url(PRIVATE_SERVER).await?;
+                let mut c = mysql_async::Conn::from_url(server_url.as_str()).await?;
                 c.query_drop("SET GLOBAL local_infile = ON").await?;
                 c.disconnect().await
             };
             if let Err(e) = restored.await {
-                eprintln!("cleanup: local_infile on 3316: {e}");
+                eprintln!("cleanup: local_infile on {server_url}: {e}");
             }
         });
     }
