@@ -127,6 +127,26 @@ async fn mariadb_to_mariadb_verify_finds_each_damage_and_redrive_repairs_it() {
         "UPDATE dst SET c_varchar = CONCAT(c_varchar, ' ') WHERE id = {space}"
     ))
     .await;
+    // A FLOAT changed past its 6th significant digit: the same text as MariaDB writes a FLOAT (1234.57).
+    let float = pick(
+        &job,
+        "c_float BETWEEN 1000 AND 9999 AND c_float * 100 - FLOOR(c_float * 100) BETWEEN 0.2 AND 0.6",
+        &mut taken,
+    )
+    .await;
+    job.sql(&format!(
+        "UPDATE dst SET c_float = c_float + 0.001 WHERE id = {float}"
+    ))
+    .await;
+    assert_eq!(
+        job.sql_u64(&format!(
+            "SELECT COUNT(*) FROM src s JOIN dst d USING (id) WHERE id = {float} \
+             AND CAST(s.c_float AS CHAR) = CAST(d.c_float AS CHAR) AND s.c_float <> d.c_float"
+        ))
+        .await,
+        1,
+        "the damaged FLOAT reads as the same text"
+    );
     let deleted = pick(&job, "TRUE", &mut taken).await;
     job.sql(&format!("DELETE FROM dst WHERE id = {deleted}"))
         .await;
@@ -139,6 +159,7 @@ async fn mariadb_to_mariadb_verify_finds_each_damage_and_redrive_repairs_it() {
         (null_vs_empty, ("differs", vec!["c_varchar"])),
         (micro, ("differs", vec!["c_datetime"])),
         (space, ("differs", vec!["c_varchar"])),
+        (float, ("differs", vec!["c_float"])),
         (deleted, ("missing", vec![])),
         (extra, ("extra", vec![])),
     ]
@@ -160,7 +181,7 @@ async fn mariadb_to_mariadb_verify_finds_each_damage_and_redrive_repairs_it() {
         "a damaged target must not verify equal: {summary:#}"
     );
     assert_eq!(diffs_of(&summary), want, "{summary:#}");
-    assert_eq!(summary["diff_ids"].as_u64(), Some(6));
+    assert_eq!(summary["diff_ids"].as_u64(), Some(7));
     // The ledger says the same: diff bitmaps, meta, the sample.
     let mut in_bitmaps = Vec::new();
     for &first in &groups {
@@ -184,7 +205,7 @@ async fn mariadb_to_mariadb_verify_finds_each_damage_and_redrive_repairs_it() {
     in_bitmaps.sort_unstable();
     assert_eq!(in_bitmaps, want.keys().copied().collect::<Vec<_>>());
     let sample = job.diff_sample().await;
-    assert_eq!(sample.len(), 6, "{sample:?}");
+    assert_eq!(sample.len(), 7, "{sample:?}");
     for (id, (kind, _)) in &want {
         let entry: Value = serde_json::from_str(&sample[&id.to_string()]).expect("JSON sample");
         assert_eq!(
@@ -195,12 +216,12 @@ async fn mariadb_to_mariadb_verify_finds_each_damage_and_redrive_repairs_it() {
     }
     let (_, report) = job.report().await;
     assert_eq!(report["verified"], Value::Bool(false), "{report:#}");
-    assert_eq!(report["diff_ids"].as_u64(), Some(6), "{report:#}");
+    assert_eq!(report["diff_ids"].as_u64(), Some(7), "{report:#}");
 
     // --redrive publishes them as verify batches; the consumers repair them.
     let (code, summary) = verify(&job, &["--recheck-after", "0s", "--redrive"]).await;
     assert_eq!(code, 3, "{summary:#}");
-    assert_eq!(summary["republished_ids"].as_u64(), Some(6), "{summary:#}");
+    assert_eq!(summary["republished_ids"].as_u64(), Some(7), "{summary:#}");
     job.consume_until_idle(1, &[]).await;
     job.assert_target_equals_source().await;
 

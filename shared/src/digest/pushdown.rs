@@ -13,7 +13,8 @@
 //!
 //! [`MysqlChecksum::with_types`] (what verify uses) writes numbers and times bare instead (`IFNULL(c,
 //! 'NULL')`: their text never holds `,` or `'`, and no number or time reads `NULL`), which the server
-//! computes about 15 % faster.
+//! computes about 15 % faster, and a FLOAT as the DOUBLE it is (a FLOAT's own text has only 6 significant
+//! digits: two FLOATs differing past them would hash the same, which [`MysqlChecksum::new`] still does).
 //!
 //! Per range ([`MysqlChecksum::range_digest`], no `GROUP BY`, the cheapest) or per chunk of keys
 //! ([`MysqlChecksum::chunk_digests`], a `GROUP BY` and so a temporary table), the server returns
@@ -101,13 +102,8 @@ fn query_error(e: mysql_async::Error) -> DigestError {
 /// and which are written bare (cheaper: about 15 % of the query's time on the benchmark's table), with
 /// NULL as the bare word `NULL` that no number or time is.
 pub fn needs_quote(column_type: &str) -> bool {
-    let base = column_type
-        .split(['(', ' '])
-        .next()
-        .unwrap_or_default()
-        .to_ascii_lowercase();
     !matches!(
-        base.as_str(),
+        base_type(column_type).as_str(),
         "tinyint"
             | "smallint"
             | "mediumint"
@@ -127,6 +123,15 @@ pub fn needs_quote(column_type: &str) -> bool {
     )
 }
 
+/// A `COLUMN_TYPE`'s base type, lowercased: `decimal` for `decimal(10,2)`, `bigint` for `bigint(20) unsigned`.
+fn base_type(column_type: &str) -> String {
+    column_type
+        .split(['(', ' '])
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+}
+
 /// The checksum queries of one table.
 #[derive(Debug, Clone)]
 pub struct MysqlChecksum {
@@ -139,30 +144,47 @@ impl MysqlChecksum {
     /// Queries over `table`, keyed by `key`, comparing `columns` (the same list, in the same order, on both
     /// sides), restricted by the job's `filter` (`None` on the target side). Every value is quoted.
     pub fn new(table: &TableName, key: &Ident, columns: &[Ident], filter: Option<&str>) -> Self {
-        let typed: Vec<(Ident, bool)> = columns.iter().map(|c| (c.clone(), true)).collect();
-        Self::build(table, key, &typed, filter, true)
+        let values: Vec<String> = columns.iter().map(Self::quoted).collect();
+        Self::build(table, key, &values, filter, true)
     }
 
     /// As [`MysqlChecksum::new`], with each column's `COLUMN_TYPE` (the same on both sides, see
     /// [`types_match`]): numbers and times are written bare ([`needs_quote`]), which the server computes
-    /// faster.
+    /// faster. A FLOAT is written as the DOUBLE it is: MariaDB writes a FLOAT's text with 6 significant
+    /// digits, so two FLOATs that differ past the 6th would hash the same; a DOUBLE's text has 17, enough
+    /// to tell any two apart.
     pub fn with_types(
         table: &TableName,
         key: &Ident,
         columns: &[(Ident, &str)],
         filter: Option<&str>,
     ) -> Self {
-        let typed: Vec<(Ident, bool)> = columns
+        let values: Vec<String> = columns
             .iter()
-            .map(|(c, ty)| (c.clone(), needs_quote(ty)))
+            .map(|(c, ty)| {
+                let q = quote(Engine::Mysql, c);
+                if needs_quote(ty) {
+                    Self::quoted(c)
+                } else if base_type(ty) == "float" {
+                    format!("IFNULL(CAST({q} AS DOUBLE), 'NULL')")
+                } else {
+                    format!("IFNULL({q}, 'NULL')")
+                }
+            })
             .collect();
-        Self::build(table, key, &typed, filter, false)
+        Self::build(table, key, &values, filter, false)
     }
 
+    /// A column's value in the row expression, quoted: NULL-safe, unambiguous and type-exact.
+    fn quoted(c: &Ident) -> String {
+        format!("QUOTE(CAST({} AS BINARY))", quote(Engine::Mysql, c))
+    }
+
+    /// `values`: each compared column's expression ([`MysqlChecksum::quoted`] or bare), in order.
     fn build(
         table: &TableName,
         key: &Ident,
-        columns: &[(Ident, bool)],
+        values: &[String],
         filter: Option<&str>,
         quote_key: bool,
     ) -> Self {
@@ -173,13 +195,9 @@ impl MysqlChecksum {
         } else {
             format!("CONCAT_WS(',', {k}")
         };
-        for (c, quoted) in columns {
-            let c = quote(Engine::Mysql, c);
-            if *quoted {
-                row.push_str(&format!(", QUOTE(CAST({c} AS BINARY))"));
-            } else {
-                row.push_str(&format!(", IFNULL({c}, 'NULL')"));
-            }
+        for v in values {
+            row.push_str(", ");
+            row.push_str(v);
         }
         row.push(')');
         let filter = filter.map(|f| format!(" AND ({f})")).unwrap_or_default();
@@ -341,13 +359,14 @@ mod tests {
         let cols = [
             (Ident::new("amount").unwrap(), "decimal(12,2)"),
             (Ident::new("note").unwrap(), "varchar(64)"),
+            (Ident::new("ratio").unwrap(), "float"),
         ];
         let q = MysqlChecksum::with_types(&t, &k, &cols, None);
         assert_eq!(
             q.range_sql(),
             "SELECT COUNT(*), CAST(COALESCE(SUM(CAST(CONV(LEFT(SHA1(CONCAT_WS(',', `id`, \
-             IFNULL(`amount`, 'NULL'), QUOTE(CAST(`note` AS BINARY)))), 16), 16, 10) AS UNSIGNED)), 0) AS CHAR) \
-             FROM `orders` WHERE `id` BETWEEN ? AND ?"
+             IFNULL(`amount`, 'NULL'), QUOTE(CAST(`note` AS BINARY)), IFNULL(CAST(`ratio` AS DOUBLE), 'NULL'))), \
+             16), 16, 10) AS UNSIGNED)), 0) AS CHAR) FROM `orders` WHERE `id` BETWEEN ? AND ?"
         );
     }
 
