@@ -761,7 +761,7 @@ pub async fn purge(
     for (first, _) in &work {
         *chunks_left.entry(*first).or_default() += 1;
     }
-    let mut progress = Progress::new(0, summary.candidates);
+    let mut progress = Progress::new("purging", 0, summary.candidates);
     let mut republisher = Republisher::new(&opts.amqp_url, job);
     let mut redrive: HashMap<u64, Vec<u64>> = HashMap::new();
     let mut begun: HashSet<u64> = HashSet::new();

@@ -671,7 +671,7 @@ pub async fn verify(job: &JobSpec, opts: &VerifyOptions) -> anyhow::Result<Verif
         ranges.first().map_or(0, |r| r.0),
         ranges.last().map_or(0, |r| r.1),
     );
-    let mut progress = Progress::new(lo, hi);
+    let mut progress = Progress::new("verifying", lo, hi);
 
     // Pass 1: every group.
     let mut differing: BTreeMap<u64, (u64, Vec<KeyDiff>)> = BTreeMap::new();

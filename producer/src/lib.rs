@@ -181,7 +181,7 @@ pub async fn walk(
     info!(job = %job.name, from = lo, to = hi, already_done = done.len(), "producing");
 
     let started = Instant::now();
-    let mut progress = Progress::new(lo, hi);
+    let mut progress = Progress::new("producing", lo, hi);
     let mut summary = Summary::default();
     let mut cursor = lo;
     loop {

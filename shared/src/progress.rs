@@ -7,6 +7,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 /// Progress over a known span of the id space (`lo..=hi`), counting groups and ids done.
 pub struct Progress {
+    /// What the log line says is going on (`producing`, `verifying`, `purging`).
+    doing: &'static str,
     bar: Option<ProgressBar>,
     lo: u64,
     hi: u64,
@@ -19,7 +21,8 @@ pub struct Progress {
 }
 
 impl Progress {
-    pub fn new(lo: u64, hi: u64) -> Self {
+    /// Progress of `doing` (the log line's message) over `lo..=hi`.
+    pub fn new(doing: &'static str, lo: u64, hi: u64) -> Self {
         let bar = std::io::stderr().is_terminal().then(|| {
             let b = ProgressBar::new(1000);
             b.set_style(
@@ -32,6 +35,7 @@ impl Progress {
         });
         let now = Instant::now();
         Self {
+            doing,
             bar,
             lo,
             hi,
@@ -77,7 +81,8 @@ impl Progress {
                 ids_per_s = rate as u64,
                 percent = (frac * 100.0) as u64,
                 eta = %humantime::format_duration(Duration::from_secs(eta.as_secs())),
-                "producing"
+                "{}",
+                self.doing
             );
         }
     }
