@@ -30,49 +30,9 @@ use crate::job::{Engine, Ident, JobSpec, SqlTarget, TableName};
 use crate::sink::create::url_database;
 use crate::sink::SinkError;
 use crate::source::SourceSql;
+use crate::sql::batch_keys;
 use crate::sql::{mysql_error_text, mysql_is_row_error, mysql_is_transient, quote_table};
 use crate::value::Column;
-
-/// A batch whose span is at most this many times its id count names its keys as the span less its gaps.
-const DENSE_SPAN_FACTOR: u64 = 4;
-
-/// The condition matching exactly the keys of `ranges` (ascending, non-overlapping), key column `k`. A dense
-/// batch is one `BETWEEN` over its span less its gaps (`NOT IN`: a binary search per row, and one range
-/// read); a sparse one lists its ranges, which the server tries one by one for every row (measured by hand
-/// on the benchmark's batches of 1 000 ids in 144 ranges: MariaDB spent 5.3–6.3 CPU-seconds copying the
-/// table the first way, 7.2–10.0 the second).
-fn batch_keys(k: &str, ranges: &[IdRange]) -> String {
-    let (Some(first), Some(last)) = (ranges.first(), ranges.last()) else {
-        return "FALSE".into();
-    };
-    let (lo, hi) = (first[0], last[1]);
-    let ids = count_in(ranges);
-    if hi - lo < ids.saturating_mul(DENSE_SPAN_FACTOR) {
-        let gaps: Vec<String> = ranges
-            .windows(2)
-            .flat_map(|w| (w[0][1] + 1)..w[1][0])
-            .map(|id| id.to_string())
-            .collect();
-        if gaps.is_empty() {
-            return format!("{k} BETWEEN {lo} AND {hi}");
-        }
-        return format!(
-            "{k} BETWEEN {lo} AND {hi} AND {k} NOT IN ({})",
-            gaps.join(",")
-        );
-    }
-    ranges
-        .iter()
-        .map(|[lo, hi]| {
-            if lo == hi {
-                format!("{k} = {lo}")
-            } else {
-                format!("{k} BETWEEN {lo} AND {hi}")
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" OR ")
-}
 
 /// The source as the target's connection names it, and whether the server still copies.
 pub(crate) struct Within {
@@ -224,56 +184,5 @@ mod tests {
              WHERE (`id` BETWEEN 1 AND 20 AND `id` NOT IN (8,10,11)) \
              AND (created_at < '2024-10-01')"
         );
-    }
-
-    #[test]
-    fn a_dense_batch_is_its_span_less_its_gaps_and_a_sparse_one_lists_its_ranges() {
-        assert_eq!(batch_keys("k", &[[5, 9]]), "k BETWEEN 5 AND 9");
-        // 10 ids over a span of 40: dense.
-        assert_eq!(
-            batch_keys("k", &[[1, 5], [36, 40]]),
-            format!(
-                "k BETWEEN 1 AND 40 AND k NOT IN ({})",
-                (6..36).map(|i| i.to_string()).collect::<Vec<_>>().join(",")
-            )
-        );
-        // 10 ids over a span of 41: sparse.
-        assert_eq!(
-            batch_keys("k", &[[1, 5], [37, 40], [41, 41]]),
-            "k BETWEEN 1 AND 5 OR k BETWEEN 37 AND 40 OR k = 41"
-        );
-        // Every key the condition admits is the batch's, and every key of the batch is admitted.
-        for ranges in [vec![[1, 5], [36, 40]], vec![[3, 3], [5, 6], [9, 12]]] {
-            let sql = batch_keys("k", &ranges);
-            let admitted: Vec<u64> = (0..60).filter(|&k| admits(&sql, k)).collect();
-            let want: Vec<u64> = crate::ids::expand(&ranges).collect();
-            assert_eq!(admitted, want, "{sql}");
-        }
-    }
-
-    /// Evaluates the two shapes [`batch_keys`] writes for key `v`.
-    fn admits(sql: &str, v: u64) -> bool {
-        let between = |part: &str| {
-            let nums: Vec<u64> = part
-                .split(|c: char| !c.is_ascii_digit())
-                .filter(|p| !p.is_empty())
-                .map(|p| p.parse().unwrap())
-                .collect();
-            match nums.as_slice() {
-                [lo, hi] => (*lo..=*hi).contains(&v),
-                [one] => v == *one,
-                _ => panic!("{part}"),
-            }
-        };
-        match sql.split_once(" AND k NOT IN (") {
-            Some((span, gaps)) => {
-                between(span)
-                    && !gaps
-                        .trim_end_matches(')')
-                        .split(',')
-                        .any(|g| g.parse::<u64>().unwrap() == v)
-            }
-            None => sql.split(" OR ").any(between),
-        }
     }
 }
