@@ -213,6 +213,7 @@ pub async fn run(
         }
     }
 
+    ctx.throttle.release().await;
     let view = Arc::new(StatsView::from(&ctx.stats));
     info!(
         job = %ctx.job.name,

@@ -119,6 +119,22 @@ impl Control {
         Ok(())
     }
 
+    /// Delete `throttled` when it still says `why` (what the caller wrote): a program on its way out takes
+    /// back its own reason, never another program's newer one.
+    pub async fn clear_throttled_if(&self, why: &str) -> Result<(), LedgerError> {
+        let mut con = self.con.clone();
+        let script = redis::Script::new(
+            "if redis.call('HGET', KEYS[1], 'throttled') == ARGV[1] then \
+             return redis.call('HDEL', KEYS[1], 'throttled') end return 0",
+        );
+        let _: i64 = script
+            .key(&self.key)
+            .arg(why)
+            .invoke_async(&mut con)
+            .await?;
+        Ok(())
+    }
+
     /// Start polling `paused` every `every` (use [`WATCH_EVERY`]); the first read happens before this returns,
     /// so a program started while paused sees it at once. Errors of that first read are returned.
     pub async fn watch(&self, every: Duration) -> Result<PauseWatch, LedgerError> {

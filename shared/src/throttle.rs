@@ -327,6 +327,17 @@ impl Throttle {
         self
     }
 
+    /// On the way out: take back the reason this process wrote to `control.throttled`, if the field still
+    /// says it (another process still held writes it again at its next check).
+    pub async fn release(&self) {
+        let Some(why) = self.state.lock().await.written.take() else {
+            return;
+        };
+        if let Err(e) = self.control.clear_throttled_if(&why).await {
+            tracing::warn!("cannot clear the throttle in control: {e}");
+        }
+    }
+
     /// Whether there is anything to wait for.
     pub fn is_noop(&self) -> bool {
         self.max_rows_per_s.is_none() && self.checks.is_empty()
@@ -414,11 +425,14 @@ impl Throttle {
                 .zip(self.max_rows_per_s)
                 .map(|(_, r)| format!("max_rows_per_s: {r} rows per second")),
         };
-        if want != st.written {
-            if let Some(why) = &want {
-                tracing::info!("throttled: {why}");
-            } else {
-                tracing::info!("throttle released");
+        // Written again at every check while held, so that a program taking its reason back on its way
+        // out ([`Throttle::release`]) leaves the field wrong for one check at most.
+        if want != st.written || want.is_some() {
+            if want != st.written {
+                match &want {
+                    Some(why) => tracing::info!("throttled: {why}"),
+                    None => tracing::info!("throttle released"),
+                }
             }
             match self.control.set_throttled(want.as_deref()).await {
                 Ok(()) => st.written = want,

@@ -242,9 +242,33 @@ async fn three_consumers_together_keep_max_rows_per_s() {
         ) > 0.0,
         "{text}"
     );
+    // A consumer on its way out takes its reason back; those still held write it again at their next
+    // check, and when the last one stops the field is gone.
+    let mut consumers = consumers.into_iter();
+    for c in consumers.by_ref().take(1) {
+        c.terminate(Duration::from_secs(90)).await.expect_code(0);
+    }
+    wait_for(
+        "the consumers still running to say they are throttled",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            let (_, report) = job.report().await;
+            match report["throttled"].as_str() {
+                Some(why) if why.starts_with("max_rows_per_s") => Ok(()),
+                other => Err(format!("throttled: {other:?}")),
+            }
+        },
+    )
+    .await;
     for c in consumers {
         c.terminate(Duration::from_secs(90)).await.expect_code(0);
     }
+    let (_, report) = job.report().await;
+    assert!(
+        report["throttled"].is_null(),
+        "no consumer runs: nothing is throttled\n{report:#}"
+    );
 }
 
 /// `bitmig-producer --metrics-addr` paused mid-walk: within 2 s it says so and produces no further group (the
