@@ -583,6 +583,11 @@ impl MysqlUser {
         user
     }
 
+    /// The user's name (without its host).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// `url` as this user.
     pub fn url(&self, url: &str) -> String {
         crate::with_credentials(url, &self.name, &self.password)

@@ -14,6 +14,16 @@
 //!    ends), and the number deleted must be the number proven, or the transaction is rolled back; `COMMIT`;
 //! 4. **then** set their `purged` bits.
 //!
+//! **On one server.** When the target is one fixed table on the source's MySQL/MariaDB server and its
+//! compared columns have the source's types ([`bitmig_shared::source::PurgeTwin`]), the server does steps
+//! 1–3 itself in one statement: `DELETE` exactly the batch's keys that still match `filter` `AND EXISTS` a
+//! target row equal column for column (numbers and times by value, the rest byte for byte:
+//! [`PurgeTwin::mysql`]). The batch is
+//! kept only when that deleted every candidate (each key is one row), so it proves as much as the hashes
+//! do, and no row crosses the network. Anything else (a row that differs, left the filter, is gone; the
+//! largest key) is rolled back and the batch goes the steps above, which sort it out. A refusal (a source
+//! user without `SELECT` on the target) turns it off for the run, said once in the log.
+//!
 //! Three batches run at once ([`PURGE_WORKERS`]), each in its own transaction, taken from far-apart parts
 //! of the key space ([`interleave`]) so that neither waits on the other's locks.
 //!
@@ -55,7 +65,7 @@ use bitmig_shared::ledger::{GroupStatus, Ledger};
 use bitmig_shared::progress::Progress;
 use bitmig_shared::queue::Cause;
 use bitmig_shared::sink::{self, Sink};
-use bitmig_shared::source::{self, LockedRows, Source};
+use bitmig_shared::source::{self, LockedRows, PurgeTwin, Source};
 use bitmig_shared::throttle::Throttle;
 use bitmig_shared::value::RowSet;
 use futures::StreamExt;
@@ -483,11 +493,85 @@ struct Purger<'a> {
     source: Box<dyn Source>,
     sink: Box<dyn Sink>,
     judge: Judge,
+    /// The target as the source's server sees it, while the server compares and deletes batches itself.
+    twin: Option<PurgeTwin>,
+    twin_on: std::sync::atomic::AtomicBool,
 }
 
 impl Purger<'_> {
-    /// One transaction: lock, read the target, judge, delete, commit. Nothing is recorded here.
+    /// The batch deleted by the server itself, compared with the twin in the same statement (module
+    /// documentation, "On one server"): `Some` when every candidate was deleted and committed, `None`
+    /// when nothing was kept and the batch is to be judged row by row.
+    async fn batch_within(&self, ids: &[u64]) -> anyhow::Result<Option<BatchDone>> {
+        use std::sync::atomic::Ordering;
+        let Some(twin) = self
+            .twin
+            .as_ref()
+            .filter(|_| self.twin_on.load(Ordering::Relaxed) && !self.opts.dry_run)
+        else {
+            return Ok(None);
+        };
+        let (lo, hi) = (ids[0], ids[ids.len() - 1]);
+        let t0 = Instant::now();
+        let mut tx = self
+            .source
+            .begin_purge()
+            .await
+            .map_err(bitmig_shared::cli::source_error)?;
+        if !self.opts.purge_max_key {
+            let keep = tx.max_key().await.context("reading the largest key")?;
+            if keep.is_some_and(|k| ids.binary_search(&k).is_ok()) {
+                tx.rollback().await.context("rolling back")?;
+                return Ok(None);
+            }
+        }
+        match tx.delete_equal(&to_ranges(ids), twin).await {
+            Ok(deleted) if deleted == ids.len() as u64 => {
+                tx.commit()
+                    .await
+                    .with_context(|| format!("committing the delete of {lo}..={hi}"))?;
+                debug!(
+                    lo,
+                    hi,
+                    deleted,
+                    ms = t0.elapsed().as_millis() as u64,
+                    "purge batch compared and deleted within the server"
+                );
+                let verdict = Verdict {
+                    delete: ids.to_vec(),
+                    ..Default::default()
+                };
+                return Ok(Some(BatchDone { verdict, deleted }));
+            }
+            Ok(deleted) => {
+                debug!(
+                    lo,
+                    hi,
+                    deleted,
+                    candidates = ids.len(),
+                    "not every row equals its copy: rolled back, judging the batch row by row"
+                );
+            }
+            Err(e) if e.is_transient() => {
+                return Err(anyhow::Error::new(e))
+                    .with_context(|| format!("deleting the proven rows of {lo}..={hi}"));
+            }
+            Err(e) => {
+                if self.twin_on.swap(false, Ordering::Relaxed) {
+                    info!(job = %self.job.name, reason = %e, "the server does not compare the rows with the target itself: each batch is read and compared by purge");
+                }
+            }
+        }
+        tx.rollback().await.context("rolling back")?;
+        Ok(None)
+    }
+
+    /// One batch: [`Purger::batch_within`], else one transaction that locks, reads the target, judges,
+    /// deletes and commits. Nothing is recorded here.
     async fn batch(&self, ids: &[u64]) -> anyhow::Result<BatchDone> {
+        if let Some(done) = self.batch_within(ids).await? {
+            return Ok(done);
+        }
         let (lo, hi) = (ids[0], ids[ids.len() - 1]);
         let ranges = lock_ranges(ids);
         let t0 = Instant::now();
@@ -717,6 +801,16 @@ pub async fn purge(
         .json_text_columns()
         .await
         .map_err(bitmig_shared::cli::source_error)?;
+    let twin = match source.purge_twin(job).await {
+        Ok(t) => {
+            info!(job = %job.name, target = %t.table, "the source's server compares each batch with the target and deletes it itself");
+            Some(t)
+        }
+        Err(why) => {
+            debug!(job = %job.name, why = %why, "each batch's rows are read and compared by purge");
+            None
+        }
+    };
 
     let mut spec = job.throttle.clone();
     if opts.rate.is_some() {
@@ -750,6 +844,8 @@ pub async fn purge(
         source,
         sink,
         judge: Judge { json_columns },
+        twin,
+        twin_on: std::sync::atomic::AtomicBool::new(true),
     };
     let batch = opts.batch.max(1);
     let work: Vec<(u64, &[u64])> = found
@@ -894,6 +990,7 @@ pub async fn purge(
         summary.would_delete = merged;
     }
     progress.finish();
+    throttle.release().await;
     republisher.close().await;
     if let Some(e) = failure {
         return Err(e);

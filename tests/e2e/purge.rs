@@ -19,7 +19,7 @@ use std::time::Duration;
 use mysql_async::prelude::Queryable;
 use serde_json::Value;
 
-use crate::helpers::{wait_for, Bin, Bits, TestJob};
+use crate::helpers::{wait_for, Bin, Bits, MysqlUser, TestJob};
 
 const CUTOFF: &str = "2024-10-01";
 /// The columns of `orig`, `src` and `hist`.
@@ -82,16 +82,38 @@ async fn copy(job: &TestJob, old: u64) {
 
 /// `bitmig-compensator purge --job F --json [extra…]`: exit code and summary.
 async fn purge(job: &TestJob, extra: &[&str]) -> (i32, Value) {
+    let (code, summary, _) = purge_logged(job, extra).await;
+    (code, summary)
+}
+
+/// [`purge`], its log at debug level too.
+async fn purge_logged(job: &TestJob, extra: &[&str]) -> (i32, Value, String) {
     let mut args = vec!["purge", "--job", job.job_arg(), "--json"];
     args.extend(extra);
-    let done = job.spawn(Bin::Compensator, &args).wait(LONG).await;
+    let done = job
+        .spawn_with_env(
+            Bin::Compensator,
+            &args,
+            &[("RUST_LOG", "info,bitmig_compensator::purge=debug")],
+        )
+        .wait(LONG)
+        .await;
     let code = done.code().unwrap_or(-1);
     assert!(
         code == 0 || code == 3,
         "purge must exit 0 or 3\n{}",
         done.describe()
     );
-    (code, done.json())
+    (code, done.json(), done.stderr)
+}
+
+/// Batches the server compared and deleted itself, and batches it handed back to be judged row by row.
+fn server_batches(log: &str) -> (usize, usize) {
+    (
+        log.matches("purge batch compared and deleted within the server")
+            .count(),
+        log.matches("not every row equals its copy").count(),
+    )
 }
 
 async fn verify(job: &TestJob, extra: &[&str]) -> (i32, Value) {
@@ -246,7 +268,9 @@ async fn old_rows_are_archived_to_mariadb_and_postgres_and_only_proven_rows_are_
 
     // Rows updated in the source after their copy, and rows damaged (or lost) in the target.
     let updated = [5u64, 1_001, 150_001];
-    let damaged = [7u64, 2_002];
+    // the same text in another case and with a trailing space: equal under the table's collation, not
+    // equal as archived bytes (each alone in its batch, so that the server's comparison decides it)
+    let damaged = [7u64, 2_002, 50_001, 100_002];
     let lost = 9u64;
     for id in updated {
         assert!(id % 13 < 10, "{id} is an old row");
@@ -258,18 +282,39 @@ async fn old_rows_are_archived_to_mariadb_and_postgres_and_only_proven_rows_are_
             .await;
         }
     }
-    for id in damaged {
-        my.sql(&format!("UPDATE hist SET note = 'damaged' WHERE id = {id}"))
+    for (id, note) in
+        damaged
+            .iter()
+            .zip(["'damaged'", "'damaged'", "UPPER(note)", "CONCAT(note, ' ')"])
+    {
+        my.sql(&format!("UPDATE hist SET note = {note} WHERE id = {id}"))
             .await;
+        assert_eq!(
+            my.sql_u64(&format!(
+                "SELECT COUNT(*) FROM hist h JOIN src s USING (id) WHERE id = {id} AND h.note = s.note"
+            ))
+            .await,
+            u64::from(note != "'damaged'"),
+            "id {id}"
+        );
     }
     my.sql(&format!("DELETE FROM hist WHERE id = {lost}")).await;
     let mut kept: Vec<u64> = updated.iter().chain(&damaged).copied().collect();
     kept.push(lost);
     kept.sort_unstable();
 
-    // MariaDB → MariaDB, first pass: everything proven is deleted; the six are kept and re-driven.
-    let (code, first) = purge(&my, &["--batch", "5000"]).await;
+    // MariaDB → MariaDB, first pass: everything proven is deleted; the eight are kept and re-driven.
+    // Source and history share a server: the server compares and deletes each batch itself, except the
+    // five holding a kept id or the largest key (ids 5–2 002, 50 001, 100 002, 150 001, 260 000): the server
+    // hands back the first four, the last is never given to it; all five are judged row by row.
+    let (code, first, log) = purge_logged(&my, &["--batch", "5000"]).await;
     assert_eq!(code, 3, "rows were kept: {first:#}");
+    assert!(
+        log.contains("the source's server compares each batch with the target"),
+        "{log}"
+    );
+    let batches = num(&first, "batches") as usize;
+    assert_eq!(server_batches(&log), (batches - 5, 4), "{log}");
     assert_eq!(
         num(&first, "deleted"),
         OLD - 1 - kept.len() as u64,
@@ -314,7 +359,7 @@ async fn old_rows_are_archived_to_mariadb_and_postgres_and_only_proven_rows_are_
         "{report:#}"
     );
 
-    // The re-drive repairs the target; the second pass deletes the six.
+    // The re-drive repairs the target; the second pass deletes the eight.
     my.spawn_consumer(&["--exit-when-idle", "3"])
         .wait(LONG)
         .await
@@ -496,6 +541,94 @@ async fn a_purge_killed_mid_run_loses_nothing_and_its_rerun_finishes_with_exact_
         "the archive holds every old row intact (the five deleted by hand were copied before)"
     );
     assert_eq!(job.sql_u64("SELECT COUNT(*) FROM hist").await, OLD);
+}
+
+/// The server compares nothing itself when it may not or cannot: a source user who may not read the
+/// history table (the server refuses the first batch's statement: said once, then every batch is judged by
+/// purge), and a history table whose column types differ from the source's (no byte-for-byte comparison:
+/// judged by purge from the start). Either way every old row but the largest is deleted and archived intact.
+#[tokio::test(flavor = "multi_thread")]
+async fn batches_are_judged_by_purge_when_the_server_may_not_or_cannot_compare_them() {
+    const ROWS: u64 = 2_600;
+    const OLD: u64 = 2_000;
+    let refused = TestJob::new(1_000, 250).await;
+    let typed = TestJob::new(1_000, 250).await;
+    for (job, hist) in [
+        (&refused, "CREATE TABLE hist LIKE orig"),
+        (
+            &typed,
+            "CREATE TABLE hist (id BIGINT UNSIGNED NOT NULL PRIMARY KEY, created_at DATETIME(6) NOT NULL, \
+             user_id INT NOT NULL, amount DECIMAL(12,2) NOT NULL, note VARCHAR(80) NULL, flags SMALLINT NOT NULL)",
+        ),
+    ] {
+        create_original(job, ROWS).await;
+        job.sql("CREATE TABLE src LIKE orig").await;
+        job.sql("INSERT INTO src SELECT * FROM orig").await;
+        job.sql(hist).await;
+    }
+    // The source's user may read and delete `src` and only write `hist`.
+    let user = MysqlUser::create(&refused, &format!("{}_s", refused.name), "Pw_source", "").await;
+    refused
+        .sql(&format!(
+            "REVOKE ALL PRIVILEGES ON `{}`.* FROM '{}'@'%'",
+            refused.database,
+            user.name()
+        ))
+        .await;
+    for (privileges, table) in [("SELECT, DELETE", "src"), ("INSERT", "hist")] {
+        refused
+            .sql(&format!(
+                "GRANT {privileges} ON `{}`.{table} TO '{}'@'%'",
+                refused.database,
+                user.name()
+            ))
+            .await;
+    }
+    refused.write_file(
+        "job.toml",
+        &job_toml(
+            &refused,
+            &user.url(&refused.database_url),
+            &refused.database_url,
+            "",
+        ),
+    );
+    typed.write_file(
+        "job.toml",
+        &job_toml(&typed, &typed.database_url, &typed.database_url, ""),
+    );
+    tokio::join!(copy(&refused, OLD), copy(&typed, OLD));
+
+    let (code, summary, log) = purge_logged(&refused, &[]).await;
+    assert_eq!(code, 0, "{summary:#}");
+    assert_eq!(num(&summary, "deleted"), OLD - 1, "{summary:#}");
+    assert_eq!(
+        log.matches("the server does not compare the rows with the target itself")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("SELECT command denied"), "{log}");
+    assert_eq!(server_batches(&log), (0, 0), "{log}");
+
+    let (code, summary, log) = purge_logged(&typed, &[]).await;
+    assert_eq!(code, 0, "{summary:#}");
+    assert_eq!(num(&summary, "deleted"), OLD - 1, "{summary:#}");
+    assert!(
+        log.contains("each batch's rows are read and compared by purge")
+            && log.contains("column `note` is varchar(64)"),
+        "{log}"
+    );
+    assert_eq!(server_batches(&log), (0, 0), "{log}");
+
+    for job in [&refused, &typed] {
+        assert_eq!(
+            job.sql_u64("SELECT COUNT(*) FROM src").await,
+            ROWS - OLD + 1
+        );
+        assert_eq!(equal_rows(job, "hist", "orig", "TRUE").await, OLD);
+        assert_eq!(purged_ids(job).await, deleted_ids(job).await);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -7,7 +7,7 @@
 //! deletes finds every table a key may live in: the route's own list for plain and range routes, the log
 //! read fresh for routes by value.
 
-mod create;
+pub(crate) mod create;
 pub mod elasticsearch;
 mod route;
 pub mod sql;

@@ -17,7 +17,7 @@ use crate::value::{Column, Row, RowSet, Value};
 pub use mysql::MySqlSource;
 pub(crate) use mysql::{describe_column as describe_mysql_column, from_mysql as from_mysql_value};
 pub use postgres::PgSource;
-pub use purge::{LockedRows, PurgeTx};
+pub use purge::{LockedRows, PurgeTwin, PurgeTx};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -63,6 +63,11 @@ pub trait Source: Send + Sync {
     /// that verification compares them as JSON (DESIGN.md §9). None by default.
     async fn json_text_columns(&self) -> Result<Vec<String>, SourceError> {
         Ok(Vec::new())
+    }
+    /// The target of `job` as a table the source's server compares a purge batch with itself
+    /// ([`PurgeTx::delete_equal`]), or why it cannot.
+    async fn purge_twin(&self, _job: &JobSpec) -> Result<PurgeTwin, String> {
+        Err("the source cannot compare its rows with the target itself".into())
     }
     /// Open a purge transaction (DESIGN.md §10) on a connection of its own.
     async fn begin_purge(&self) -> Result<Box<dyn PurgeTx>, SourceError> {

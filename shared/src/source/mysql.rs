@@ -7,7 +7,7 @@ use mysql_async::consts::{ColumnFlags, ColumnType as MyType};
 use mysql_async::prelude::Queryable;
 use tokio::sync::OnceCell;
 
-use super::purge::{LockedRows, PurgeSql, PurgeTx};
+use super::purge::{LockedRows, PurgeSql, PurgeTwin, PurgeTx};
 use super::{row_set, RowsQuery, Source, SourceError};
 use crate::ids::IdRange;
 use crate::job::{Engine, JobSpec};
@@ -187,6 +187,18 @@ impl PurgeTx for MySqlPurgeTx {
         Ok(deleted)
     }
 
+    async fn delete_equal(
+        &mut self,
+        ranges: &[IdRange],
+        twin: &PurgeTwin,
+    ) -> Result<u64, SourceError> {
+        self.tx
+            .query_drop(PurgeSql::delete_equal(&self.sql, ranges, twin))
+            .await
+            .map_err(|e| source_err(&self.sql.table_label, e))?;
+        Ok(self.tx.affected_rows())
+    }
+
     async fn commit(self: Box<Self>) -> Result<(), SourceError> {
         let label = self.sql.table_label.clone();
         self.tx.commit().await.map_err(|e| source_err(&label, e))
@@ -327,6 +339,69 @@ impl Source for MySqlSource {
                 }
             ),
         })
+    }
+
+    async fn purge_twin(&self, job: &JobSpec) -> Result<PurgeTwin, String> {
+        use crate::digest::pushdown::{types_match, MysqlColumnType, MYSQL_COLUMN_TYPES_SQL};
+        use crate::job::{Ident, TableName, TargetSpec};
+        let TargetSpec::Sql(target) = &job.target else {
+            return Err("the target is not a SQL table".into());
+        };
+        if !crate::sink::sql::mysql::same_mysql_server(&job.source.url, &target.url) {
+            return Err("the target is not on the source's MySQL/MariaDB server".into());
+        }
+        let Some(plain) = target.table.plain() else {
+            return Err("the target is routed to several tables".into());
+        };
+        let named = TableName::parse(plain)?;
+        let schema = match named.schema {
+            Some(s) => s,
+            None => crate::sink::create::url_database(target.url.expose())
+                .and_then(|db| Ident::new(&db).ok())
+                .ok_or("the target URL names no database")?,
+        };
+        let table = TableName {
+            schema: Some(schema),
+            table: named.table,
+        };
+        if self
+            .table
+            .table
+            .as_str()
+            .eq_ignore_ascii_case("bitmig_twin")
+        {
+            return Err("the source table is named like the twin's alias".into());
+        }
+        let d = self.described().await.map_err(|e| e.to_string())?;
+        let mut conn = self.conn().await.map_err(|e| e.to_string())?;
+        let mut sides: Vec<Vec<MysqlColumnType>> = Vec::new();
+        for t in [&self.table, &table] {
+            let schema = t.schema.as_ref().map(|s| s.as_str().to_owned());
+            let cols: Vec<MysqlColumnType> = conn
+                .exec(MYSQL_COLUMN_TYPES_SQL, (schema, t.table.as_str()))
+                .await
+                .map_err(|e| mysql_error_text(&e))?;
+            sides.push(cols);
+        }
+        let (s_types, t_types) = (&sides[0], &sides[1]);
+        let names: Vec<&str> = d.columns.iter().map(|c| c.name.as_str()).collect();
+        types_match(&names, s_types, t_types)?;
+        let typed: Vec<(String, String)> = names
+            .iter()
+            .map(|n| {
+                let ty = s_types.iter().find(|c| c.0.eq_ignore_ascii_case(n));
+                (
+                    format!("`{}`", n.replace('`', "``")),
+                    ty.map(|c| c.1.clone()).unwrap_or_default(),
+                )
+            })
+            .collect();
+        Ok(PurgeTwin::mysql(
+            &self.sql.from_table,
+            &self.sql.key,
+            &crate::sql::quote_table(Engine::Mysql, &table),
+            &typed,
+        ))
     }
 
     async fn begin_purge(&self) -> Result<Box<dyn PurgeTx>, SourceError> {

@@ -37,10 +37,87 @@ pub trait PurgeTx: Send {
     /// READ, so no row can appear in a locked range before it ends (MySQL: next-key locks; PostgreSQL:
     /// the `DELETE` sees the snapshot the lock read).
     async fn delete(&mut self, ranges: &[IdRange]) -> Result<u64, SourceError>;
+    /// Delete, in one statement, the rows whose keys are exactly those of `ranges` (the batch's candidates,
+    /// ascending, apart) and that still match `filter` and equal their row in `twin` column for column, the
+    /// server comparing them itself; how many were deleted. Every candidate was deleted when that is their
+    /// count; otherwise the caller rolls back and judges the batch row by row.
+    async fn delete_equal(
+        &mut self,
+        _ranges: &[IdRange],
+        _twin: &PurgeTwin,
+    ) -> Result<u64, SourceError> {
+        Err(SourceError::Unsupported(
+            "this source cannot compare rows with the target itself".into(),
+        ))
+    }
     /// Make the deletes durable.
     async fn commit(self: Box<Self>) -> Result<(), SourceError>;
     /// Undo the transaction (a dry run, or a batch that cannot go on).
     async fn rollback(self: Box<Self>) -> Result<(), SourceError>;
+}
+
+/// The target table seen from the source's own server, which then compares a batch's rows with it itself
+/// ([`PurgeTx::delete_equal`]): no row leaves the server, as no row does in the server copy of `produce`
+/// batches. Built by [`super::Source::purge_twin`] only for a target that is one fixed table on the same
+/// MySQL/MariaDB server whose compared columns have the source's types and character sets.
+#[derive(Debug, Clone)]
+pub struct PurgeTwin {
+    /// The target table as the source's connection names it.
+    pub table: String,
+    /// `EXISTS (SELECT 1 FROM target AS bitmig_twin WHERE <key and every column equal>)`.
+    equal: String,
+}
+
+/// The target's alias in [`PurgeTwin`]'s condition; a source table of that name gets no twin.
+const TWIN_ALIAS: &str = "`bitmig_twin`";
+
+impl PurgeTwin {
+    /// The twin for MySQL: `from` is the source table as its `DELETE` names it, `table` the target
+    /// qualified with its database, `columns` the compared columns (quoted) with their type as the catalog
+    /// writes it (`bigint(20) unsigned`, `varchar(40)`). Numbers, dates and times are compared as values
+    /// (`<=>`; the types are equal, so equal values are the same value: only a float's `-0` equals `0`);
+    /// not as text, which would call two floats equal that differ past the 6th digit (MariaDB writes a
+    /// FLOAT with 6). Everything else is compared as the bytes of its text (`CAST(… AS BINARY)`), so that no
+    /// collation calls `a` and `A`, or `a` and `a `, equal.
+    pub fn mysql(from: &str, key: &str, table: &str, columns: &[(String, String)]) -> Self {
+        let by_value = [
+            "tinyint",
+            "smallint",
+            "mediumint",
+            "int",
+            "bigint",
+            "decimal",
+            "float",
+            "double",
+            "real",
+            "date",
+            "datetime",
+            "timestamp",
+            "time",
+            "year",
+        ];
+        let mut preds = vec![format!("{TWIN_ALIAS}.{key} = {from}.{key}")];
+        for (name, ty) in columns.iter().filter(|(name, _)| name != key) {
+            let ty = ty.to_ascii_lowercase();
+            let base = ty
+                .split(|c: char| !c.is_ascii_alphanumeric())
+                .next()
+                .unwrap_or("");
+            let (t, s) = (format!("{TWIN_ALIAS}.{name}"), format!("{from}.{name}"));
+            preds.push(if by_value.contains(&base) {
+                format!("{t} <=> {s}")
+            } else {
+                format!("CAST({t} AS BINARY) <=> CAST({s} AS BINARY)")
+            });
+        }
+        Self {
+            table: table.to_owned(),
+            equal: format!(
+                "EXISTS (SELECT 1 FROM {table} AS {TWIN_ALIAS} WHERE {})",
+                preds.join(" AND ")
+            ),
+        }
+    }
 }
 
 /// The SQL of a purge transaction, for one engine's placeholders.
@@ -166,6 +243,18 @@ impl PurgeSql {
             .collect())
     }
 
+    /// `DELETE FROM t WHERE (exactly the keys of ranges) AND (filter) AND <equal in twin>`, without
+    /// parameters ([`PurgeTx::delete_equal`]).
+    pub fn delete_equal(sql: &SourceSql, ranges: &[IdRange], twin: &PurgeTwin) -> String {
+        format!(
+            "DELETE FROM {} WHERE ({}){} AND {}",
+            sql.from_table,
+            crate::sql::batch_keys(&sql.key, ranges),
+            sql.filter,
+            twin.equal
+        )
+    }
+
     /// `SELECT MAX(key)` over the whole table (no filter).
     pub fn max_key(sql: &SourceSql, cast: &str) -> String {
         format!(
@@ -237,6 +326,31 @@ mod tests {
         );
         let none = PurgeSql::lock(&sql(), None, "*", &[], |_| "?".into());
         assert!(none.lock.contains("WHERE 1 = 0"));
+    }
+
+    #[test]
+    fn the_server_deletes_exactly_the_batch_keys_under_the_filter_that_equal_their_twin() {
+        let twin = PurgeTwin::mysql(
+            "`src`",
+            "`id`",
+            "`arch`.`src_hist`",
+            &[
+                ("`id`".into(), "bigint(20) unsigned".into()),
+                ("`name`".into(), "varchar(40)".into()),
+                ("`amount`".into(), "decimal(10,2)".into()),
+                ("`ratio`".into(), "double".into()),
+                ("`at`".into(), "datetime(6)".into()),
+            ],
+        );
+        assert_eq!(
+            PurgeSql::delete_equal(&sql(), &[[1, 7], [9, 9]], &twin),
+            "DELETE FROM `src` WHERE (`id` BETWEEN 1 AND 9 AND `id` NOT IN (8)) AND (x > 0) AND \
+             EXISTS (SELECT 1 FROM `arch`.`src_hist` AS `bitmig_twin` WHERE `bitmig_twin`.`id` = `src`.`id` \
+             AND CAST(`bitmig_twin`.`name` AS BINARY) <=> CAST(`src`.`name` AS BINARY) \
+             AND `bitmig_twin`.`amount` <=> `src`.`amount` \
+             AND `bitmig_twin`.`ratio` <=> `src`.`ratio` \
+             AND `bitmig_twin`.`at` <=> `src`.`at`)"
+        );
     }
 
     #[test]

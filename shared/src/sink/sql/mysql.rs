@@ -540,7 +540,7 @@ fn unmappable(columns: &[Column]) -> Option<String> {
 }
 
 /// Whether two MySQL URLs name the same server (host and port; the user may differ).
-pub(super) fn same_mysql_server(a: &DbUrl, b: &DbUrl) -> bool {
+pub(crate) fn same_mysql_server(a: &DbUrl, b: &DbUrl) -> bool {
     a.engine == Engine::Mysql
         && b.engine == Engine::Mysql
         && server_of(a.expose(), 3306).is_some()
