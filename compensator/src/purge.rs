@@ -239,10 +239,7 @@ struct TablePlace {
 
 fn place(url: &bitmig_shared::job::DbUrl, table: &TableName) -> Option<TablePlace> {
     let u = url::Url::parse(url.expose()).ok()?;
-    let host = match u.host_str()?.to_ascii_lowercase().as_str() {
-        "localhost" | "127.0.0.1" | "::1" | "[::1]" => "localhost".to_owned(),
-        h => h.to_owned(),
-    };
+    let host = bitmig_shared::sql::server_host(u.host_str()?);
     let database = u.path().trim_start_matches('/').to_owned();
     let (port, schema) = match url.engine {
         Engine::Mysql => (

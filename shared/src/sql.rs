@@ -175,6 +175,15 @@ pub fn mysql_url_with_ssl_mode(raw: &str) -> Result<String, String> {
     Ok(u.to_string())
 }
 
+/// A URL's host as a server's identity: lowercased, and the loopback's names (`localhost`, `127.0.0.1`,
+/// `::1`) as one, so that a server named two ways is one server.
+pub fn server_host(host: &str) -> String {
+    match host.to_ascii_lowercase().as_str() {
+        "localhost" | "127.0.0.1" | "::1" | "[::1]" => "localhost".to_owned(),
+        h => h.to_owned(),
+    }
+}
+
 /// A batch whose span is at most this many times its id count names its keys as the span less its gaps.
 const DENSE_SPAN_FACTOR: u64 = 4;
 

@@ -1,7 +1,7 @@
 //! Source and target on one MariaDB server: a `produce` batch is copied by the server itself
 //! (`INSERT … SELECT` over the batch's ids), kept only when every id landed without a warning. Rows of every
 //! type arrive bit for bit; a batch with an id deleted after it was planned is rolled back and read the usual
-//! way (the id recorded gone); a target user who may not read the source, or a server logging statements
+//! way (the id recorded gone); the server named `localhost` on one side and `127.0.0.1` on the other is one; a target user who may not read the source, or a server logging statements
 //! (`binlog_format = STATEMENT`), turns the path off, said once, and every row still arrives.
 
 use crate::helpers::{private_server, DatabaseOn, TestJob};
@@ -29,6 +29,21 @@ fn assert_copy_turned_off(log: &str) {
 async fn the_server_copies_each_batch_and_a_batch_with_a_deleted_id_goes_the_usual_way() {
     let job = TestJob::new(1_000, 100).await;
     let rows = job.create_source(3_000).await;
+    // The target names the server the other way round (`localhost` for `127.0.0.1`, or back): one server.
+    let (a, b) = ("127.0.0.1", "localhost");
+    let (from, to) = if job.database_url.contains(a) {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    let target = |url: &str| format!("[target]\nkind = \"sql\"\nurl = \"{url}\"");
+    let toml = std::fs::read_to_string(&job.job_file).expect("the job file");
+    let renamed = toml.replace(
+        &target(&job.database_url),
+        &target(&job.database_url.replacen(from, to, 1)),
+    );
+    assert_ne!(renamed, toml, "the target URL names {from}");
+    job.write_file("job.toml", &renamed);
     job.produce(&[]).await;
     let batches = job
         .sql_u64(&format!(

@@ -74,11 +74,12 @@ pub(crate) fn url_database(raw: &str) -> Option<String> {
     (!db.is_empty()).then(|| db.to_owned())
 }
 
-/// Host and port of a URL (`default_port` when it names none), lowercased.
+/// Host and port of a URL (`default_port` when it names none), lowercased; the loopback's names
+/// (`localhost`, `127.0.0.1`, `::1`) are one host, so a server named two ways is one server.
 pub(crate) fn server_of(raw: &str, default_port: u16) -> Option<(String, u16)> {
     let u = url::Url::parse(raw).ok()?;
     Some((
-        u.host_str()?.to_ascii_lowercase(),
+        crate::sql::server_host(u.host_str()?),
         u.port().unwrap_or(default_port),
     ))
 }
@@ -366,6 +367,22 @@ mod tests {
             charset: None,
             json: false,
         }
+    }
+
+    #[test]
+    fn a_server_named_two_ways_is_one_server() {
+        let at = |u: &str| server_of(u, 3306);
+        assert_eq!(
+            at("mysql://root@localhost/a"),
+            at("mysql://u:p@127.0.0.1:3306/b")
+        );
+        assert_eq!(at("mysql://[::1]/a"), at("mysql://LOCALHOST:3306/b"));
+        assert_ne!(at("mysql://localhost/a"), at("mysql://127.0.0.1:3307/a"));
+        assert_ne!(at("mysql://db1.internal/a"), at("mysql://127.0.0.1/a"));
+        assert_eq!(
+            at("mysql://DB1.internal/a"),
+            at("mysql://db1.internal:3306/b")
+        );
     }
 
     #[test]
