@@ -18,11 +18,11 @@
 //! compared columns have the source's types ([`bitmig_shared::source::PurgeTwin`]), the server does steps
 //! 1–3 itself in one statement: `DELETE` exactly the batch's keys that still match `filter` `AND EXISTS` a
 //! target row equal column for column (numbers and times by value, the rest byte for byte:
-//! [`PurgeTwin::mysql`]). The batch is
-//! kept only when that deleted every candidate (each key is one row), so it proves as much as the hashes
-//! do, and no row crosses the network. Anything else (a row that differs, left the filter, is gone; the
-//! largest key) is rolled back and the batch goes the steps above, which sort it out. A refusal (a source
-//! user without `SELECT` on the target) turns it off for the run, said once in the log.
+//! [`PurgeTwin::mysql`]). The batch is kept only when that deleted every candidate (each key is one row),
+//! so it proves as much as the hashes do, and no row crosses the network. Anything else (a row that
+//! differs, left the filter, is gone; the largest key) is rolled back and the batch goes the steps above,
+//! which sort it out. A refusal (a source user without `SELECT` on the target) turns it off for the run,
+//! said once in the log. The target rows it reads stay share-locked until the batch commits.
 //!
 //! Three batches run at once ([`PURGE_WORKERS`]), each in its own transaction, taken from far-apart parts
 //! of the key space ([`interleave`]) so that neither waits on the other's locks.
