@@ -80,31 +80,10 @@ impl PurgeTwin {
     /// FLOAT with 6). Everything else is compared as the bytes of its text (`CAST(… AS BINARY)`), so that no
     /// collation calls `a` and `A`, or `a` and `a `, equal.
     pub fn mysql(from: &str, key: &str, table: &str, columns: &[(String, String)]) -> Self {
-        let by_value = [
-            "tinyint",
-            "smallint",
-            "mediumint",
-            "int",
-            "bigint",
-            "decimal",
-            "float",
-            "double",
-            "real",
-            "date",
-            "datetime",
-            "timestamp",
-            "time",
-            "year",
-        ];
         let mut preds = vec![format!("{TWIN_ALIAS}.{key} = {from}.{key}")];
         for (name, ty) in columns.iter().filter(|(name, _)| name != key) {
-            let ty = ty.to_ascii_lowercase();
-            let base = ty
-                .split(|c: char| !c.is_ascii_alphanumeric())
-                .next()
-                .unwrap_or("");
             let (t, s) = (format!("{TWIN_ALIAS}.{name}"), format!("{from}.{name}"));
-            preds.push(if by_value.contains(&base) {
+            preds.push(if crate::digest::pushdown::is_number_or_time(ty) {
                 format!("{t} <=> {s}")
             } else {
                 format!("CAST({t} AS BINARY) <=> CAST({s} AS BINARY)")
