@@ -65,7 +65,7 @@ use bitmig_shared::ledger::{GroupStatus, Ledger};
 use bitmig_shared::progress::Progress;
 use bitmig_shared::queue::Cause;
 use bitmig_shared::sink::{self, Sink};
-use bitmig_shared::source::{self, LockedRows, PurgeTwin, Source};
+use bitmig_shared::source::{self, LockedRows, PurgeTwin, PurgeTx, Source};
 use bitmig_shared::throttle::Throttle;
 use bitmig_shared::value::RowSet;
 use futures::StreamExt;
@@ -496,6 +496,22 @@ struct Purger<'a> {
 }
 
 impl Purger<'_> {
+    /// Open a batch's source transaction, with the table's largest key to keep (`None` with
+    /// `--purge-max-key`).
+    async fn begin(&self) -> anyhow::Result<(Box<dyn PurgeTx>, Option<u64>)> {
+        let mut tx = self
+            .source
+            .begin_purge()
+            .await
+            .map_err(bitmig_shared::cli::source_error)?;
+        let keep = if self.opts.purge_max_key {
+            None
+        } else {
+            tx.max_key().await.context("reading the largest key")?
+        };
+        Ok((tx, keep))
+    }
+
     /// The batch deleted by the server itself, compared with the twin in the same statement (module
     /// documentation, "On one server"): `Some` when every candidate was deleted and committed, `None`
     /// when nothing was kept and the batch is to be judged row by row.
@@ -504,23 +520,16 @@ impl Purger<'_> {
         let Some(twin) = self
             .twin
             .as_ref()
-            .filter(|_| self.twin_on.load(Ordering::Relaxed) && !self.opts.dry_run)
+            .filter(|_| self.twin_on.load(Ordering::Relaxed))
         else {
             return Ok(None);
         };
         let (lo, hi) = (ids[0], ids[ids.len() - 1]);
         let t0 = Instant::now();
-        let mut tx = self
-            .source
-            .begin_purge()
-            .await
-            .map_err(bitmig_shared::cli::source_error)?;
-        if !self.opts.purge_max_key {
-            let keep = tx.max_key().await.context("reading the largest key")?;
-            if keep.is_some_and(|k| ids.binary_search(&k).is_ok()) {
-                tx.rollback().await.context("rolling back")?;
-                return Ok(None);
-            }
+        let (mut tx, keep) = self.begin().await?;
+        if keep.is_some_and(|k| ids.binary_search(&k).is_ok()) {
+            tx.rollback().await.context("rolling back")?;
+            return Ok(None);
         }
         match tx.delete_equal(&to_ranges(ids), twin).await {
             Ok(deleted) if deleted == ids.len() as u64 => {
@@ -550,8 +559,7 @@ impl Purger<'_> {
                 );
             }
             Err(e) if e.is_transient() => {
-                return Err(anyhow::Error::new(e))
-                    .with_context(|| format!("deleting the proven rows of {lo}..={hi}"));
+                return Err(e).with_context(|| format!("deleting the proven rows of {lo}..={hi}"));
             }
             Err(e) => {
                 if self.twin_on.swap(false, Ordering::Relaxed) {
@@ -572,21 +580,12 @@ impl Purger<'_> {
         let (lo, hi) = (ids[0], ids[ids.len() - 1]);
         let ranges = lock_ranges(ids);
         let t0 = Instant::now();
-        let mut tx = self
-            .source
-            .begin_purge()
-            .await
-            .map_err(bitmig_shared::cli::source_error)?;
+        let (mut tx, keep) = self.begin().await?;
         let locked = tx
             .lock_rows(&ranges)
             .await
             .with_context(|| format!("locking the source rows of {lo}..={hi}"))?;
         let t_lock = t0.elapsed();
-        let keep = if self.opts.purge_max_key {
-            None
-        } else {
-            tx.max_key().await.context("reading the largest key")?
-        };
         let target = self
             .sink
             .read_range(self.job.source.key.as_str(), lo, hi)
@@ -798,14 +797,19 @@ pub async fn purge(
         .json_text_columns()
         .await
         .map_err(bitmig_shared::cli::source_error)?;
-    let twin = match source.purge_twin(job).await {
-        Ok(t) => {
-            info!(job = %job.name, target = %t.table, "the source's server compares each batch with the target and deletes it itself");
-            Some(t)
-        }
-        Err(why) => {
-            debug!(job = %job.name, why = %why, "each batch's rows are read and compared by purge");
-            None
+    // A dry run rolls every batch back: the row-by-row judgement says what it would delete and why not.
+    let twin = if opts.dry_run {
+        None
+    } else {
+        match source.purge_twin(job).await {
+            Ok(t) => {
+                info!(job = %job.name, target = %t.table, "the source's server compares each batch with the target and deletes it itself");
+                Some(t)
+            }
+            Err(why) => {
+                debug!(job = %job.name, why = %why, "each batch's rows are read and compared by purge");
+                None
+            }
         }
     };
 
