@@ -221,19 +221,21 @@ impl TestJob {
             self.database
         ))
         .await;
+        self.set_target_url(&user.url(&self.database_url));
+        user
+    }
+
+    /// Rewrites the job file so that its SQL target, the test database, is reached at `url`.
+    pub fn set_target_url(&self, url: &str) {
         let target = |url: &str| format!("[target]\nkind = \"sql\"\nurl = \"{url}\"");
         let toml = std::fs::read_to_string(&self.job_file)
             .unwrap_or_else(|e| panic!("read {}: {e}", self.job_file.display()));
-        let rewritten = toml.replace(
-            &target(&self.database_url),
-            &target(&user.url(&self.database_url)),
-        );
+        let rewritten = toml.replace(&target(&self.database_url), &target(url));
         assert_ne!(
             rewritten, toml,
             "the job file names the test database as its target"
         );
         self.write_file("job.toml", &rewritten);
-        user
     }
 
     pub async fn conn(&self) -> mysql_async::Conn {

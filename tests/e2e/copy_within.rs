@@ -36,14 +36,7 @@ async fn the_server_copies_each_batch_and_a_batch_with_a_deleted_id_goes_the_usu
     } else {
         (b, a)
     };
-    let target = |url: &str| format!("[target]\nkind = \"sql\"\nurl = \"{url}\"");
-    let toml = std::fs::read_to_string(&job.job_file).expect("the job file");
-    let renamed = toml.replace(
-        &target(&job.database_url),
-        &target(&job.database_url.replacen(from, to, 1)),
-    );
-    assert_ne!(renamed, toml, "the target URL names {from}");
-    job.write_file("job.toml", &renamed);
+    job.set_target_url(&job.database_url.replacen(from, to, 1));
     job.produce(&[]).await;
     let batches = job
         .sql_u64(&format!(
