@@ -10,9 +10,12 @@
 //!   every group is equal.
 //! - [`purge`](mod@purge): `purge` — delete from the source the rows proven equal in the target
 //!   ([`purge()`], DESIGN.md §10).
+//! - [`indexes`](mod@indexes): `indexes` — the source's secondary indexes on the tables bitmig created,
+//!   after the copy ([`indexes()`]).
 //! - [`control`]: `pause` / `resume` — the job's `control` hash ([`set_paused`]).
 
 pub mod control;
+pub mod indexes;
 pub mod purge;
 pub mod redrive;
 pub mod report;
@@ -20,6 +23,7 @@ mod republish;
 pub mod verify;
 
 pub use control::set_paused;
+pub use indexes::{indexes, IndexesSummary};
 pub use purge::{purge, PurgeOptions, PurgeSummary};
 pub use redrive::{run_every, run_once, run_pass, PassSummary, RunOptions};
 pub use report::{report, Report};

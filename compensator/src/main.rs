@@ -1,5 +1,5 @@
 //! `bitmig-compensator`: parses the command line and dispatches each subcommand to its module of
-//! `bitmig_compensator` (`run` → `redrive`, `verify` → `verify`, `purge` → `purge`, `report` → `report`,
+//! `bitmig_compensator` (`run` → `redrive`, `verify` → `verify`, `purge` → `purge`, `indexes` → `indexes`, `report` → `report`,
 //! `pause`/`resume` → `control`); exit codes per DESIGN.md §3.
 
 use std::time::Duration;
@@ -82,6 +82,16 @@ enum Command {
         /// Also delete the row holding the table's largest key (MySQL may then reuse its id after a restart).
         #[arg(long)]
         purge_max_key: bool,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Once the copy is complete, build the source table's secondary indexes on the target tables bitmig
+    /// created (`[target] create = true`): exit 0 when every index that can be made is there, 3 when the
+    /// copy is not complete (nothing built), 1 when the target refused one.
+    Indexes {
+        #[command(flatten)]
+        common: Common,
         /// One JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -284,6 +294,25 @@ async fn main() {
                     }
                     if !s.clean() {
                         std::process::exit(exit::INCOMPLETE);
+                    }
+                }
+                Err(e) => cli::exit_with(&e),
+            }
+        }
+        Command::Indexes { common, json } => {
+            let job = cli::load_job(&common);
+            match bitmig_compensator::indexes(&job, &common.redis_url).await {
+                Ok(s) => {
+                    if json {
+                        println!("{}", serde_json::to_string(&s).unwrap_or_default());
+                    } else {
+                        print!("{s}");
+                    }
+                    if s.not_complete.is_some() {
+                        std::process::exit(exit::INCOMPLETE);
+                    }
+                    if !s.clean() {
+                        std::process::exit(exit::FAILED);
                     }
                 }
                 Err(e) => cli::exit_with(&e),

@@ -76,6 +76,11 @@ pub struct Report {
     pub groups_holding: BTreeMap<u64, u64>,
     /// Up to 20 groups with missing ids: first → count.
     pub groups_missing: BTreeMap<u64, u64>,
+    /// Target tables bitmig created (`[target] create = true`, `bitmig:{JOB}:created`).
+    pub tables_created: u64,
+    /// Of those, the ones still without the source's secondary indexes: `bitmig-compensator indexes`
+    /// builds them once the job is complete.
+    pub tables_awaiting_indexes: Vec<String>,
     /// Why the job is not complete, in words.
     pub reasons: Vec<String>,
     /// The follower's state, for a job run with `bitmig-producer --follow`.
@@ -230,6 +235,12 @@ pub async fn report(job: &JobSpec, redis_url: &str) -> anyhow::Result<Report> {
         ));
     }
     r.complete = r.reasons.is_empty();
+    let (created, indexed) = ledger.created_tables().await?;
+    r.tables_created = created.len() as u64;
+    r.tables_awaiting_indexes = created
+        .into_iter()
+        .filter(|t| indexed.binary_search(t).is_err())
+        .collect();
     r.verified = r.groups > 0 && r.groups_verified == r.groups && r.groups_differing == 0;
     let f = ledger.follow_state().await?;
     if let Some(from) = f.get("from") {
@@ -370,6 +381,22 @@ impl std::fmt::Display for Report {
                 f,
                 "  purged ids   {:>12}  ({} pending in {} groups still holding rows)",
                 self.purged_ids, self.purge_pending, self.groups_holding_rows
+            )?;
+        }
+        if !self.tables_awaiting_indexes.is_empty() {
+            let mut list = self.tables_awaiting_indexes.clone();
+            if list.len() > 5 {
+                let more = list.len() - 5;
+                list.truncate(5);
+                list.push(format!("and {more} more"));
+            }
+            writeln!(
+                f,
+                "  indexes      {} of {} tables bitmig created lack the source's secondary indexes ({}): `bitmig-compensator indexes` builds them{}",
+                self.tables_awaiting_indexes.len(),
+                self.tables_created,
+                list.join(", "),
+                if self.complete { "" } else { " once the job is complete" }
             )?;
         }
         if !self.groups_missing.is_empty() {

@@ -117,6 +117,10 @@ impl sink::TableLog for LedgerTables {
     async fn members(&self) -> Result<Vec<String>, SinkError> {
         sink::TableLog::members(self.ledger()?).await
     }
+
+    async fn record_created(&self, names: &[String]) -> Result<(), SinkError> {
+        sink::TableLog::record_created(self.ledger()?, names).await
+    }
 }
 
 /// Consume until `cancel` fires or, with `exit_when_idle`, the queue stays empty that long.

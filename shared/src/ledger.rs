@@ -556,6 +556,37 @@ impl Ledger {
         Ok(names)
     }
 
+    /// Record target tables a consumer is about to create (`bitmig:{JOB}:created`, `create = true`): the
+    /// tables `bitmig-compensator indexes` gives the source's secondary indexes after the copy.
+    pub async fn add_created_tables(&self, names: &[String]) -> Result<(), LedgerError> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        let mut con = self.con.clone();
+        let _: () = con.sadd(self.job_key("created"), names).await?;
+        Ok(())
+    }
+
+    /// Tables bitmig created, and of those the ones `indexes` finished (`bitmig:{JOB}:indexed`), sorted.
+    pub async fn created_tables(&self) -> Result<(Vec<String>, Vec<String>), LedgerError> {
+        let mut con = self.con.clone();
+        let (mut created, mut indexed): (Vec<String>, Vec<String>) = redis::pipe()
+            .smembers(self.job_key("created"))
+            .smembers(self.job_key("indexed"))
+            .query_async(&mut con)
+            .await?;
+        created.sort_unstable();
+        indexed.sort_unstable();
+        Ok((created, indexed))
+    }
+
+    /// Record that `table` holds every secondary index of the source that can be made on it.
+    pub async fn mark_indexed(&self, table: &str) -> Result<(), LedgerError> {
+        let mut con = self.con.clone();
+        let _: () = con.sadd(self.job_key("indexed"), table).await?;
+        Ok(())
+    }
+
     /// Ids recorded in `failed`.
     pub async fn failed_ids(&self) -> Result<Vec<u64>, LedgerError> {
         let mut con = self.con.clone();

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use mysql_async::prelude::Queryable;
 use redis::AsyncCommands;
+use serde_json::json;
 
 use crate::helpers::{Bin, TestJob};
 
@@ -1097,4 +1098,209 @@ async fn a_produce_batch_copied_in_pieces_falls_back_per_piece_on_existing_keys_
         "every other row equals its source (2500 is absent)"
     );
     assert_eq!(pg.count("SELECT count(*) FROM dst").await, 2999);
+}
+
+/// `[target] create = true`: the tables bitmig created get the source's secondary indexes after the copy,
+/// from `bitmig-compensator indexes`, and only once the job is complete; a table the operator made keeps
+/// the indexes it was given.
+#[tokio::test(flavor = "multi_thread")]
+async fn created_postgres_tables_get_the_source_indexes_after_the_copy() {
+    let job = TestJob::new(1_000, 100).await;
+    let pg = job.pg().await;
+    job.sql(
+        "CREATE TABLE src (id BIGINT UNSIGNED NOT NULL PRIMARY KEY, user_id INT NOT NULL, \
+         created_at DATETIME NOT NULL, code VARCHAR(20) NOT NULL, note TEXT NULL, \
+         KEY by_user (user_id, created_at DESC), UNIQUE KEY by_code (code), KEY by_note (note(10)), \
+         FULLTEXT KEY ft_note (note))",
+    )
+    .await;
+    job.sql(&format!(
+        "INSERT INTO src SELECT seq, seq % 37, TIMESTAMP'2024-01-01 00:00:00' + INTERVAL seq MINUTE, \
+         CONCAT('c', seq), CONCAT('note ', seq) FROM seq_1_to_{ROWS}"
+    ))
+    .await;
+    // `own` is the operator's table: routed to, never indexed by bitmig.
+    pg.sql("CREATE TABLE own (id numeric(20) PRIMARY KEY, user_id integer NOT NULL, created_at timestamp NOT NULL, code varchar(20) NOT NULL, note text)")
+        .await;
+    let toml = job_file(&job, &job.database_url, &pg.url, "").replace(
+        "table = \"dst\"",
+        "create = true\n[target.ranges]\n\"0..299\" = \"own\"\n\"300..999999\" = \"made\"",
+    );
+    job.write_file("job.toml", &toml);
+    let indexes = || async {
+        job.run(
+            Bin::Compensator,
+            &["indexes", "--job", job.job_arg(), "--json"],
+        )
+        .await
+    };
+    let pg_indexes = |table: &'static str| {
+        let pg = &pg;
+        async move {
+            pg.texts(&format!(
+                "SELECT indexdef FROM pg_indexes WHERE tablename = '{table}' ORDER BY indexname"
+            ))
+            .await
+            .into_iter()
+            .map(|r| r[0].clone().unwrap())
+            .collect::<Vec<String>>()
+        }
+    };
+
+    job.produce(&[]).await;
+    // Before any consumer ran: not complete, nothing built, exit 3.
+    let early = indexes().await;
+    early.expect_code(3);
+    assert!(
+        early.json()["not_complete"]
+            .as_str()
+            .unwrap()
+            .contains("missing"),
+        "{}",
+        early.describe()
+    );
+    job.consume_until_idle(1, &[]).await;
+    let (_, report) = job.report().await;
+    assert_eq!(report["tables_created"], 1, "{report}");
+    assert_eq!(report["tables_awaiting_indexes"], json!(["made"]));
+    assert_eq!(
+        pg_indexes("made").await,
+        ["CREATE UNIQUE INDEX made_pkey ON public.made USING btree (id)"],
+        "no secondary index while rows are copied"
+    );
+
+    let done = indexes().await;
+    done.expect_code(0);
+    let summary = done.json();
+    assert_eq!(summary["source_indexes"], 4, "{summary}");
+    assert_eq!(summary["created"], 2, "{summary}");
+    assert_eq!(summary["skipped"], 2, "{summary}");
+    let outcomes: Vec<(String, String)> = summary["tables"][0]["indexes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["index"].as_str().unwrap().to_owned(),
+                m["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("by_code".into(), "created".into()),
+            ("by_note".into(), "skipped".into()),
+            ("by_user".into(), "created".into()),
+            ("ft_note".into(), "skipped".into()),
+        ]
+    );
+    assert_eq!(
+        pg_indexes("made").await,
+        [
+            "CREATE UNIQUE INDEX made_by_code ON public.made USING btree (code)",
+            "CREATE INDEX made_by_user ON public.made USING btree (user_id, created_at DESC)",
+            "CREATE UNIQUE INDEX made_pkey ON public.made USING btree (id)",
+        ]
+    );
+    assert_eq!(
+        pg_indexes("own").await,
+        ["CREATE UNIQUE INDEX own_pkey ON public.own USING btree (id)"],
+        "the operator's table is left as it was"
+    );
+    let (code, report) = job.report().await;
+    assert_eq!(code, 0);
+    assert_eq!(report["tables_awaiting_indexes"], json!([]));
+
+    // Again: everything is there already.
+    let again = indexes().await;
+    again.expect_code(0);
+    assert_eq!(again.json()["created"], 0);
+    assert_eq!(again.json()["present"], 2);
+    assert_eq!(pg_indexes("made").await.len(), 3);
+}
+
+/// PostgreSQL → MariaDB with `create = true`: the source's indexes after the copy; one the target cannot
+/// make (a UNIQUE index over `v1` and `V1`, one value under MariaDB's case-insensitive collation) is named
+/// with the server's reason and exit 1, the others are built all the same — the rows themselves landed, no
+/// unique index stood in their way during the copy — and the table stays waiting in `report` until the
+/// operator settles it.
+#[tokio::test(flavor = "multi_thread")]
+async fn mysql_tables_created_from_postgres_get_its_indexes_and_a_refusal_is_named() {
+    let job = TestJob::new(1_000, 100).await;
+    let pg = job.pg().await;
+    pg.sql(
+        "CREATE TABLE src (id bigint PRIMARY KEY, v varchar(20) NOT NULL, n integer NOT NULL, t text); \
+         CREATE INDEX src_n_v ON src (n DESC, v); CREATE UNIQUE INDEX src_v ON src (v); \
+         CREATE INDEX src_t ON src (t); CREATE INDEX src_lower ON src (lower(v)); \
+         CREATE INDEX src_part ON src (n) WHERE n > 3; \
+         INSERT INTO src SELECT s, CASE WHEN s = 2 THEN 'V1' ELSE 'v' || s END, s % 7, 't' || s \
+         FROM generate_series(1, 500) s",
+    )
+    .await;
+    let toml = job_file(&job, &pg.url, &job.database_url, "")
+        .replace("table = \"dst\"", "table = \"dst\"\ncreate = true");
+    job.write_file("job.toml", &toml);
+    job.produce(&[]).await;
+    job.consume_until_idle(1, &[]).await;
+
+    let done = job
+        .run(
+            Bin::Compensator,
+            &["indexes", "--job", job.job_arg(), "--json"],
+        )
+        .await;
+    done.expect_code(1);
+    let summary = done.json();
+    assert_eq!(summary["source_indexes"], 5, "{summary}");
+    assert_eq!(
+        (&summary["created"], &summary["skipped"], &summary["failed"]),
+        (&json!(2), &json!(2), &json!(1)),
+        "{summary}"
+    );
+    let failed = summary["tables"][0]["indexes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["outcome"] == "failed")
+        .unwrap();
+    assert_eq!(failed["index"], "src_v");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("Duplicate entry"),
+        "{failed}"
+    );
+    assert_eq!(job.sql_u64("SELECT COUNT(*) FROM dst").await, 500);
+    let keys: Vec<String> = job
+        .conn()
+        .await
+        .query(format!(
+            "SELECT CONCAT(INDEX_NAME, ' ', NON_UNIQUE, ' ', GROUP_CONCAT(COLUMN_NAME, ' ', COLLATION ORDER BY SEQ_IN_INDEX)) \
+             FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = '{}' AND TABLE_NAME = 'dst' \
+             GROUP BY INDEX_NAME, NON_UNIQUE ORDER BY INDEX_NAME",
+            job.database
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        keys,
+        ["dst_src_n_v 1 n D,v A", "dst_src_t 1 t A", "PRIMARY 0 id A"]
+    );
+    let (code, report) = job.report().await;
+    assert_eq!(code, 0, "the copy itself is complete");
+    assert_eq!(report["tables_awaiting_indexes"], json!(["dst"]));
+    // Once the operator decides the index is not wanted there, the next run settles the table.
+    pg.sql("DROP INDEX src_v").await;
+    let again = job
+        .run(
+            Bin::Compensator,
+            &["indexes", "--job", job.job_arg(), "--json"],
+        )
+        .await;
+    again.expect_code(0);
+    assert_eq!(again.json()["present"], 2);
+    let (_, report) = job.report().await;
+    assert_eq!(report["tables_awaiting_indexes"], json!([]));
 }

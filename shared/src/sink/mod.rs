@@ -9,6 +9,7 @@
 
 pub(crate) mod create;
 pub mod elasticsearch;
+pub mod indexes;
 mod route;
 pub mod sql;
 
@@ -142,6 +143,11 @@ pub trait TableLog: Send + Sync {
     async fn record(&self, names: &[String]) -> Result<(), SinkError>;
     /// Every name listed, read fresh.
     async fn members(&self) -> Result<Vec<String>, SinkError>;
+    /// Note tables about to be created by the sink (`create = true`), so that their indexes are made
+    /// after the copy (see [`indexes`]). Without a ledger there is nothing to note.
+    async fn record_created(&self, _names: &[String]) -> Result<(), SinkError> {
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -156,6 +162,12 @@ impl TableLog for crate::ledger::Ledger {
         self.tables()
             .await
             .map_err(|e| SinkError::Transient(format!("reading the target tables from Redis: {e}")))
+    }
+
+    async fn record_created(&self, names: &[String]) -> Result<(), SinkError> {
+        self.add_created_tables(names).await.map_err(|e| {
+            SinkError::Transient(format!("recording created target tables in Redis: {e}"))
+        })
     }
 }
 
@@ -195,6 +207,14 @@ impl Tables {
         let mut seen = self.recorded.lock().unwrap_or_else(|p| p.into_inner());
         seen.extend(new);
         Ok(())
+    }
+
+    /// Note tables the sink is about to create (see [`TableLog::record_created`]).
+    pub async fn before_create(&self, names: &[String]) -> Result<(), SinkError> {
+        match &self.log {
+            Some(log) => log.record_created(names).await,
+            None => Ok(()),
+        }
     }
 
     /// Every table a key of the job may live in: `known` when the route names a fixed list, otherwise the

@@ -288,6 +288,12 @@ pub trait Dialect: Send + Sync + Sized + 'static {
     /// What follows `CREATE TABLE IF NOT EXISTS t`, from the source (`same_place`: see [`Self::same_place`]).
     async fn create_tail(&self, source: &SourceSpec, same_place: bool)
         -> Result<String, SinkError>;
+    /// Whether `table` exists.
+    async fn table_exists(
+        &self,
+        conn: &mut Self::Conn,
+        table: &TableName,
+    ) -> Result<bool, SinkError>;
     /// Create `table` if it does not exist, safe against other consumers doing the same, outside any
     /// batch transaction.
     async fn create_table(
@@ -408,6 +414,11 @@ impl<D: Dialect> SqlSink<D> {
         }
         let tail = self.create_tail(creator).await?;
         for table in missing {
+            // Noted before it is created, so that a crash in between cannot leave a table bitmig made
+            // without its indexes; a table that was there already (the operator's) is left as it is.
+            if !self.dialect.table_exists(conn, table).await? {
+                self.tables.before_create(&[table.to_string()]).await?;
+            }
             self.dialect
                 .create_table(conn, table, tail)
                 .await

@@ -395,6 +395,25 @@ impl Dialect for MySql {
 
     /// `CREATE TABLE IF NOT EXISTS`: many consumers racing on one table are safe. DDL commits implicitly,
     /// so this never runs inside a batch's transaction.
+    async fn table_exists(
+        &self,
+        conn: &mut Self::Conn,
+        table: &TableName,
+    ) -> Result<bool, SinkError> {
+        let found: Option<u8> = conn
+            .exec_first(
+                "SELECT 1 FROM information_schema.TABLES \
+                 WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ?",
+                (
+                    table.schema.as_ref().map(|s| s.as_str()),
+                    table.table.as_str(),
+                ),
+            )
+            .await
+            .map_err(|e| error(&e, Some(table)))?;
+        Ok(found.is_some())
+    }
+
     async fn create_table(
         &self,
         conn: &mut Self::Conn,

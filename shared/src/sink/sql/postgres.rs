@@ -379,6 +379,19 @@ impl Dialect for Postgres {
 
     /// Consumers racing on one table serialise on a transaction-scoped advisory lock keyed by its name, so
     /// `CREATE TABLE IF NOT EXISTS` never meets the catalog race PostgreSQL has between two concurrent ones.
+    async fn table_exists(
+        &self,
+        conn: &mut Self::Conn,
+        table: &TableName,
+    ) -> Result<bool, SinkError> {
+        let qualified = quote_table(Engine::Postgres, table);
+        let row = conn
+            .query_one("SELECT to_regclass($1::text) IS NOT NULL", &[&qualified])
+            .await
+            .map_err(|e| error(&e, Some(table)))?;
+        Ok(row.get(0))
+    }
+
     async fn create_table(
         &self,
         conn: &mut Self::Conn,
