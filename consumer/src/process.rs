@@ -91,11 +91,15 @@ pub(crate) async fn process(ctx: &Ctx, ms: &[&Message]) -> Result<(), Failure> {
         }
     }
     let started = Instant::now();
-    let rows = quick_retry(&ctx.cancel, SourceError::is_transient, || {
-        ctx.source.read_rows(ids)
-    })
-    .await
-    .map_err(source_failure)?;
+    let rows = if batch::is_exclusive(cause) || ms.len() == 1 {
+        quick_retry(&ctx.cancel, SourceError::is_transient, || {
+            ctx.source.read_rows(ids)
+        })
+        .await
+        .map_err(source_failure)?
+    } else {
+        read_each(ctx, ms).await?
+    };
     ctx.metrics.stage(Stage::SourceRead, started.elapsed());
     // DESIGN.md §10: a purged id is archived — its source row is gone on purpose, and a `catchup`,
     // `redrive` or `verify` batch must neither delete its target row nor mark it gone. Read after the
@@ -137,6 +141,28 @@ pub(crate) async fn process(ctx: &Ctx, ms: &[&Message]) -> Result<(), Failure> {
     }
     let record = plan.record(outcome);
     record_and_count(ctx, ms.len(), &groups, record, plan.delete.len()).await
+}
+
+/// The rows of `produce` batches taken together, read batch by batch: each is dense in its own span, while
+/// their union (the broker hands a consumer every other batch) spans the other consumers' batches too,
+/// which one read would list as gaps. Ascending by key, as one read returns them.
+async fn read_each(ctx: &Ctx, ms: &[&Message]) -> Result<bitmig_shared::value::RowSet, Failure> {
+    let mut all: Option<bitmig_shared::value::RowSet> = None;
+    for m in ms {
+        let rows = quick_retry(&ctx.cancel, SourceError::is_transient, || {
+            ctx.source.read_rows(&m.ids)
+        })
+        .await
+        .map_err(source_failure)?;
+        match &mut all {
+            None => all = Some(rows),
+            Some(all) => all.rows.extend(rows.rows),
+        }
+    }
+    let mut all = all.ok_or_else(|| Failure::Retry("no batch to read".into()))?;
+    all.rows.sort_unstable_by_key(|r| r.key);
+    all.rows.dedup_by_key(|r| r.key);
+    Ok(all)
 }
 
 /// Set the bits of a committed batch (`batches` deliveries of `groups`), then count it.

@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn, Instrument};
 
 use crate::process::{check_planned, process, Failure};
-use crate::{Ctx, Options, MERGE_MAX, SHUTDOWN_GRACE};
+use crate::{Ctx, Options, MERGE_MAX, PRODUCE_MERGE_IDS, SHUTDOWN_GRACE};
 
 /// Connect, consume until cancelled, idle or the connection is lost, then settle in-flight batches.
 /// `Ok` means the consumer should stop; `Err` that the connection failed. `connected` is set once
@@ -102,8 +102,9 @@ pub(crate) async fn session(
                         }
                         p = slots.clone().acquire_owned() => p?,
                     };
-                    // Small exclusive batches the broker already pushed go along with this one (one read,
-                    // one transaction); the first that cannot join waits in `stash` for the next slot.
+                    // Batches of the same kind the broker already pushed go along with this one (one read,
+                    // one transaction): small exclusive ones, or `produce` ones for a sink that writes them
+                    // better together. The first that cannot join waits in `stash` for the next slot.
                     let parsed = Message::parse(&delivery.data, job, ctx.job.group_size);
                     let mut room = merge_room(ctx, &parsed);
                     let mut taken = vec![(delivery, parsed)];
@@ -113,8 +114,10 @@ pub(crate) async fn session(
                             Some(Some(Ok(d))) => {
                                 let parsed = Message::parse(&d.data, job, ctx.job.group_size);
                                 match (merge_room(ctx, &parsed), room) {
-                                    (Some(_), Some(left)) if ids_of(&parsed) <= left => {
-                                        room = Some(left - ids_of(&parsed));
+                                    (Some((kind, _)), Some((joins, left)))
+                                        if kind == joins && ids_of(&parsed) <= left =>
+                                    {
+                                        room = Some((kind, left - ids_of(&parsed)));
                                         taken.push((d, parsed));
                                     }
                                     _ => {
@@ -255,16 +258,19 @@ async fn next_delivery(
     }
 }
 
-/// Ids a delivery may still bring to a batch it joins, when it can join one at all (a small exclusive
-/// batch, [`crate::batch::mergeable`]): the job's batch size minus its own ids.
-fn merge_room(ctx: &Ctx, parsed: &Result<Message, String>) -> Option<u64> {
+/// Whether a delivery can be taken together with others, and with which: its kind (`true`: exclusive)
+/// and the ids the batches joining it may still bring. A small exclusive batch
+/// ([`crate::batch::mergeable`]) leaves the job's batch size minus its own ids; a `produce` batch, for a
+/// sink that [merges them](bitmig_shared::sink::Sink::merges_produce), [`PRODUCE_MERGE_IDS`] minus its own.
+fn merge_room(ctx: &Ctx, parsed: &Result<Message, String>) -> Option<(bool, u64)> {
+    let m = parsed.as_ref().ok()?;
+    let ids = bitmig_shared::ids::count_in(&m.ids);
     let limit = ctx.job.batch_size;
-    match parsed {
-        Ok(m) if crate::batch::mergeable(m.cause, &m.ids, limit) => {
-            Some(limit - bitmig_shared::ids::count_in(&m.ids))
-        }
-        _ => None,
+    if crate::batch::mergeable(m.cause, &m.ids, limit) {
+        return Some((true, limit - ids));
     }
+    let produce_merges = !crate::batch::is_exclusive(m.cause) && ctx.sink.merges_produce();
+    (produce_merges && ids < PRODUCE_MERGE_IDS).then(|| (false, PRODUCE_MERGE_IDS - ids))
 }
 
 fn ids_of(parsed: &Result<Message, String>) -> u64 {

@@ -1304,3 +1304,70 @@ async fn mysql_tables_created_from_postgres_get_its_indexes_and_a_refusal_is_nam
     let (_, report) = job.report().await;
     assert_eq!(report["tables_awaiting_indexes"], json!([]));
 }
+
+/// `produce` batches for PostgreSQL are written several at a time (one `COPY` each time, `PRODUCE_MERGE_IDS`):
+/// every row lands once, a row PostgreSQL refuses goes to `failed` alone while the rest of its batches land,
+/// and the ledger's bits are those of each batch's group.
+#[tokio::test(flavor = "multi_thread")]
+async fn produce_batches_for_postgres_are_written_together_and_a_bad_row_stays_alone() {
+    const N: u64 = 3_000;
+    let job = TestJob::new(1_000, 100).await;
+    let pg = job.pg().await;
+    job.sql(
+        "CREATE TABLE src (id BIGINT UNSIGNED NOT NULL PRIMARY KEY, user_id INT NOT NULL, note VARCHAR(40) NOT NULL)",
+    )
+    .await;
+    // Ids with gaps (1 in 4 missing), so that batches are sparse ranges; id 1 234 holds a NUL, which
+    // PostgreSQL text cannot.
+    job.sql(&format!(
+        "INSERT INTO src SELECT seq, seq % 37, IF(seq = 1234, CONCAT('bad', CHAR(0)), CONCAT('n', seq)) \
+         FROM seq_1_to_{N} WHERE seq % 4 <> 0"
+    ))
+    .await;
+    pg.sql("CREATE TABLE dst (id numeric(20) PRIMARY KEY, user_id integer NOT NULL, note varchar(40) NOT NULL)")
+        .await;
+    job.write_file("job.toml", &job_file(&job, &job.database_url, &pg.url, ""));
+    job.produce(&[]).await;
+    // Every batch is queued before the consumer starts: it takes them several at a time.
+    let done = job
+        .spawn_consumer(&["--exit-when-idle", "3"])
+        .wait(std::time::Duration::from_secs(120))
+        .await;
+    done.expect_code(0);
+    let stopped = done
+        .stderr
+        .lines()
+        .find(|l| l.contains("consumer stopped"))
+        .unwrap_or_else(|| panic!("{}", done.describe()));
+    let field = |name: &str| -> u64 {
+        stopped
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {stopped}"))
+    };
+    // 750 ids per group of 1 000, in batches of 200: 4 batches per group.
+    let batches = field("batches");
+    assert_eq!(batches, 12, "{stopped}");
+    assert!(
+        field("writes") * 4 <= batches,
+        "batches were taken together: {stopped}"
+    );
+
+    assert_eq!(
+        failed(&job).await.keys().copied().collect::<Vec<_>>(),
+        [1234]
+    );
+    let rows = pg.count("SELECT count(*) FROM dst").await;
+    assert_eq!(rows, N - N / 4 - 1, "every row but the refused one");
+    let wrong = pg
+        .count("SELECT count(*) FROM dst WHERE note <> 'n' || id OR user_id <> id % 37 OR id % 4 = 0")
+        .await;
+    assert_eq!(wrong, 0);
+    let (code, report) = job.report().await;
+    assert_eq!(code, 3, "the refused row keeps the job incomplete: {report}");
+    assert_eq!(report["source_ids"], N - N / 4);
+    assert_eq!(report["target_ids"], N - N / 4 - 1);
+    assert_eq!(report["missing_ids"], 0);
+    assert_eq!(report["failed_ids"], 1);
+}

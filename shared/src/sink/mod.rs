@@ -112,6 +112,12 @@ pub trait Sink: Send + Sync {
         ))
     }
 
+    /// Whether several `produce` batches written as one gain more than they cost: their rows then go in one
+    /// write (one PostgreSQL `COPY`) and one transaction. See [`sql::Dialect::MERGES_PRODUCE`].
+    fn merges_produce(&self) -> bool {
+        false
+    }
+
     /// A target that holds documents rather than rows (Elasticsearch): verify compares documents through
     /// this instead of [`Sink::read_range`].
     fn documents(&self) -> Option<&dyn DocumentTarget> {

@@ -218,6 +218,8 @@ pub trait Dialect: Send + Sync + Sized + 'static {
     /// A statement refused for a row's values is rolled back alone and its transaction goes on; otherwise
     /// the whole transaction is aborted.
     const STATEMENT_ROLLBACK: bool;
+    /// Consumers write several `produce` batches together ([`super::Sink::merges_produce`]).
+    const MERGES_PRODUCE: bool = false;
 
     /// The dialect for the job's `[target]`, with its pool. Connects to nothing yet.
     fn open(job: &JobSpec, target: &SqlTarget, max_connections: usize) -> Result<Self, OpenError>;
@@ -545,6 +547,10 @@ impl<D: Dialect> WriteAlone for Alone<'_, D> {
 
 #[async_trait]
 impl<D: Dialect> Sink for SqlSink<D> {
+    fn merges_produce(&self) -> bool {
+        D::MERGES_PRODUCE
+    }
+
     async fn read_range(
         &self,
         key: &str,
