@@ -1361,11 +1361,16 @@ async fn produce_batches_for_postgres_are_written_together_and_a_bad_row_stays_a
     let rows = pg.count("SELECT count(*) FROM dst").await;
     assert_eq!(rows, N - N / 4 - 1, "every row but the refused one");
     let wrong = pg
-        .count("SELECT count(*) FROM dst WHERE note <> 'n' || id OR user_id <> id % 37 OR id % 4 = 0")
+        .count(
+            "SELECT count(*) FROM dst WHERE note <> 'n' || id OR user_id <> id % 37 OR id % 4 = 0",
+        )
         .await;
     assert_eq!(wrong, 0);
     let (code, report) = job.report().await;
-    assert_eq!(code, 3, "the refused row keeps the job incomplete: {report}");
+    assert_eq!(
+        code, 3,
+        "the refused row keeps the job incomplete: {report}"
+    );
     assert_eq!(report["source_ids"], N - N / 4);
     assert_eq!(report["target_ids"], N - N / 4 - 1);
     assert_eq!(report["missing_ids"], 0);
