@@ -13,7 +13,7 @@ use anyhow::Context;
 use bitmig_shared::cli::BadInput;
 use bitmig_shared::job::{JobSpec, TableName, TargetSpec};
 use bitmig_shared::ledger::Ledger;
-use bitmig_shared::sink::indexes::{make_on, source_indexes, Made, Outcome};
+use bitmig_shared::sink::indexes::{source_indexes, IndexTarget, Made, Outcome};
 use serde::Serialize;
 use tracing::{info, warn};
 
@@ -132,10 +132,14 @@ pub async fn indexes(job: &JobSpec, redis_url: &str) -> anyhow::Result<IndexesSu
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     summary.source_indexes = source.len() as u64;
     let (created, _indexed) = ledger.created_tables().await?;
+    let mut target_db = IndexTarget::connect(&target.url)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     for name in created {
         let table = TableName::parse(&name)
             .map_err(|e| anyhow::anyhow!("{} lists `{name}`: {e}", ledger.job_key("created")))?;
-        let made = make_on(&target.url, &job.source, &table, &source)
+        let made = target_db
+            .make_on(&job.source, &table, &source)
             .await
             .map_err(|e| anyhow::anyhow!("{table}: {e}"))?;
         let Some(made) = made else {
@@ -175,5 +179,6 @@ pub async fn indexes(job: &JobSpec, redis_url: &str) -> anyhow::Result<IndexesSu
             indexes: made,
         });
     }
+    target_db.close().await;
     Ok(summary)
 }

@@ -540,11 +540,16 @@ impl Ledger {
 
     /// Add target tables or indices to `bitmig:{JOB}:tables` (DESIGN.md §4), before the first write to them.
     pub async fn add_tables(&self, names: &[String]) -> Result<(), LedgerError> {
+        self.add_names("tables", names).await
+    }
+
+    /// Add `names` to the job's set `which` (nothing to do for none).
+    async fn add_names(&self, which: &str, names: &[String]) -> Result<(), LedgerError> {
         if names.is_empty() {
             return Ok(());
         }
         let mut con = self.con.clone();
-        let _: () = con.sadd(self.job_key("tables"), names).await?;
+        let _: () = con.sadd(self.job_key(which), names).await?;
         Ok(())
     }
 
@@ -559,12 +564,7 @@ impl Ledger {
     /// Record target tables a consumer is about to create (`bitmig:{JOB}:created`, `create = true`): the
     /// tables `bitmig-compensator indexes` gives the source's secondary indexes after the copy.
     pub async fn add_created_tables(&self, names: &[String]) -> Result<(), LedgerError> {
-        if names.is_empty() {
-            return Ok(());
-        }
-        let mut con = self.con.clone();
-        let _: () = con.sadd(self.job_key("created"), names).await?;
-        Ok(())
+        self.add_names("created", names).await
     }
 
     /// Tables bitmig created, and of those the ones `indexes` finished (`bitmig:{JOB}:indexed`), sorted.
@@ -582,9 +582,7 @@ impl Ledger {
 
     /// Record that `table` holds every secondary index of the source that can be made on it.
     pub async fn mark_indexed(&self, table: &str) -> Result<(), LedgerError> {
-        let mut con = self.con.clone();
-        let _: () = con.sadd(self.job_key("indexed"), table).await?;
-        Ok(())
+        self.add_names("indexed", &[table.to_owned()]).await
     }
 
     /// Ids recorded in `failed`.

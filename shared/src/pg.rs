@@ -33,7 +33,7 @@ use std::fmt;
 use bytes::BytesMut;
 use tokio_postgres::types::{FromSql, IsNull, Kind, ToSql, Type};
 
-use crate::job::DbUrl;
+use crate::job::{DbUrl, Engine, TableName};
 use crate::value::{parse_uuid, ColumnType, Value};
 
 /// A PostgreSQL pool. Connections keep their prepared statements (`prepare_cached`) while pooled.
@@ -97,6 +97,19 @@ fn encode_error(e: &tokio_postgres::Error) -> Option<&EncodeError> {
 }
 
 /// A PostgreSQL error as text, with the server's detail when it gives one.
+/// Whether `table` exists (`to_regclass` of its quoted name): used by the sink before it creates a table
+/// and by `indexes` before it reads one.
+pub async fn pg_table_exists(
+    client: &tokio_postgres::Client,
+    table: &TableName,
+) -> Result<bool, tokio_postgres::Error> {
+    let qualified = crate::sql::quote_table(Engine::Postgres, table);
+    let row = client
+        .query_one("SELECT to_regclass($1::text) IS NOT NULL", &[&qualified])
+        .await?;
+    Ok(row.get(0))
+}
+
 pub fn pg_error_text(e: &tokio_postgres::Error) -> String {
     if let Some(enc) = encode_error(e) {
         return enc.0.clone();

@@ -20,6 +20,26 @@ pub fn quote_table(engine: Engine, t: &TableName) -> String {
     }
 }
 
+/// Whether `table` exists (its `schema`, else the session's database): one look-up in
+/// `information_schema`, used by the sink before it creates a table and by `indexes` before it reads one.
+pub async fn mysql_table_exists(
+    conn: &mut mysql_async::Conn,
+    table: &TableName,
+) -> Result<bool, mysql_async::Error> {
+    use mysql_async::prelude::Queryable;
+    let found: Option<u8> = conn
+        .exec_first(
+            "SELECT 1 FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ?",
+            (
+                table.schema.as_ref().map(|s| s.as_str()),
+                table.table.as_str(),
+            ),
+        )
+        .await?;
+    Ok(found.is_some())
+}
+
 /// A MySQL/MariaDB pool whose sessions read and write TIMESTAMPs in UTC and talk utf8mb4, so values
 /// pass through unchanged whatever the servers' own time zones are.
 pub fn mysql_pool(

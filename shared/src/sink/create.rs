@@ -84,10 +84,12 @@ pub(crate) fn server_of(raw: &str, default_port: u16) -> Option<(String, u16)> {
     ))
 }
 
-/// The columns a MySQL source reads, from its `information_schema`.
-pub(crate) async fn mysql_source_columns(
+/// A connection to a MySQL source's server for reading its catalog (with its pool, to disconnect), and the
+/// database the source table is in: its `schema`, else the URL's. `failed` words a connection error.
+pub(crate) async fn mysql_catalog(
     source: &SourceSpec,
-) -> Result<Vec<SourceColumn>, SinkError> {
+    failed: fn(&str) -> SinkError,
+) -> Result<(Option<String>, mysql_async::Pool, mysql_async::Conn), SinkError> {
     let database = source
         .table
         .schema
@@ -95,10 +97,18 @@ pub(crate) async fn mysql_source_columns(
         .map(|s| s.as_str().to_owned())
         .or_else(|| url_database(source.url.expose()));
     let pool = mysql_pool(&source.url, 1).map_err(SinkError::Batch)?;
-    let mut conn = pool
+    let conn = pool
         .get_conn()
         .await
-        .map_err(|e| read_failed(&mysql_error_text(&e)))?;
+        .map_err(|e| failed(&mysql_error_text(&e)))?;
+    Ok((database, pool, conn))
+}
+
+/// The columns a MySQL source reads, from its `information_schema`.
+pub(crate) async fn mysql_source_columns(
+    source: &SourceSpec,
+) -> Result<Vec<SourceColumn>, SinkError> {
+    let (database, pool, mut conn) = mysql_catalog(source, read_failed).await?;
     type ColumnRow = (
         String,
         String,

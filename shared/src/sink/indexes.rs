@@ -68,8 +68,12 @@ impl SourceIndex {
     }
 
     /// `CREATE [UNIQUE] INDEX name ON table (columns)` for a target of `engine`.
-    pub fn create_sql(&self, engine: Engine, table: &TableName) -> Result<String, String> {
-        let name = target_index_name(&table.table, &self.name)?;
+    pub fn create_sql(
+        &self,
+        engine: Engine,
+        table: &TableName,
+        name: &Ident,
+    ) -> Result<String, String> {
         let mut cols = Vec::with_capacity(self.columns.len());
         for c in &self.columns {
             let ident = Ident::new(&c.name)?;
@@ -85,7 +89,7 @@ impl SourceIndex {
         Ok(format!(
             "CREATE {}INDEX {} ON {} ({})",
             if self.unique { "UNIQUE " } else { "" },
-            quote(engine, &name),
+            quote(engine, name),
             quote_table(engine, table),
             cols.join(", ")
         ))
@@ -134,17 +138,7 @@ pub async fn source_indexes(source: &SourceSpec) -> Result<Vec<SourceIndex>, Sin
 }
 
 async fn mysql_source_indexes(source: &SourceSpec) -> Result<Vec<SourceIndex>, SinkError> {
-    let database = source
-        .table
-        .schema
-        .as_ref()
-        .map(|s| s.as_str().to_owned())
-        .or_else(|| super::create::url_database(source.url.expose()));
-    let pool = mysql_pool(&source.url, 1).map_err(SinkError::Batch)?;
-    let mut conn = pool
-        .get_conn()
-        .await
-        .map_err(|e| read_failed(&mysql_error_text(&e)))?;
+    let (database, pool, mut conn) = super::create::mysql_catalog(source, read_failed).await?;
     // (index, non_unique, column (NULL: an expression), prefix, collation ('D': descending), type)
     type Row = (
         String,
@@ -269,61 +263,14 @@ pub struct Made {
     pub outcome: Outcome,
 }
 
-/// Make on `table` (on the server of `target_url`) each of `indexes` it lacks, one after the other.
-/// `None` when the table does not exist. A connection lost is an error; a statement the server refuses is
-/// that index's [`Outcome::Failed`], and the others still go.
-pub async fn make_on(
-    target_url: &crate::job::DbUrl,
-    source: &SourceSpec,
-    table: &TableName,
-    indexes: &[SourceIndex],
-) -> Result<Option<Vec<Made>>, SinkError> {
-    let engine = target_url.engine;
-    let mut target = Target::connect(target_url).await?;
-    let Some(existing) = target.index_columns(table).await? else {
-        return Ok(None);
-    };
-    let mut made = Vec::with_capacity(indexes.len());
-    for index in indexes {
-        let name = target_index_name(&table.table, &index.name)
-            .ok()
-            .map(|n| n.as_str().to_owned());
-        let outcome = if let Some(reason) = index.skip_reason(engine, source) {
-            Outcome::Skipped { reason }
-        } else if index.present_in(&existing) {
-            Outcome::Present
-        } else {
-            match index.create_sql(engine, table) {
-                Err(reason) => Outcome::Skipped { reason },
-                Ok(sql) => {
-                    let started = std::time::Instant::now();
-                    match target.execute(&sql).await? {
-                        Ok(()) => Outcome::Created {
-                            seconds: (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
-                        },
-                        Err(error) => Outcome::Failed { error },
-                    }
-                }
-            }
-        };
-        made.push(Made {
-            index: index.name.clone(),
-            name,
-            outcome,
-        });
-    }
-    target.close().await;
-    Ok(Some(made))
-}
-
-/// One connection to the target's server.
-enum Target {
+/// One connection to the target's server, kept for every table of an `indexes` run.
+pub enum IndexTarget {
     Mysql(mysql_async::Pool, mysql_async::Conn),
     Postgres(deadpool_postgres::Object),
 }
 
-impl Target {
-    async fn connect(url: &crate::job::DbUrl) -> Result<Self, SinkError> {
+impl IndexTarget {
+    pub async fn connect(url: &crate::job::DbUrl) -> Result<Self, SinkError> {
         let failed = |e: String| SinkError::Transient(format!("connecting to the target: {e}"));
         Ok(match url.engine {
             Engine::Mysql => {
@@ -332,13 +279,68 @@ impl Target {
                     .get_conn()
                     .await
                     .map_err(|e| failed(mysql_error_text(&e)))?;
-                Target::Mysql(pool, conn)
+                IndexTarget::Mysql(pool, conn)
             }
             Engine::Postgres => {
                 let pool = crate::pg::pg_pool(url, 1).map_err(SinkError::Batch)?;
-                Target::Postgres(pool.get().await.map_err(|e| failed(e.to_string()))?)
+                IndexTarget::Postgres(pool.get().await.map_err(|e| failed(e.to_string()))?)
             }
         })
+    }
+
+    fn engine(&self) -> Engine {
+        match self {
+            IndexTarget::Mysql(..) => Engine::Mysql,
+            IndexTarget::Postgres(_) => Engine::Postgres,
+        }
+    }
+
+    /// Make on `table` each of `indexes` it lacks, one after the other. `None` when the table does not
+    /// exist. A connection lost is an error; a statement the server refuses is that index's
+    /// [`Outcome::Failed`], and the others still go.
+    pub async fn make_on(
+        &mut self,
+        source: &SourceSpec,
+        table: &TableName,
+        indexes: &[SourceIndex],
+    ) -> Result<Option<Vec<Made>>, SinkError> {
+        let engine = self.engine();
+        let Some(existing) = self.index_columns(table).await? else {
+            return Ok(None);
+        };
+        let mut made = Vec::with_capacity(indexes.len());
+        for index in indexes {
+            let name = target_index_name(&table.table, &index.name);
+            let outcome = if let Some(reason) = index.skip_reason(engine, source) {
+                Outcome::Skipped { reason }
+            } else if index.present_in(&existing) {
+                Outcome::Present
+            } else {
+                match name
+                    .as_ref()
+                    .map_err(Clone::clone)
+                    .and_then(|n| index.create_sql(engine, table, n))
+                {
+                    Err(reason) => Outcome::Skipped { reason },
+                    Ok(sql) => {
+                        let started = std::time::Instant::now();
+                        match self.execute(&sql).await? {
+                            Ok(()) => Outcome::Created {
+                                seconds: (started.elapsed().as_secs_f64() * 1000.0).round()
+                                    / 1000.0,
+                            },
+                            Err(error) => Outcome::Failed { error },
+                        }
+                    }
+                }
+            };
+            made.push(Made {
+                index: index.name.clone(),
+                name: name.ok().map(|n| n.as_str().to_owned()),
+                outcome,
+            });
+        }
+        Ok(Some(made))
     }
 
     /// The column lists of `table`'s indexes (its primary key included); `None` when it does not exist.
@@ -348,17 +350,11 @@ impl Target {
     ) -> Result<Option<Vec<Vec<String>>>, SinkError> {
         let failed = |e: String| SinkError::Transient(format!("reading {table}'s indexes: {e}"));
         match self {
-            Target::Mysql(_, conn) => {
-                let schema = table.schema.as_ref().map(|s| s.as_str());
-                let exists: Option<u8> = conn
-                    .exec_first(
-                        "SELECT 1 FROM information_schema.TABLES \
-                         WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ?",
-                        (schema, table.table.as_str()),
-                    )
+            IndexTarget::Mysql(_, conn) => {
+                let exists = crate::sql::mysql_table_exists(conn, table)
                     .await
                     .map_err(|e| failed(mysql_error_text(&e)))?;
-                if exists.is_none() {
+                if !exists {
                     return Ok(None);
                 }
                 let rows: Vec<(String, String)> = conn
@@ -366,7 +362,10 @@ impl Target {
                         "SELECT INDEX_NAME, COLUMN_NAME FROM information_schema.STATISTICS \
                          WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? \
                          AND COLUMN_NAME IS NOT NULL ORDER BY INDEX_NAME, SEQ_IN_INDEX",
-                        (schema, table.table.as_str()),
+                        (
+                            table.schema.as_ref().map(|s| s.as_str()),
+                            table.table.as_str(),
+                        ),
                     )
                     .await
                     .map_err(|e| failed(mysql_error_text(&e)))?;
@@ -379,13 +378,10 @@ impl Target {
                 }
                 Ok(Some(out.into_iter().map(|(_, cols)| cols).collect()))
             }
-            Target::Postgres(client) => {
-                let qualified = quote_table(Engine::Postgres, table);
-                let exists: bool = client
-                    .query_one("SELECT to_regclass($1::text) IS NOT NULL", &[&qualified])
+            IndexTarget::Postgres(client) => {
+                let exists = crate::pg::pg_table_exists(client, table)
                     .await
-                    .map_err(|e| failed(crate::pg::pg_error_text(&e)))?
-                    .get(0);
+                    .map_err(|e| failed(crate::pg::pg_error_text(&e)))?;
                 if !exists {
                     return Ok(None);
                 }
@@ -394,7 +390,7 @@ impl Target {
                         "SELECT ARRAY(SELECT a.attname::text FROM unnest(ix.indkey) WITH ORDINALITY k(n, o) \
                            JOIN pg_attribute a ON a.attrelid = ix.indrelid AND a.attnum = k.n ORDER BY k.o) \
                          FROM pg_index ix WHERE ix.indrelid = to_regclass($1::text)",
-                        &[&qualified],
+                        &[&quote_table(Engine::Postgres, table)],
                     )
                     .await
                     .map_err(|e| failed(crate::pg::pg_error_text(&e)))?;
@@ -406,14 +402,14 @@ impl Target {
     /// Run one DDL statement: `Ok(Err(message))` when the server refused it.
     async fn execute(&mut self, sql: &str) -> Result<Result<(), String>, SinkError> {
         match self {
-            Target::Mysql(_, conn) => match conn.query_drop(sql).await {
+            IndexTarget::Mysql(_, conn) => match conn.query_drop(sql).await {
                 Ok(()) => Ok(Ok(())),
                 Err(mysql_async::Error::Server(e)) => {
                     Ok(Err(format!("{} ({})", e.message, e.code)))
                 }
                 Err(e) => Err(SinkError::Transient(mysql_error_text(&e))),
             },
-            Target::Postgres(client) => match client.batch_execute(sql).await {
+            IndexTarget::Postgres(client) => match client.batch_execute(sql).await {
                 Ok(()) => Ok(Ok(())),
                 Err(e) if e.as_db_error().is_some() => Ok(Err(crate::pg::pg_error_text(&e))),
                 Err(e) => Err(SinkError::Transient(crate::pg::pg_error_text(&e))),
@@ -421,8 +417,8 @@ impl Target {
         }
     }
 
-    async fn close(self) {
-        if let Target::Mysql(pool, conn) = self {
+    pub async fn close(self) {
+        if let IndexTarget::Mysql(pool, conn) = self {
             drop(conn);
             pool.disconnect().await.ok();
         }
@@ -456,13 +452,14 @@ mod tests {
             &[("user_id", false, None), ("created_at", true, None)],
             false,
         );
+        let name = target_index_name(&t.table, &i.name).unwrap();
         assert_eq!(
-            i.create_sql(Engine::Postgres, &t).unwrap(),
+            i.create_sql(Engine::Postgres, &t, &name).unwrap(),
             r#"CREATE INDEX "orders_3_idx_user" ON "shard_1"."orders_3" ("user_id", "created_at" DESC)"#
         );
         let u = index(&[("note", false, Some(10))], true);
         assert_eq!(
-            u.create_sql(Engine::Mysql, &t).unwrap(),
+            u.create_sql(Engine::Mysql, &t, &name).unwrap(),
             "CREATE UNIQUE INDEX `orders_3_idx_user` ON `shard_1`.`orders_3` (`note`(10))"
         );
     }

@@ -400,18 +400,9 @@ impl Dialect for MySql {
         conn: &mut Self::Conn,
         table: &TableName,
     ) -> Result<bool, SinkError> {
-        let found: Option<u8> = conn
-            .exec_first(
-                "SELECT 1 FROM information_schema.TABLES \
-                 WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ?",
-                (
-                    table.schema.as_ref().map(|s| s.as_str()),
-                    table.table.as_str(),
-                ),
-            )
+        crate::sql::mysql_table_exists(conn, table)
             .await
-            .map_err(|e| error(&e, Some(table)))?;
-        Ok(found.is_some())
+            .map_err(|e| error(&e, Some(table)))
     }
 
     async fn create_table(

@@ -390,12 +390,9 @@ impl Dialect for Postgres {
         conn: &mut Self::Conn,
         table: &TableName,
     ) -> Result<bool, SinkError> {
-        let qualified = quote_table(Engine::Postgres, table);
-        let row = conn
-            .query_one("SELECT to_regclass($1::text) IS NOT NULL", &[&qualified])
+        crate::pg::pg_table_exists(conn, table)
             .await
-            .map_err(|e| error(&e, Some(table)))?;
-        Ok(row.get(0))
+            .map_err(|e| error(&e, Some(table)))
     }
 
     async fn create_table(
