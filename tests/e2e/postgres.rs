@@ -9,7 +9,7 @@ use mysql_async::prelude::Queryable;
 use redis::AsyncCommands;
 use serde_json::json;
 
-use crate::helpers::{Bin, TestJob};
+use crate::helpers::{Bin, Finished, TestJob};
 
 const ROWS: u64 = 1_500;
 
@@ -1100,6 +1100,15 @@ async fn a_produce_batch_copied_in_pieces_falls_back_per_piece_on_existing_keys_
     assert_eq!(pg.count("SELECT count(*) FROM dst").await, 2999);
 }
 
+/// `bitmig-compensator indexes --job F --json`, whatever its exit code.
+async fn indexes(job: &TestJob) -> Finished {
+    job.run(
+        Bin::Compensator,
+        &["indexes", "--job", job.job_arg(), "--json"],
+    )
+    .await
+}
+
 /// `[target] create = true`: the tables bitmig created get the source's secondary indexes after the copy,
 /// from `bitmig-compensator indexes`, and only once the job is complete; a table the operator made keeps
 /// the indexes it was given.
@@ -1127,13 +1136,6 @@ async fn created_postgres_tables_get_the_source_indexes_after_the_copy() {
         "create = true\n[target.ranges]\n\"0..299\" = \"own\"\n\"300..999999\" = \"made\"",
     );
     job.write_file("job.toml", &toml);
-    let indexes = || async {
-        job.run(
-            Bin::Compensator,
-            &["indexes", "--job", job.job_arg(), "--json"],
-        )
-        .await
-    };
     let pg_indexes = |table: &'static str| {
         let pg = &pg;
         async move {
@@ -1149,7 +1151,7 @@ async fn created_postgres_tables_get_the_source_indexes_after_the_copy() {
 
     job.produce(&[]).await;
     // Before any consumer ran: not complete, nothing built, exit 3.
-    let early = indexes().await;
+    let early = indexes(&job).await;
     early.expect_code(3);
     assert!(
         early.json()["not_complete"]
@@ -1169,7 +1171,7 @@ async fn created_postgres_tables_get_the_source_indexes_after_the_copy() {
         "no secondary index while rows are copied"
     );
 
-    let done = indexes().await;
+    let done = indexes(&job).await;
     done.expect_code(0);
     let summary = done.json();
     assert_eq!(summary["source_indexes"], 4, "{summary}");
@@ -1213,7 +1215,7 @@ async fn created_postgres_tables_get_the_source_indexes_after_the_copy() {
     assert_eq!(report["tables_awaiting_indexes"], json!([]));
 
     // Again: everything is there already.
-    let again = indexes().await;
+    let again = indexes(&job).await;
     again.expect_code(0);
     assert_eq!(again.json()["created"], 0);
     assert_eq!(again.json()["present"], 2);
@@ -1244,12 +1246,7 @@ async fn mysql_tables_created_from_postgres_get_its_indexes_and_a_refusal_is_nam
     job.produce(&[]).await;
     job.consume_until_idle(1, &[]).await;
 
-    let done = job
-        .run(
-            Bin::Compensator,
-            &["indexes", "--job", job.job_arg(), "--json"],
-        )
-        .await;
+    let done = indexes(&job).await;
     done.expect_code(1);
     let summary = done.json();
     assert_eq!(summary["source_indexes"], 5, "{summary}");
@@ -1293,12 +1290,7 @@ async fn mysql_tables_created_from_postgres_get_its_indexes_and_a_refusal_is_nam
     assert_eq!(report["tables_awaiting_indexes"], json!(["dst"]));
     // Once the operator decides the index is not wanted there, the next run settles the table.
     pg.sql("DROP INDEX src_v").await;
-    let again = job
-        .run(
-            Bin::Compensator,
-            &["indexes", "--job", job.job_arg(), "--json"],
-        )
-        .await;
+    let again = indexes(&job).await;
     again.expect_code(0);
     assert_eq!(again.json()["present"], 2);
     let (_, report) = job.report().await;
